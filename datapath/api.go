@@ -1,0 +1,81 @@
+// Package datapath speaks the kernel: it owns the veth pairs, the per-endpoint
+// state directory (ep_config.h, bpf_lxc.o), the BPF objects and links, and the
+// pinned maps. The driver package hands it endpoints; nothing here knows
+// about Docker's protocol.
+package datapath
+
+import (
+	"net"
+	"net/netip"
+)
+
+// Config says where the datapath keeps its files. Production uses the
+// DESIGN.md paths; tests point every field at their own scratch places so
+// that they never touch a running daemon's state.
+type Config struct {
+	// StateDir holds one directory per endpoint and the templates
+	// directory (/run/ebpfnet/state).
+	StateDir string
+	// PinDir is the bpffs directory for pinned maps and links
+	// (/sys/fs/bpf/ebpfnet).
+	PinDir string
+	// HostDevice is the dummy device that carries every network's
+	// gateway address (ebpfnet_host).
+	HostDevice string
+	// Version goes into every restore record.
+	Version string
+}
+
+// Network is what the datapath must know of a Docker network.
+type Network struct {
+	// Index is a small number, unique on the node, that the BPF program
+	// compares to keep networks apart (1..65535).
+	Index   uint32       `json:"index"`
+	Subnet  netip.Prefix `json:"subnet"`
+	Gateway netip.Addr   `json:"gateway"`
+}
+
+// Endpoint is one container's attachment, and also its restore record:
+// it is the JSON that ep_config.h carries in its first comment line.
+type Endpoint struct {
+	// ID is the node-local endpoint ID (<epid>); CreateEndpoint assigns it.
+	ID               uint16 `json:"ID"`
+	ContainerID      string `json:"dockerID,omitempty"`
+	ContainerName    string `json:"ContainerName,omitempty"`
+	DockerNetworkID  string `json:"DockerNetworkID"`
+	DockerEndpointID string `json:"DockerEndpointID"`
+	// IfName is the host-side veth: "lxc" + 12 hex of sha256(endpoint ID).
+	IfName  string `json:"IfName"`
+	IfIndex int    `json:"IfIndex"`
+	// PeerName is the container side's name until Docker moves and renames it.
+	PeerName string            `json:"PeerName"`
+	LXCMAC   HardwareAddr      `json:"LXCMAC"`
+	NodeMAC  HardwareAddr      `json:"NodeMAC"`
+	IPv4     netip.Prefix      `json:"IPv4"` // address with the network's prefix length
+	Network  Network           `json:"Network"`
+	Identity uint32            `json:"Identity"`
+	Labels   map[string]string `json:"Labels,omitempty"`
+}
+
+// HardwareAddr is a MAC that marshals as "aa:bb:cc:dd:ee:ff".
+type HardwareAddr net.HardwareAddr
+
+// The driver uses the datapath through these methods (see driver.Datapath):
+//
+//	New(cfg Config, log logrus.FieldLogger) (*Datapath, error)
+//	    mounts nothing; expects bpffs at the parent of PinDir. Creates the
+//	    directories, the template directory, and opens or creates the
+//	    global pinned maps.
+//	(*Datapath) Restore() ([]Endpoint, error)
+//	    re-adopts every endpoint whose state directory holds a valid
+//	    ep_config.h and whose veth still exists; cleans up the rest.
+//	(*Datapath) AddNetwork(Network) error      idempotent
+//	(*Datapath) RemoveNetwork(Network) error   idempotent
+//	(*Datapath) CreateEndpoint(*Endpoint) error
+//	    fills ID, IfName, PeerName, IfIndex, NodeMAC and (if empty) LXCMAC;
+//	    on error it leaves nothing behind.
+//	(*Datapath) DeleteEndpoint(dockerEndpointID string) error  idempotent
+//	(*Datapath) Endpoint(dockerEndpointID string) (Endpoint, bool)
+//	(*Datapath) EndpointByID(id uint16) (Endpoint, bool)
+//	(*Datapath) Endpoints() []Endpoint   sorted by ID
+//	(*Datapath) Close() error  releases file descriptors, keeps every pin
