@@ -1,0 +1,30 @@
+/* Per-endpoint constants.
+ *
+ * They live in .rodata as volatile const globals, all zero in the committed
+ * template. The daemon instantiates an endpoint by patching these bytes in a
+ * copy of the object file (no compiler at run time); "volatile" keeps clang
+ * from folding the template's zeros into the code, and "const" lets the
+ * kernel treat the frozen .rodata as known values, so dead branches are
+ * pruned by the verifier.
+ */
+#ifndef EBPFNET_CONFIG_H
+#define EBPFNET_CONFIG_H
+
+#include <linux/types.h>
+
+#define MAC_LEN 6
+
+/* The container's IPv4 address, network byte order. */
+volatile const __be32 LXC_IPV4 = 0;
+/* MAC of the container's eth0. */
+volatile const __u8 LXC_MAC[MAC_LEN] = {};
+/* MAC of the host-side veth; answers every ARP the container sends. */
+volatile const __u8 NODE_MAC[MAC_LEN] = {};
+/* Node-local endpoint ID (epid). */
+volatile const __u32 LXC_ID = 0;
+/* Index of the Docker network; endpoints of different networks never talk. */
+volatile const __u32 NETWORK_ID = 0;
+/* Security identity of the endpoint. */
+volatile const __u32 SECLABEL = 0;
+
+#endif
