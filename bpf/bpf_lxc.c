@@ -1,3 +1,6 @@
+//go:build ignore
+// The line above keeps the go tool from treating this as cgo source.
+
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /* bpf_lxc: the per-endpoint datapath.
  *

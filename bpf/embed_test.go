@@ -1,0 +1,82 @@
+package bpf
+
+import (
+	"bytes"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+
+	"github.com/cilium/ebpf"
+	"github.com/ebpfnet/ebpfnet/testutil"
+)
+
+// TestTemplateHasProgramsMapsAndConstants guards the contract between the C
+// side and datapath: the names the Go code looks up must exist.
+func TestTemplateHasProgramsMapsAndConstants(t *testing.T) {
+	spec, err := ebpf.LoadCollectionSpecFromReader(bytes.NewReader(LXCTemplate))
+	if err != nil {
+		t.Fatalf("parse template: %v", err)
+	}
+	for _, p := range []string{"from_container", "to_container"} {
+		if spec.Programs[p] == nil {
+			t.Errorf("program %s missing", p)
+		}
+	}
+	for _, m := range []string{"ebpfnet_endpoints", "ebpfnet_policy_maps", "ebpfnet_metrics", "ebpfnet_events"} {
+		ms := spec.Maps[m]
+		if ms == nil {
+			t.Errorf("map %s missing", m)
+			continue
+		}
+		if ms.Pinning != ebpf.PinByName {
+			t.Errorf("map %s is not pinned by name", m)
+		}
+	}
+	for _, v := range []string{"LXC_IPV4", "LXC_MAC", "NODE_MAC", "LXC_ID", "NETWORK_ID", "SECLABEL"} {
+		vs := spec.Variables[v]
+		if vs == nil {
+			t.Errorf("constant %s missing", v)
+			continue
+		}
+		if !vs.Constant() {
+			t.Errorf("%s is not in .rodata", v)
+		}
+	}
+}
+
+// TestTemplateMatchesSource rebuilds the object in a scratch copy of this
+// directory and demands the same bytes: the committed object is what the
+// sources say, and the build does not depend on the checkout path.
+func TestTemplateMatchesSource(t *testing.T) {
+	testutil.RequireCommand(t, "clang-19", "llvm-strip-19")
+	dir := filepath.Join(t.TempDir(), "elsewhere", "bpf")
+	if err := os.MkdirAll(filepath.Join(dir, "lib"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	files, err := filepath.Glob("lib/*.h")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range append(files, "bpf_lxc.c", "build.sh") {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, f), b, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out := filepath.Join(dir, "rebuilt.o")
+	cmd := exec.Command("sh", filepath.Join(dir, "build.sh"), out)
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build.sh: %v\n%s", err, b)
+	}
+	got, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, LXCTemplate) {
+		t.Fatal("bpf_lxc.o differs from a fresh build of bpf_lxc.c: run bpf/build.sh and commit the object")
+	}
+}
