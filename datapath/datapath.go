@@ -1,0 +1,294 @@
+package datapath
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"sync"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/sirupsen/logrus"
+
+	"github.com/ebpfnet/ebpfnet/atomicfile"
+	"github.com/ebpfnet/ebpfnet/bpf"
+)
+
+// File names inside an endpoint's state directory and the pin directory.
+const (
+	EPConfigFile   = "ep_config.h"
+	ObjectFile     = "bpf_lxc.o"
+	TemplatesDir   = "templates"
+	linksDir       = "links"
+	progFrom       = "from_container"
+	progTo         = "to_container"
+	fileMode       = 0o644
+	dirMode        = 0o755
+	pinDirMode     = 0o700
+	policyMapKName = "ebpfnet_policy" // kernel object name; pins carry the epid
+)
+
+// Datapath owns the kernel side of every endpoint on the node. All methods
+// are safe for concurrent use.
+type Datapath struct {
+	mu     sync.Mutex
+	cfg    Config
+	log    logrus.FieldLogger
+	tmpl   *template
+	shared map[string]*ebpf.Map // pinned maps every endpoint program uses
+	inner  *ebpf.MapSpec        // shape of a per-endpoint policy map
+	eps    map[uint16]*endpointState
+	closed bool
+}
+
+// endpointState is what the datapath holds for one live endpoint.
+type endpointState struct {
+	ep     Endpoint
+	links  []link.Link
+	policy *ebpf.Map
+}
+
+// New prepares the datapath: directories, the template directory, and the
+// shared pinned maps (opened if pinned, created and pinned otherwise). It
+// mounts nothing: bpffs must already be mounted at PinDir's parent.
+func New(cfg Config, log logrus.FieldLogger) (*Datapath, error) {
+	if cfg.StateDir == "" || cfg.PinDir == "" || cfg.HostDevice == "" {
+		return nil, fmt.Errorf("datapath config needs StateDir, PinDir and HostDevice: %+v", cfg)
+	}
+	if log == nil {
+		l := logrus.New()
+		l.SetOutput(os.Stderr)
+		log = l
+	}
+	for _, d := range []string{cfg.StateDir, filepath.Join(cfg.StateDir, TemplatesDir)} {
+		if err := os.MkdirAll(d, dirMode); err != nil {
+			return nil, fmt.Errorf("create state directory %s: %w", d, err)
+		}
+	}
+	for _, d := range []string{cfg.PinDir, filepath.Join(cfg.PinDir, linksDir)} {
+		if err := os.MkdirAll(d, pinDirMode); err != nil {
+			return nil, fmt.Errorf("create pin directory %s (is bpffs mounted?): %w", d, err)
+		}
+	}
+	if err := atomicfile.CleanTemporaries(cfg.StateDir); err != nil {
+		return nil, fmt.Errorf("clean state directory: %w", err)
+	}
+	tmpl, err := parseTemplate(bpf.LXCTemplate)
+	if err != nil {
+		return nil, err
+	}
+	d := &Datapath{cfg: cfg, log: log, tmpl: tmpl, shared: map[string]*ebpf.Map{}, eps: map[uint16]*endpointState{}}
+	if err := d.writeTemplate(); err != nil {
+		return nil, err
+	}
+	spec, err := ebpf.LoadCollectionSpecFromReader(bytes.NewReader(bpf.LXCTemplate))
+	if err != nil {
+		return nil, fmt.Errorf("parse embedded template: %w", err)
+	}
+	for _, name := range sharedMapNames() {
+		ms := spec.Maps[name]
+		if ms == nil {
+			d.closeMaps()
+			return nil, fmt.Errorf("template lacks map %s", name)
+		}
+		m, err := ebpf.NewMapWithOptions(ms, ebpf.MapOptions{PinPath: cfg.PinDir})
+		if err != nil {
+			d.closeMaps()
+			return nil, fmt.Errorf("open or create pinned map %s in %s: %w", name, cfg.PinDir, err)
+		}
+		d.shared[name] = m
+	}
+	outer := spec.Maps[PolicyOuterName]
+	if outer.InnerMap == nil {
+		d.closeMaps()
+		return nil, fmt.Errorf("template map %s has no inner map", PolicyOuterName)
+	}
+	d.inner = outer.InnerMap.Copy()
+	d.inner.Name = policyMapKName
+	d.inner.Pinning = ebpf.PinNone
+	return d, nil
+}
+
+// writeTemplate keeps a copy of the template in the templates directory,
+// keyed by its hash, as Cilium does, with an ep_config.h describing the
+// all-zero constants.
+func (d *Datapath) writeTemplate() error {
+	dir := filepath.Join(d.cfg.StateDir, TemplatesDir, d.tmpl.sha)
+	if err := os.MkdirAll(dir, dirMode); err != nil {
+		return fmt.Errorf("create template directory: %w", err)
+	}
+	if err := atomicfile.CleanTemporaries(dir); err != nil {
+		return fmt.Errorf("clean template directory: %w", err)
+	}
+	obj := filepath.Join(dir, ObjectFile)
+	if cur, err := os.ReadFile(obj); err != nil || !bytes.Equal(cur, d.tmpl.raw) {
+		if err := atomicfile.Write(obj, d.tmpl.raw, fileMode); err != nil {
+			return fmt.Errorf("write template object: %w", err)
+		}
+	}
+	hdr, err := WriteEPConfig(d.cfg.Version, &Endpoint{})
+	if err != nil {
+		return err
+	}
+	if err := atomicfile.Write(filepath.Join(dir, EPConfigFile), hdr, fileMode); err != nil {
+		return fmt.Errorf("write template header: %w", err)
+	}
+	return nil
+}
+
+func (d *Datapath) closeMaps() {
+	for _, m := range d.shared {
+		_ = m.Close()
+	}
+	if d.eps != nil {
+		for _, st := range d.eps {
+			st.close()
+		}
+	}
+}
+
+func (st *endpointState) close() {
+	for _, l := range st.links {
+		_ = l.Close()
+	}
+	st.links = nil
+	if st.policy != nil {
+		_ = st.policy.Close()
+		st.policy = nil
+	}
+}
+
+// Close releases every file descriptor and keeps every pin, so programs
+// keep running without the daemon.
+func (d *Datapath) Close() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return nil
+	}
+	d.closed = true
+	d.closeMaps()
+	d.eps = map[uint16]*endpointState{}
+	return nil
+}
+
+// Metrics sums ebpfnet_metrics over CPUs: packets and bytes per verdict
+// reason and direction, for every endpoint of the node.
+func (d *Datapath) Metrics() (map[MetricKey]MetricValue, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return nil, errors.New("datapath closed")
+	}
+	return readMetrics(d.shared[MetricsMapName])
+}
+
+// Endpoint returns the endpoint Docker knows by dockerEndpointID.
+func (d *Datapath) Endpoint(dockerEndpointID string) (Endpoint, bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if st := d.byDockerID(dockerEndpointID); st != nil {
+		return cloneEndpoint(&st.ep), true
+	}
+	return Endpoint{}, false
+}
+
+// EndpointByID returns the endpoint with node-local ID id.
+func (d *Datapath) EndpointByID(id uint16) (Endpoint, bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if st, ok := d.eps[id]; ok {
+		return cloneEndpoint(&st.ep), true
+	}
+	return Endpoint{}, false
+}
+
+// Endpoints lists every endpoint, sorted by ID.
+func (d *Datapath) Endpoints() []Endpoint {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := make([]Endpoint, 0, len(d.eps))
+	for _, st := range d.eps {
+		out = append(out, cloneEndpoint(&st.ep))
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+func (d *Datapath) byDockerID(id string) *endpointState {
+	for _, st := range d.eps {
+		if st.ep.DockerEndpointID == id {
+			return st
+		}
+	}
+	return nil
+}
+
+// cloneEndpoint copies the parts a caller could mutate behind our back.
+func cloneEndpoint(ep *Endpoint) Endpoint {
+	c := *ep
+	c.LXCMAC = append(HardwareAddr(nil), ep.LXCMAC...)
+	c.NodeMAC = append(HardwareAddr(nil), ep.NodeMAC...)
+	if ep.Labels != nil {
+		c.Labels = make(map[string]string, len(ep.Labels))
+		for k, v := range ep.Labels {
+			c.Labels[k] = v
+		}
+	}
+	return c
+}
+
+// Paths of one endpoint's files and pins.
+func (d *Datapath) epDir(id uint16) string {
+	return filepath.Join(d.cfg.StateDir, strconv.Itoa(int(id)))
+}
+
+func (d *Datapath) policyPin(id uint16) string {
+	return filepath.Join(d.cfg.PinDir, PolicyMapName(id))
+}
+
+func (d *Datapath) linkPin(id uint16, prog string) string {
+	return filepath.Join(d.cfg.PinDir, linksDir, fmt.Sprintf("%d_%s", id, prog))
+}
+
+// usedIDs are the epids in memory and those with a state directory, so a
+// leftover directory is never reused before Restore has dealt with it.
+func (d *Datapath) usedIDs() (map[uint16]bool, error) {
+	used := map[uint16]bool{}
+	for id := range d.eps {
+		used[id] = true
+	}
+	ids, err := d.stateDirIDs()
+	if err != nil {
+		return nil, err
+	}
+	for _, id := range ids {
+		used[id] = true
+	}
+	return used, nil
+}
+
+// stateDirIDs lists the numeric directories of StateDir.
+func (d *Datapath) stateDirIDs() ([]uint16, error) {
+	entries, err := os.ReadDir(d.cfg.StateDir)
+	if err != nil {
+		return nil, fmt.Errorf("list state directory: %w", err)
+	}
+	var ids []uint16
+	for _, e := range entries {
+		if !e.IsDir() {
+			continue
+		}
+		n, err := strconv.ParseUint(e.Name(), 10, 16)
+		if err != nil || n == 0 {
+			continue
+		}
+		ids = append(ids, uint16(n))
+	}
+	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
+	return ids, nil
+}

@@ -1,0 +1,118 @@
+package datapath
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+
+	"github.com/cilium/ebpf"
+)
+
+// Names of the pinned maps every endpoint shares (bpf/lib/maps.h).
+const (
+	EndpointsMapName = "ebpfnet_endpoints"
+	PolicyOuterName  = "ebpfnet_policy_maps"
+	MetricsMapName   = "ebpfnet_metrics"
+	EventsMapName    = "ebpfnet_events"
+)
+
+func sharedMapNames() []string {
+	return []string{EndpointsMapName, PolicyOuterName, MetricsMapName, EventsMapName}
+}
+
+// Endpoint flags in ebpfnet_endpoints: policy enforcement per direction.
+// With both clear, the endpoint's policy map is not consulted.
+const (
+	FlagEnforceIngress uint32 = 1 << 0
+	FlagEnforceEgress  uint32 = 1 << 1
+)
+
+// endpointInfo mirrors struct endpoint_info; the key is the IPv4 address in
+// network byte order.
+type endpointInfo struct {
+	IfIndex   uint32
+	EPID      uint32
+	Identity  uint32
+	NetworkID uint32
+	LXCMAC    [6]byte
+	NodeMAC   [6]byte
+	Flags     uint32
+}
+
+func endpointKey(a netip.Addr) [4]byte { return a.As4() }
+
+func infoOf(ep *Endpoint, flags uint32) endpointInfo {
+	info := endpointInfo{
+		IfIndex:   uint32(ep.IfIndex),
+		EPID:      uint32(ep.ID),
+		Identity:  ep.Identity,
+		NetworkID: ep.Network.Index,
+		Flags:     flags,
+	}
+	copy(info.LXCMAC[:], ep.LXCMAC)
+	copy(info.NodeMAC[:], ep.NodeMAC)
+	return info
+}
+
+// PolicyKey mirrors struct policy_key. DPort is in network byte order as the
+// program compares it; 0 means any port, Proto 0 any protocol, Identity 0
+// any identity.
+type PolicyKey struct {
+	Identity  uint32
+	DPort     uint16
+	Proto     uint8
+	Direction uint8
+}
+
+// Policy directions, as seen from the endpoint owning the map.
+const (
+	PolicyIngress uint8 = 0
+	PolicyEgress  uint8 = 1
+)
+
+// PolicyEntry mirrors struct policy_entry; the presence of an entry allows.
+type PolicyEntry struct {
+	Flags uint32
+	Pad   uint32
+}
+
+// MetricKey mirrors struct metrics_key.
+type MetricKey struct {
+	Reason Reason
+	Dir    Direction
+	_      uint16
+}
+
+// MetricValue mirrors struct metrics_value, summed over CPUs by Metrics.
+type MetricValue struct {
+	Packets uint64
+	Bytes   uint64
+}
+
+// readMetrics sums the per-CPU counters of every key.
+func readMetrics(m *ebpf.Map) (map[MetricKey]MetricValue, error) {
+	out := map[MetricKey]MetricValue{}
+	var key MetricKey
+	var perCPU []MetricValue
+	it := m.Iterate()
+	for it.Next(&key, &perCPU) {
+		var sum MetricValue
+		for _, v := range perCPU {
+			sum.Packets += v.Packets
+			sum.Bytes += v.Bytes
+		}
+		out[MetricKey{Reason: key.Reason, Dir: key.Dir}] = sum
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("iterate %s: %w", MetricsMapName, err)
+	}
+	return out, nil
+}
+
+// ignoreNotExist treats a missing key as done: deletions are idempotent.
+func ignoreNotExist(err error) error {
+	if errors.Is(err, ebpf.ErrKeyNotExist) {
+		return nil
+	}
+	return err
+}

@@ -1,0 +1,100 @@
+package datapath
+
+import (
+	"errors"
+	"fmt"
+	"net"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// AddNetwork makes the host side of a network: the gateway address on the
+// dummy HostDevice (there is no bridge; the host answers for the gateway)
+// and an unreachable route for the subnet, so addresses without an endpoint
+// never leak to the default route. Idempotent.
+func (d *Datapath) AddNetwork(n Network) error {
+	if err := validateNetwork(n); err != nil {
+		return err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	dev, err := netlink.LinkByName(d.cfg.HostDevice)
+	if err != nil {
+		var nf netlink.LinkNotFoundError
+		if !errors.As(err, &nf) {
+			return fmt.Errorf("look up %s: %w", d.cfg.HostDevice, err)
+		}
+		la := netlink.NewLinkAttrs()
+		la.Name = d.cfg.HostDevice
+		if err := netlink.LinkAdd(&netlink.Dummy{LinkAttrs: la}); err != nil && !errors.Is(err, unix.EEXIST) {
+			return fmt.Errorf("create %s: %w", d.cfg.HostDevice, err)
+		}
+		if dev, err = netlink.LinkByName(d.cfg.HostDevice); err != nil {
+			return fmt.Errorf("look up %s: %w", d.cfg.HostDevice, err)
+		}
+	}
+	if err := netlink.LinkSetUp(dev); err != nil {
+		return fmt.Errorf("bring up %s: %w", d.cfg.HostDevice, err)
+	}
+	if err := netlink.AddrReplace(dev, gatewayAddr(n)); err != nil {
+		return fmt.Errorf("add gateway %v to %s: %w", n.Gateway, d.cfg.HostDevice, err)
+	}
+	if err := netlink.RouteReplace(unreachableRoute(n)); err != nil {
+		return fmt.Errorf("add unreachable route for %v: %w", n.Subnet, err)
+	}
+	return nil
+}
+
+// RemoveNetwork undoes AddNetwork and deletes HostDevice once it carries no
+// IPv4 address. Idempotent.
+func (d *Datapath) RemoveNetwork(n Network) error {
+	if err := validateNetwork(n); err != nil {
+		return err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := netlink.RouteDel(unreachableRoute(n)); err != nil && !errors.Is(err, unix.ESRCH) {
+		return fmt.Errorf("delete unreachable route for %v: %w", n.Subnet, err)
+	}
+	dev, err := netlink.LinkByName(d.cfg.HostDevice)
+	if err != nil {
+		var nf netlink.LinkNotFoundError
+		if errors.As(err, &nf) {
+			return nil
+		}
+		return fmt.Errorf("look up %s: %w", d.cfg.HostDevice, err)
+	}
+	if err := netlink.AddrDel(dev, gatewayAddr(n)); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
+		return fmt.Errorf("remove gateway %v from %s: %w", n.Gateway, d.cfg.HostDevice, err)
+	}
+	addrs, err := netlink.AddrList(dev, netlink.FAMILY_V4)
+	if err != nil {
+		return fmt.Errorf("list addresses of %s: %w", d.cfg.HostDevice, err)
+	}
+	if len(addrs) == 0 {
+		if err := netlink.LinkDel(dev); err != nil {
+			return fmt.Errorf("delete %s: %w", d.cfg.HostDevice, err)
+		}
+	}
+	return nil
+}
+
+func validateNetwork(n Network) error {
+	if !n.Subnet.IsValid() || !n.Subnet.Addr().Is4() || !n.Gateway.Is4() {
+		return fmt.Errorf("network %d: want an IPv4 subnet and gateway, got %v and %v", n.Index, n.Subnet, n.Gateway)
+	}
+	return nil
+}
+
+func gatewayAddr(n Network) *netlink.Addr {
+	return &netlink.Addr{IPNet: &net.IPNet{IP: net.IP(n.Gateway.AsSlice()), Mask: net.CIDRMask(32, 32)}}
+}
+
+func unreachableRoute(n Network) *netlink.Route {
+	p := n.Subnet.Masked()
+	return &netlink.Route{
+		Dst:  &net.IPNet{IP: net.IP(p.Addr().AsSlice()), Mask: net.CIDRMask(p.Bits(), 32)},
+		Type: unix.RTN_UNREACHABLE,
+	}
+}

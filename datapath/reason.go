@@ -1,0 +1,77 @@
+package datapath
+
+import "fmt"
+
+// Reason is the verdict a program records in ebpfnet_metrics and drop
+// notifications. It mirrors the enum in bpf/lib/drop.h: values below 128 are
+// not drops, 128 and above are.
+type Reason uint8
+
+// Verdict reasons; keep in sync with bpf/lib/drop.h.
+const (
+	ReasonForwarded    Reason = 0 // delivered to a local peer by redirect
+	ReasonToStack      Reason = 1 // handed to the host stack
+	ReasonARPReply     Reason = 2 // ARP answered by the program
+	DropInvalid        Reason = 130
+	DropInvalidSMAC    Reason = 131
+	DropInvalidSIP     Reason = 132
+	DropPolicy         Reason = 133
+	DropUnknownL3      Reason = 134
+	DropNotSameNetwork Reason = 135
+	DropInvalidARP     Reason = 136
+	DropWriteError     Reason = 137
+	firstDropReason    Reason = 128
+)
+
+// IsDrop reports whether the reason stands for a dropped packet.
+func (r Reason) IsDrop() bool { return r >= firstDropReason }
+
+// String gives the Cilium-style name users see.
+func (r Reason) String() string {
+	switch r {
+	case ReasonForwarded:
+		return "FORWARDED"
+	case ReasonToStack:
+		return "TO_STACK"
+	case ReasonARPReply:
+		return "ARP_REPLY"
+	case DropInvalid:
+		return "DROP_INVALID"
+	case DropInvalidSMAC:
+		return "DROP_INVALID_SMAC"
+	case DropInvalidSIP:
+		return "DROP_INVALID_SIP"
+	case DropPolicy:
+		return "DROP_POLICY"
+	case DropUnknownL3:
+		return "DROP_UNKNOWN_L3"
+	case DropNotSameNetwork:
+		return "DROP_NOT_SAME_NETWORK"
+	case DropInvalidARP:
+		return "DROP_INVALID_ARP"
+	case DropWriteError:
+		return "DROP_WRITE_ERROR"
+	}
+	return fmt.Sprintf("REASON_%d", uint8(r))
+}
+
+// Direction is the metric direction, as Cilium counts it: traffic leaving
+// the container is egress.
+type Direction uint8
+
+// Metric directions; keep in sync with bpf/lib/maps.h.
+const (
+	DirIngress Direction = 1
+	DirEgress  Direction = 2
+)
+
+// String names the direction.
+func (d Direction) String() string {
+	switch d {
+	case DirIngress:
+		return "ingress"
+	case DirEgress:
+		return "egress"
+	}
+	return fmt.Sprintf("dir-%d", uint8(d))
+}
