@@ -1,0 +1,392 @@
+// Package driver is the libnetwork network driver: it turns Docker's
+// NetworkDriver calls into networks we persist and endpoints the datapath
+// builds. It speaks Docker; the kernel work is the datapath's.
+package driver
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/docker/go-plugins-helpers/network"
+	"github.com/sirupsen/logrus"
+
+	"github.com/ebpfnet/ebpfnet/datapath"
+	"github.com/ebpfnet/ebpfnet/identity"
+)
+
+// Datapath is what the driver needs of the kernel side. *datapath.Datapath
+// implements it; unit tests use a fake.
+type Datapath interface {
+	AddNetwork(datapath.Network) error
+	RemoveNetwork(datapath.Network) error
+	CreateEndpoint(*datapath.Endpoint) error
+	DeleteEndpoint(dockerEndpointID string) error
+	Endpoint(dockerEndpointID string) (datapath.Endpoint, bool)
+}
+
+// Option keys that Docker puts in CreateNetwork's Options.
+const (
+	optionGeneric  = "com.docker.network.generic"
+	optionInternal = "com.docker.network.internal"
+	// ContainerPrefix is the DstPrefix Docker appends a number to: eth0.
+	ContainerPrefix = "eth"
+	// optionPrefix marks our own -o options; an unknown one is an error, so
+	// that a typo never silently means "default".
+	optionPrefix = "ebpfnet."
+)
+
+// knownOptions lists the ebpfnet.* network options this version understands,
+// with what each means.
+func knownOptions() map[string]string { return map[string]string{} }
+
+// Driver implements network.Driver.
+type Driver struct {
+	log      logrus.FieldLogger
+	datapath Datapath
+
+	mu       sync.Mutex // serialises every change to networks and endpoints
+	networks *networkStore
+}
+
+var _ network.Driver = (*Driver)(nil)
+
+// New loads the persisted networks from statePath and makes sure the
+// datapath has each of them (gateway address, routes) again.
+func New(statePath string, dp Datapath, log logrus.FieldLogger) (*Driver, error) {
+	store, err := loadNetworkStore(statePath)
+	if err != nil {
+		return nil, err
+	}
+	d := &Driver{log: log, datapath: dp, networks: store}
+	for _, n := range store.list() {
+		if err := dp.AddNetwork(n.Datapath); err != nil {
+			return nil, fmt.Errorf("restore network %s: %w", short(n.ID), err)
+		}
+	}
+	return d, nil
+}
+
+// Network is the read-only view of a network for the local API.
+type Network struct {
+	ID       string            `json:"id"`
+	Index    uint32            `json:"index"`
+	Subnet   string            `json:"subnet"`
+	Gateway  string            `json:"gateway"`
+	Internal bool              `json:"internal,omitempty"`
+	Options  map[string]string `json:"options,omitempty"`
+}
+
+// Networks lists the networks, ordered by index.
+func (d *Driver) Networks() []Network {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var out []Network
+	for _, n := range d.networks.list() {
+		out = append(out, Network{
+			ID: n.ID, Index: n.Datapath.Index,
+			Subnet: n.Datapath.Subnet.String(), Gateway: n.Datapath.Gateway.String(),
+			Internal: n.Internal, Options: n.Options,
+		})
+	}
+	return out
+}
+
+// GetCapabilities: endpoints are local to this node.
+func (d *Driver) GetCapabilities() (*network.CapabilitiesResponse, error) {
+	return &network.CapabilitiesResponse{Scope: network.LocalScope, ConnectivityScope: network.LocalScope}, nil
+}
+
+// CreateNetwork records the network and gives it its host-side plumbing.
+func (d *Driver) CreateNetwork(req *network.CreateNetworkRequest) error {
+	if req.NetworkID == "" {
+		return errors.New("create network: empty network ID")
+	}
+	if len(req.IPv6Data) > 0 {
+		return errors.New("create network: ebpfnet does not support IPv6 yet; drop --ipv6")
+	}
+	if len(req.IPv4Data) != 1 {
+		return fmt.Errorf("create network: ebpfnet needs exactly one IPv4 subnet, got %d", len(req.IPv4Data))
+	}
+	subnet, gateway, err := parseIPAMData(req.IPv4Data[0])
+	if err != nil {
+		return fmt.Errorf("create network: %w", err)
+	}
+	options, internal, err := parseNetworkOptions(req.Options)
+	if err != nil {
+		return fmt.Errorf("create network: %w", err)
+	}
+
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if existing, ok := d.networks.get(req.NetworkID); ok {
+		// A retried call: same network, nothing to do.
+		if existing.Datapath.Subnet == subnet {
+			return nil
+		}
+		return fmt.Errorf("create network: network %s already exists with subnet %s", short(req.NetworkID), existing.Datapath.Subnet)
+	}
+	for _, n := range d.networks.list() {
+		if n.Datapath.Subnet.Overlaps(subnet) {
+			return fmt.Errorf("create network: subnet %s overlaps %s of ebpfnet network %s", subnet, n.Datapath.Subnet, short(n.ID))
+		}
+	}
+	index, err := d.networks.freeIndex()
+	if err != nil {
+		return fmt.Errorf("create network: %w", err)
+	}
+	rec := networkRecord{
+		ID:       req.NetworkID,
+		Datapath: datapath.Network{Index: index, Subnet: subnet, Gateway: gateway},
+		Internal: internal,
+		Options:  options,
+	}
+	if err := d.datapath.AddNetwork(rec.Datapath); err != nil {
+		return fmt.Errorf("create network %s: %w", short(req.NetworkID), err)
+	}
+	if err := d.networks.put(rec); err != nil {
+		if undo := d.datapath.RemoveNetwork(rec.Datapath); undo != nil {
+			d.log.WithError(undo).Warn("undo network plumbing after failed persist")
+		}
+		return fmt.Errorf("create network %s: %w", short(req.NetworkID), err)
+	}
+	d.log.WithFields(logrus.Fields{"network": short(req.NetworkID), "subnet": subnet, "gateway": gateway, "index": index}).Info("network created")
+	return nil
+}
+
+// DeleteNetwork removes the network's plumbing and record. Unknown networks
+// are fine: Docker may retry a delete.
+func (d *Driver) DeleteNetwork(req *network.DeleteNetworkRequest) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	rec, ok := d.networks.get(req.NetworkID)
+	if !ok {
+		return nil
+	}
+	if err := d.datapath.RemoveNetwork(rec.Datapath); err != nil {
+		return fmt.Errorf("delete network %s: %w", short(req.NetworkID), err)
+	}
+	if err := d.networks.remove(req.NetworkID); err != nil {
+		return fmt.Errorf("delete network %s: %w", short(req.NetworkID), err)
+	}
+	d.log.WithField("network", short(req.NetworkID)).Info("network deleted")
+	return nil
+}
+
+// AllocateNetwork is a swarm-manager call; a local driver has nothing to do.
+func (d *Driver) AllocateNetwork(*network.AllocateNetworkRequest) (*network.AllocateNetworkResponse, error) {
+	return &network.AllocateNetworkResponse{}, nil
+}
+
+// FreeNetwork is a swarm-manager call; a local driver has nothing to do.
+func (d *Driver) FreeNetwork(*network.FreeNetworkRequest) error { return nil }
+
+// CreateEndpoint builds the container's veth pair and datapath. Docker's
+// IPAM half (ours or another) has already chosen the address.
+func (d *Driver) CreateEndpoint(req *network.CreateEndpointRequest) (*network.CreateEndpointResponse, error) {
+	if req.Interface == nil || req.Interface.Address == "" {
+		return nil, errors.New("create endpoint: Docker sent no IPv4 address; ebpfnet needs one from the network's IPAM driver")
+	}
+	if req.Interface.AddressIPv6 != "" {
+		return nil, errors.New("create endpoint: ebpfnet does not support IPv6 yet")
+	}
+	addr, err := netip.ParsePrefix(req.Interface.Address)
+	if err != nil || !addr.Addr().Is4() {
+		return nil, fmt.Errorf("create endpoint: address %q is not an IPv4 CIDR", req.Interface.Address)
+	}
+	var mac net.HardwareAddr
+	if req.Interface.MacAddress != "" {
+		if mac, err = net.ParseMAC(req.Interface.MacAddress); err != nil {
+			return nil, fmt.Errorf("create endpoint: MAC address %q: %w", req.Interface.MacAddress, err)
+		}
+	}
+
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	rec, ok := d.networks.get(req.NetworkID)
+	if !ok {
+		return nil, fmt.Errorf("create endpoint: network %s is not an ebpfnet network known to this node", short(req.NetworkID))
+	}
+	if !rec.Datapath.Subnet.Contains(addr.Addr()) {
+		return nil, fmt.Errorf("create endpoint: address %s is outside the network's subnet %s", addr.Addr(), rec.Datapath.Subnet)
+	}
+	if existing, ok := d.datapath.Endpoint(req.EndpointID); ok {
+		// A retried call: answer as the first time.
+		return endpointResponse(req, existing), nil
+	}
+	ep := &datapath.Endpoint{
+		DockerNetworkID:  req.NetworkID,
+		DockerEndpointID: req.EndpointID,
+		LXCMAC:           datapath.HardwareAddr(mac),
+		IPv4:             netip.PrefixFrom(addr.Addr(), rec.Datapath.Subnet.Bits()),
+		Network:          rec.Datapath,
+		Identity:         uint32(identity.Init),
+	}
+	if err := d.datapath.CreateEndpoint(ep); err != nil {
+		return nil, fmt.Errorf("create endpoint %s: %w", short(req.EndpointID), err)
+	}
+	d.log.WithFields(logrus.Fields{
+		"endpoint": short(req.EndpointID), "epid": ep.ID, "ifname": ep.IfName, "ipv4": ep.IPv4,
+	}).Info("endpoint created")
+	return endpointResponse(req, *ep), nil
+}
+
+// endpointResponse answers CreateEndpoint. Docker refuses a response that
+// sets what its request already carried, so we only fill the MAC we chose.
+func endpointResponse(req *network.CreateEndpointRequest, ep datapath.Endpoint) *network.CreateEndpointResponse {
+	if req.Interface.MacAddress != "" {
+		return &network.CreateEndpointResponse{}
+	}
+	return &network.CreateEndpointResponse{Interface: &network.EndpointInterface{
+		MacAddress: net.HardwareAddr(ep.LXCMAC).String(),
+	}}
+}
+
+// DeleteEndpoint tears the endpoint down. Unknown endpoints are fine.
+func (d *Driver) DeleteEndpoint(req *network.DeleteEndpointRequest) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := d.datapath.DeleteEndpoint(req.EndpointID); err != nil {
+		return fmt.Errorf("delete endpoint %s: %w", short(req.EndpointID), err)
+	}
+	d.log.WithField("endpoint", short(req.EndpointID)).Info("endpoint deleted")
+	return nil
+}
+
+// EndpointInfo shows up in `docker network inspect`-style diagnostics.
+func (d *Driver) EndpointInfo(req *network.InfoRequest) (*network.InfoResponse, error) {
+	ep, ok := d.datapath.Endpoint(req.EndpointID)
+	if !ok {
+		return nil, fmt.Errorf("endpoint info: unknown endpoint %s", short(req.EndpointID))
+	}
+	return &network.InfoResponse{Value: map[string]string{
+		"ebpfnet.endpoint-id": strconv.Itoa(int(ep.ID)),
+		"ebpfnet.ifname":      ep.IfName,
+		"ebpfnet.ipv4":        ep.IPv4.String(),
+	}}, nil
+}
+
+// Join tells Docker which interface to move into the sandbox and which
+// gateway to route through. The container process does not exist yet.
+func (d *Driver) Join(req *network.JoinRequest) (*network.JoinResponse, error) {
+	ep, ok := d.datapath.Endpoint(req.EndpointID)
+	if !ok {
+		return nil, fmt.Errorf("join: unknown endpoint %s", short(req.EndpointID))
+	}
+	return &network.JoinResponse{
+		InterfaceName: network.InterfaceName{SrcName: ep.PeerName, DstPrefix: ContainerPrefix},
+		Gateway:       ep.Network.Gateway.String(),
+	}, nil
+}
+
+// Leave has nothing to undo: the datapath lives until DeleteEndpoint.
+func (d *Driver) Leave(*network.LeaveRequest) error { return nil }
+
+// DiscoverNew is for multi-host discovery, which a local driver ignores.
+func (d *Driver) DiscoverNew(*network.DiscoveryNotification) error { return nil }
+
+// DiscoverDelete is for multi-host discovery, which a local driver ignores.
+func (d *Driver) DiscoverDelete(*network.DiscoveryNotification) error { return nil }
+
+// ProgramExternalConnectivity is where published ports will go.
+func (d *Driver) ProgramExternalConnectivity(*network.ProgramExternalConnectivityRequest) error {
+	return nil
+}
+
+// RevokeExternalConnectivity undoes ProgramExternalConnectivity.
+func (d *Driver) RevokeExternalConnectivity(*network.RevokeExternalConnectivityRequest) error {
+	return nil
+}
+
+func parseIPAMData(data *network.IPAMData) (netip.Prefix, netip.Addr, error) {
+	if data == nil {
+		return netip.Prefix{}, netip.Addr{}, errors.New("no IPv4 pool")
+	}
+	subnet, err := netip.ParsePrefix(data.Pool)
+	if err != nil || !subnet.Addr().Is4() {
+		return netip.Prefix{}, netip.Addr{}, fmt.Errorf("pool %q is not an IPv4 CIDR", data.Pool)
+	}
+	subnet = subnet.Masked()
+	if data.Gateway == "" {
+		return netip.Prefix{}, netip.Addr{}, errors.New("no gateway: use --ipam-driver ebpfnet or give --gateway")
+	}
+	gw, err := netip.ParsePrefix(data.Gateway)
+	if err != nil {
+		// Some IPAM drivers answer the gateway without a prefix length.
+		addr, aerr := netip.ParseAddr(data.Gateway)
+		if aerr != nil {
+			return netip.Prefix{}, netip.Addr{}, fmt.Errorf("gateway %q is not an IPv4 address", data.Gateway)
+		}
+		gw = netip.PrefixFrom(addr, subnet.Bits())
+	}
+	if !subnet.Contains(gw.Addr()) {
+		return netip.Prefix{}, netip.Addr{}, fmt.Errorf("gateway %s is outside subnet %s", gw.Addr(), subnet)
+	}
+	return subnet, gw.Addr(), nil
+}
+
+// parseNetworkOptions returns the -o options as strings and whether the
+// network is --internal. Unknown ebpfnet.* options are refused.
+func parseNetworkOptions(opts map[string]interface{}) (map[string]string, bool, error) {
+	internal := truthy(opts[optionInternal])
+	out := map[string]string{}
+	generic, _ := opts[optionGeneric].(map[string]interface{})
+	known := knownOptions()
+	var unknown []string
+	for k, v := range generic {
+		s := fmt.Sprint(v)
+		out[k] = s
+		if k == optionInternal {
+			internal = internal || truthy(v)
+		}
+		if strings.HasPrefix(k, optionPrefix) {
+			if _, ok := known[k]; !ok {
+				unknown = append(unknown, k)
+			}
+		}
+	}
+	if len(unknown) > 0 {
+		sort.Strings(unknown)
+		return nil, false, fmt.Errorf("unknown option %s (known ebpfnet options: %s)", strings.Join(unknown, ", "), knownOptionNames(known))
+	}
+	if len(out) == 0 {
+		out = nil
+	}
+	return out, internal, nil
+}
+
+func knownOptionNames(known map[string]string) string {
+	if len(known) == 0 {
+		return "none"
+	}
+	names := make([]string, 0, len(known))
+	for k := range known {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	return strings.Join(names, ", ")
+}
+
+func truthy(v interface{}) bool {
+	switch t := v.(type) {
+	case bool:
+		return t
+	case string:
+		b, _ := strconv.ParseBool(t)
+		return b
+	}
+	return false
+}
+
+// short abbreviates a Docker ID the way the docker CLI does.
+func short(id string) string {
+	if len(id) > 12 {
+		return id[:12]
+	}
+	return id
+}
