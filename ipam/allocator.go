@@ -1,0 +1,359 @@
+package ipam
+
+import (
+	"encoding/binary"
+	"fmt"
+	"net/netip"
+	"sort"
+	"strings"
+)
+
+// The allocator below is pure bookkeeping: no I/O, no locking, no Docker
+// strings. The Driver parses requests, serialises access and persists.
+
+const (
+	// MinPrefixLen and MaxPrefixLen bound the size of a pool: a /8 is the
+	// largest block that still makes sense on one node, and a /30 is the
+	// smallest that leaves a usable address besides network and broadcast
+	// (a /31 or /32 would have no room for both a gateway and a container).
+	MinPrefixLen = 8
+	MaxPrefixLen = 30
+)
+
+// u32 and addrFrom convert between IPv4 addresses and integers, so that range
+// arithmetic ("next address", "last address of the block") stays simple.
+func u32(a netip.Addr) uint32 {
+	b := a.As4()
+	return binary.BigEndian.Uint32(b[:])
+}
+
+func addrFrom(v uint32) netip.Addr {
+	var b [4]byte
+	binary.BigEndian.PutUint32(b[:], v)
+	return netip.AddrFrom4(b)
+}
+
+// bounds returns the first and last address of an IPv4 prefix as integers.
+func bounds(p netip.Prefix) (first, last uint32) {
+	first = u32(p.Masked().Addr())
+	size := uint64(1) << (32 - p.Bits())
+	return first, uint32(uint64(first) + size - 1)
+}
+
+// poolID builds the opaque ID Docker stores for a pool. It spells out address
+// space, pool and sub-pool so that an ID is self-describing in logs and in the
+// state file, and stays the same across restarts.
+func poolID(space string, prefix, sub netip.Prefix) string {
+	if sub.IsValid() {
+		return space + "/" + prefix.String() + "/" + sub.String()
+	}
+	return space + "/" + prefix.String()
+}
+
+// pool is one network's address block and the addresses taken in it.
+type pool struct {
+	id           string
+	addressSpace string
+	prefix       netip.Prefix
+	// subPool is the --ip-range from which dynamic addresses come; invalid
+	// (zero) when the whole pool is the range.
+	subPool netip.Prefix
+	// gateway is the address Docker requested as the gateway; invalid until
+	// then.
+	gateway netip.Addr
+	// allocated is a set rather than a bitmap: a /8 holds 16M addresses of
+	// which a node uses a handful, so memory follows what is used.
+	allocated map[uint32]struct{}
+	// last is the address most recently handed out by allocateNext; the next
+	// search starts after it, so a just-released address is not reused at
+	// once (as Docker's own allocator does). Invalid when none yet.
+	last netip.Addr
+}
+
+func newPool(space string, prefix, sub netip.Prefix) *pool {
+	return &pool{
+		id:           poolID(space, prefix, sub),
+		addressSpace: space,
+		prefix:       prefix,
+		subPool:      sub,
+		allocated:    make(map[uint32]struct{}),
+	}
+}
+
+// checkAddress says why a cannot be reserved in p, or nil if it can.
+func (p *pool) checkAddress(a netip.Addr) error {
+	if !a.Is4() || !p.prefix.Contains(a) {
+		return fmt.Errorf("address %s is not in pool %s", a, p.prefix)
+	}
+	first, last := bounds(p.prefix)
+	switch v := u32(a); v {
+	case first:
+		return fmt.Errorf("address %s is the network address of pool %s", a, p.prefix)
+	case last:
+		return fmt.Errorf("address %s is the broadcast address of pool %s", a, p.prefix)
+	}
+	if _, taken := p.allocated[u32(a)]; taken {
+		return fmt.Errorf("address %s is already in use on pool %s", a, p.prefix)
+	}
+	return nil
+}
+
+// reserve takes exactly a. It returns a function that undoes the reservation.
+func (p *pool) reserve(a netip.Addr) (undo func(), err error) {
+	if err := p.checkAddress(a); err != nil {
+		return nil, err
+	}
+	v := u32(a)
+	p.allocated[v] = struct{}{}
+	return func() { delete(p.allocated, v) }, nil
+}
+
+// dynamicRange is the inclusive range allocateNext draws from: the sub-pool
+// (or the whole pool) without the pool's network and broadcast addresses. The
+// sub-pool's own first and last addresses are ordinary addresses of the pool,
+// so they are handed out, as Docker does.
+func (p *pool) dynamicRange() (first, last uint32, ok bool) {
+	pFirst, pLast := bounds(p.prefix)
+	first, last = pFirst+1, pLast-1
+	if p.subPool.IsValid() {
+		sFirst, sLast := bounds(p.subPool)
+		first, last = max(first, sFirst), min(last, sLast)
+	}
+	return first, last, first <= last
+}
+
+// allocateNext takes the first free address after the last one handed out,
+// wrapping around at the end of the range. Every address the loop skips is an
+// allocated one, so a search costs at most as many steps as there are
+// allocations, never the size of the pool.
+func (p *pool) allocateNext() (netip.Addr, func(), error) {
+	first, last, ok := p.dynamicRange()
+	if !ok {
+		return netip.Addr{}, nil, p.exhausted()
+	}
+	start := first
+	if p.last.IsValid() {
+		if l := u32(p.last); l >= first && l < last {
+			start = l + 1
+		}
+	}
+	size := uint64(last-first) + 1
+	cand := start
+	for range size {
+		if _, taken := p.allocated[cand]; !taken {
+			prevLast := p.last
+			p.allocated[cand] = struct{}{}
+			p.last = addrFrom(cand)
+			return p.last, func() {
+				delete(p.allocated, cand)
+				p.last = prevLast
+			}, nil
+		}
+		if cand == last {
+			cand = first
+		} else {
+			cand++
+		}
+	}
+	return netip.Addr{}, nil, p.exhausted()
+}
+
+func (p *pool) exhausted() error {
+	if p.subPool.IsValid() {
+		return fmt.Errorf("no free address left in ip-range %s of pool %s", p.subPool, p.prefix)
+	}
+	return fmt.Errorf("no free address left in pool %s", p.prefix)
+}
+
+// release frees a; it reports false when a was not allocated. The returned
+// function undoes the release.
+func (p *pool) release(a netip.Addr) (undo func(), released bool) {
+	if !a.Is4() {
+		return nil, false
+	}
+	v := u32(a)
+	if _, taken := p.allocated[v]; !taken {
+		return nil, false
+	}
+	prevGateway := p.gateway
+	delete(p.allocated, v)
+	if p.gateway == a {
+		p.gateway = netip.Addr{}
+	}
+	return func() {
+		p.allocated[v] = struct{}{}
+		p.gateway = prevGateway
+	}, true
+}
+
+// has reports whether a is allocated in p.
+func (p *pool) has(a netip.Addr) bool {
+	if !a.Is4() {
+		return false
+	}
+	_, ok := p.allocated[u32(a)]
+	return ok
+}
+
+// addresses returns the allocated addresses in ascending order.
+func (p *pool) addresses() []netip.Addr {
+	vs := make([]uint32, 0, len(p.allocated))
+	for v := range p.allocated {
+		vs = append(vs, v)
+	}
+	sort.Slice(vs, func(i, j int) bool { return vs[i] < vs[j] })
+	out := make([]netip.Addr, len(vs))
+	for i, v := range vs {
+		out[i] = addrFrom(v)
+	}
+	return out
+}
+
+// allocator holds every ebpfnet pool. Pools of both address spaces share one
+// overlap check: they all end up in the one routing table of this node.
+type allocator struct {
+	pools map[string]*pool
+	// defaultPools and defaultPoolLen describe where pools come from when
+	// Docker asks for one without a subnet.
+	defaultPools   []netip.Prefix
+	defaultPoolLen int
+}
+
+func newAllocator(defaultPools []netip.Prefix, defaultPoolLen int) *allocator {
+	return &allocator{
+		pools:          make(map[string]*pool),
+		defaultPools:   defaultPools,
+		defaultPoolLen: defaultPoolLen,
+	}
+}
+
+// overlapping returns the existing pool that overlaps prefix, if any.
+func (a *allocator) overlapping(prefix netip.Prefix) *pool {
+	for _, p := range a.sortedPools() {
+		if p.prefix.Overlaps(prefix) {
+			return p
+		}
+	}
+	return nil
+}
+
+// addPool registers a new pool; prefix and sub must already be validated.
+func (a *allocator) addPool(space string, prefix, sub netip.Prefix) (*pool, func(), error) {
+	if other := a.overlapping(prefix); other != nil {
+		return nil, nil, fmt.Errorf("subnet %s overlaps %s of an existing ebpfnet network", prefix, other.prefix)
+	}
+	p := newPool(space, prefix, sub)
+	a.pools[p.id] = p
+	return p, func() { delete(a.pools, p.id) }, nil
+}
+
+// removePool forgets a pool and its addresses; it reports false when there is
+// no such pool.
+func (a *allocator) removePool(id string) (undo func(), removed bool) {
+	p, ok := a.pools[id]
+	if !ok {
+		return nil, false
+	}
+	delete(a.pools, id)
+	return func() { a.pools[id] = p }, true
+}
+
+// carve picks the first defaultPoolLen-sized block of the default pools that
+// overlaps neither an ebpfnet pool nor any of hostRoutes.
+func (a *allocator) carve(hostRoutes []netip.Prefix) (netip.Prefix, error) {
+	used := make([]netip.Prefix, 0, len(a.pools)+len(hostRoutes))
+	for _, p := range a.pools {
+		used = append(used, p.prefix)
+	}
+	for _, r := range hostRoutes {
+		// A default route covers everything and says nothing about which
+		// ranges are in use; honouring it would leave nothing to carve.
+		if r.IsValid() && r.Addr().Is4() && r.Bits() > 0 {
+			used = append(used, r.Masked())
+		}
+	}
+	step := uint64(1) << (32 - a.defaultPoolLen)
+	for _, base := range a.defaultPools {
+		first, last := bounds(base)
+		for cand := uint64(first); cand+step-1 <= uint64(last); {
+			block := netip.PrefixFrom(addrFrom(uint32(cand)), a.defaultPoolLen)
+			next := cand + step
+			free := true
+			for _, u := range used {
+				if !u.Overlaps(block) {
+					continue
+				}
+				free = false
+				// Jump past a used prefix bigger than the block at once
+				// instead of testing each block inside it. Its end is
+				// aligned to the block size because it is at least as big.
+				if _, uLast := bounds(u); uint64(uLast)+1 > next {
+					next = uint64(uLast) + 1
+				}
+			}
+			if free {
+				return block, nil
+			}
+			cand = next
+		}
+	}
+	return netip.Prefix{}, fmt.Errorf("no free /%d left in the default pools %s: every block overlaps an ebpfnet network or a host route; pass --subnet",
+		a.defaultPoolLen, joinPrefixes(a.defaultPools))
+}
+
+// sortedPools returns the pools ordered by address, so that results and
+// messages do not depend on map iteration order.
+func (a *allocator) sortedPools() []*pool {
+	out := make([]*pool, 0, len(a.pools))
+	for _, p := range a.pools {
+		out = append(out, p)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if c := out[i].prefix.Addr().Compare(out[j].prefix.Addr()); c != 0 {
+			return c < 0
+		}
+		return out[i].prefix.Bits() < out[j].prefix.Bits()
+	})
+	return out
+}
+
+func joinPrefixes(ps []netip.Prefix) string {
+	s := make([]string, len(ps))
+	for i, p := range ps {
+		s[i] = p.String()
+	}
+	return strings.Join(s, ", ")
+}
+
+// parseSubnet parses a user-supplied IPv4 subnet (what names it in messages:
+// "subnet", "ip-range"). It refuses a non-canonical prefix, as Docker's API
+// does, rather than guess whether 10.77.0.5/16 meant 10.77.0.0/16.
+func parseSubnet(what, s string) (netip.Prefix, error) {
+	p, err := netip.ParsePrefix(s)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("invalid %s %q: %w", what, s, err)
+	}
+	if !p.Addr().Is4() {
+		return netip.Prefix{}, fmt.Errorf("invalid %s %s: only IPv4 is supported by ebpfnet", what, s)
+	}
+	if p != p.Masked() {
+		return netip.Prefix{}, fmt.Errorf("invalid %s %s: it should be %s", what, s, p.Masked())
+	}
+	return p, nil
+}
+
+// checkPoolSize enforces MinPrefixLen..MaxPrefixLen on a pool.
+func checkPoolSize(p netip.Prefix) error {
+	if p.Bits() < MinPrefixLen || p.Bits() > MaxPrefixLen {
+		return fmt.Errorf("subnet %s is not supported: the prefix length must be between /%d and /%d", p, MinPrefixLen, MaxPrefixLen)
+	}
+	return nil
+}
+
+// checkSubPool checks that an --ip-range lies within its pool.
+func checkSubPool(prefix, sub netip.Prefix) error {
+	if sub.Bits() < prefix.Bits() || !prefix.Contains(sub.Addr()) {
+		return fmt.Errorf("ip-range %s is not within subnet %s", sub, prefix)
+	}
+	return nil
+}
