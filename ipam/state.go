@@ -1,0 +1,145 @@
+package ipam
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/netip"
+	"os"
+
+	"github.com/ebpfnet/ebpfnet/atomicfile"
+)
+
+// stateVersion is bumped whenever the file format changes incompatibly, so
+// that an older or newer daemon refuses a file it would misread.
+const stateVersion = 1
+
+// stateFile is the JSON document at Config.StatePath.
+type stateFile struct {
+	Version int         `json:"version"`
+	Pools   []poolState `json:"pools"`
+}
+
+type poolState struct {
+	ID           string       `json:"id"`
+	AddressSpace string       `json:"addressSpace"`
+	Pool         netip.Prefix `json:"pool"`
+	SubPool      netip.Prefix `json:"subPool"`
+	Gateway      netip.Addr   `json:"gateway"`
+	// Last keeps the sequential allocation going where it stopped, so a
+	// restart does not hand out a just-released address again.
+	Last      netip.Addr   `json:"last"`
+	Addresses []netip.Addr `json:"addresses"`
+}
+
+// snapshot renders the allocator as the state document, pools and addresses
+// sorted so that the file is stable and diffable.
+func (a *allocator) snapshot() stateFile {
+	st := stateFile{Version: stateVersion, Pools: []poolState{}}
+	for _, p := range a.sortedPools() {
+		st.Pools = append(st.Pools, poolState{
+			ID:           p.id,
+			AddressSpace: p.addressSpace,
+			Pool:         p.prefix,
+			SubPool:      p.subPool,
+			Gateway:      p.gateway,
+			Last:         p.last,
+			Addresses:    p.addresses(),
+		})
+	}
+	return st
+}
+
+// save writes the allocator to path atomically.
+func (a *allocator) save(path string) error {
+	data, err := json.MarshalIndent(a.snapshot(), "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode IPAM state: %w", err)
+	}
+	if err := atomicfile.Write(path, append(data, '\n'), 0o600); err != nil {
+		return fmt.Errorf("persist IPAM state: %w", err)
+	}
+	return nil
+}
+
+// load fills an empty allocator from path. A missing file is a fresh node; a
+// file that cannot be read or does not hold consistent state is an error,
+// because discarding it would hand out addresses that running containers
+// still use.
+func (a *allocator) load(path string) error {
+	data, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read IPAM state: %w", err)
+	}
+	var st stateFile
+	if err := json.Unmarshal(data, &st); err != nil {
+		return fmt.Errorf("IPAM state file %s is corrupt: %w", path, err)
+	}
+	if err := a.restore(st); err != nil {
+		return fmt.Errorf("IPAM state file %s is corrupt: %w", path, err)
+	}
+	return nil
+}
+
+// restore rebuilds pools from st, checking every invariant the allocator
+// relies on instead of trusting the file.
+func (a *allocator) restore(st stateFile) error {
+	if st.Version != stateVersion {
+		return fmt.Errorf("version %d, want %d", st.Version, stateVersion)
+	}
+	for i, ps := range st.Pools {
+		if err := a.restorePool(ps); err != nil {
+			return fmt.Errorf("pool %d (%q): %w", i, ps.ID, err)
+		}
+	}
+	return nil
+}
+
+func (a *allocator) restorePool(ps poolState) error {
+	if !validAddressSpace(ps.AddressSpace) {
+		return fmt.Errorf("unknown address space %q", ps.AddressSpace)
+	}
+	if !ps.Pool.IsValid() || !ps.Pool.Addr().Is4() || ps.Pool != ps.Pool.Masked() {
+		return fmt.Errorf("invalid pool %s", ps.Pool)
+	}
+	if err := checkPoolSize(ps.Pool); err != nil {
+		return err
+	}
+	if ps.SubPool.IsValid() {
+		if ps.SubPool != ps.SubPool.Masked() {
+			return fmt.Errorf("invalid ip-range %s", ps.SubPool)
+		}
+		if err := checkSubPool(ps.Pool, ps.SubPool); err != nil {
+			return err
+		}
+	}
+	if want := poolID(ps.AddressSpace, ps.Pool, ps.SubPool); ps.ID != want {
+		return fmt.Errorf("pool ID %q does not match its pool, want %q", ps.ID, want)
+	}
+	p, _, err := a.addPool(ps.AddressSpace, ps.Pool, ps.SubPool)
+	if err != nil {
+		return err
+	}
+	for _, addr := range ps.Addresses {
+		if _, err := p.reserve(addr); err != nil {
+			return err
+		}
+	}
+	if ps.Gateway.IsValid() {
+		if !p.has(ps.Gateway) {
+			return fmt.Errorf("gateway %s is not among the allocated addresses", ps.Gateway)
+		}
+		p.gateway = ps.Gateway
+	}
+	if ps.Last.IsValid() {
+		if !ps.Last.Is4() || !ps.Pool.Contains(ps.Last) {
+			return fmt.Errorf("last allocated address %s is not in the pool", ps.Last)
+		}
+		p.last = ps.Last
+	}
+	return nil
+}
