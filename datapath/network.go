@@ -25,10 +25,8 @@ func (d *Datapath) AddNetwork(n Network) error {
 		if !errors.As(err, &nf) {
 			return fmt.Errorf("look up %s: %w", d.cfg.HostDevice, err)
 		}
-		la := netlink.NewLinkAttrs()
-		la.Name = d.cfg.HostDevice
-		if err := netlink.LinkAdd(&netlink.Dummy{LinkAttrs: la}); err != nil && !errors.Is(err, unix.EEXIST) {
-			return fmt.Errorf("create %s: %w", d.cfg.HostDevice, err)
+		if err := createHostDevice(d.cfg.HostDevice); err != nil {
+			return err
 		}
 		if dev, err = netlink.LinkByName(d.cfg.HostDevice); err != nil {
 			return fmt.Errorf("look up %s: %w", d.cfg.HostDevice, err)
@@ -76,6 +74,22 @@ func (d *Datapath) RemoveNetwork(n Network) error {
 		if err := netlink.LinkDel(dev); err != nil {
 			return fmt.Errorf("delete %s: %w", d.cfg.HostDevice, err)
 		}
+	}
+	return nil
+}
+
+// createHostDevice makes the device that holds gateway addresses: a dummy,
+// or an ifb on kernels built without the dummy driver (CONFIG_DUMMY=n); all
+// it has to do is carry addresses while up, which both do.
+func createHostDevice(name string) error {
+	la := netlink.NewLinkAttrs()
+	la.Name = name
+	err := netlink.LinkAdd(&netlink.Dummy{LinkAttrs: la})
+	if errors.Is(err, unix.EOPNOTSUPP) {
+		err = netlink.LinkAdd(&netlink.Ifb{LinkAttrs: la})
+	}
+	if err != nil && !errors.Is(err, unix.EEXIST) {
+		return fmt.Errorf("create %s: %w", name, err)
 	}
 	return nil
 }

@@ -1,0 +1,458 @@
+package datapath
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+
+	"github.com/ebpfnet/ebpfnet/testutil"
+)
+
+// testEnv is one privileged test's private world: its own pin directory,
+// state directory, host device, networks and namespaces, all removed on
+// cleanup.
+type testEnv struct {
+	t      *testing.T
+	suffix string
+	cfg    Config
+	dp     *Datapath
+}
+
+func randHex(t testing.TB, n int) string {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	return hex.EncodeToString(b)
+}
+
+func newTestEnv(t *testing.T) *testEnv {
+	t.Helper()
+	testutil.RequireRoot(t)
+	testutil.RequireCommand(t, "ip", "busybox")
+	if _, err := os.Stat("/sys/fs/bpf"); err != nil {
+		testutil.Missing(t, "bpffs at /sys/fs/bpf: %v", err)
+	}
+	suffix := randHex(t, 3)
+	e := &testEnv{t: t, suffix: suffix, cfg: Config{
+		StateDir:   t.TempDir(),
+		PinDir:     "/sys/fs/bpf/ebpfnet-test-" + suffix,
+		HostDevice: "ebt" + suffix,
+		Version:    "test",
+	}}
+	t.Cleanup(func() {
+		if e.dp != nil {
+			_ = e.dp.Close()
+		}
+		// Whatever a failed test left: veths die with their namespace or
+		// here, pins with the directory.
+		links, _ := netlink.LinkList()
+		for _, l := range links {
+			if l.Attrs().Name == e.cfg.HostDevice {
+				_ = netlink.LinkDel(l)
+			}
+		}
+		_ = os.RemoveAll(e.cfg.PinDir)
+	})
+	e.dp = e.open()
+	return e
+}
+
+func (e *testEnv) open() *Datapath {
+	e.t.Helper()
+	log := logrus.New()
+	log.SetLevel(logrus.WarnLevel)
+	dp, err := New(e.cfg, log)
+	if err != nil {
+		e.t.Fatalf("New: %v", err)
+	}
+	return dp
+}
+
+// network returns a fresh /24 that no route of the machine covers.
+func (e *testEnv) network(index uint32) Network {
+	e.t.Helper()
+	for i := 0; i < 50; i++ {
+		b := make([]byte, 2)
+		_, _ = rand.Read(b)
+		subnet := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 200 + b[0]%50, b[1], 0}), 24)
+		if onlyDefaultRoute(subnet) {
+			n := Network{Index: index, Subnet: subnet, Gateway: subnet.Addr().Next()}
+			if err := e.dp.AddNetwork(n); err != nil {
+				e.t.Fatalf("AddNetwork: %v", err)
+			}
+			e.t.Cleanup(func() {
+				if err := e.dp.RemoveNetwork(n); err != nil {
+					e.t.Errorf("RemoveNetwork: %v", err)
+				}
+			})
+			return n
+		}
+	}
+	e.t.Fatal("no free subnet found")
+	return Network{}
+}
+
+// onlyDefaultRoute tells whether nothing but the default route covers p.
+func onlyDefaultRoute(p netip.Prefix) bool {
+	out, err := exec.Command("ip", "-4", "route", "show", "match", p.String()).Output()
+	if err != nil {
+		return false
+	}
+	for _, l := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		if l != "" && !strings.HasPrefix(l, "default") {
+			return false
+		}
+	}
+	return true
+}
+
+func hostAddr(n Network, host byte) netip.Prefix {
+	a := n.Subnet.Addr().As4()
+	a[3] = host
+	return netip.PrefixFrom(netip.AddrFrom4(a), n.Subnet.Bits())
+}
+
+func (e *testEnv) endpoint(n Network, host byte) *Endpoint {
+	e.t.Helper()
+	ep := &Endpoint{
+		DockerEndpointID: fmt.Sprintf("%s-%d-%d-%s", e.suffix, n.Index, host, randHex(e.t, 4)),
+		DockerNetworkID:  fmt.Sprintf("net%d", n.Index),
+		IPv4:             hostAddr(n, host),
+		Network:          n,
+		Identity:         256 + uint32(host),
+		Labels:           map[string]string{"id": fmt.Sprintf("app%d", host)},
+	}
+	if err := e.dp.CreateEndpoint(ep); err != nil {
+		e.t.Fatalf("CreateEndpoint: %v", err)
+	}
+	return ep
+}
+
+func run(t testing.TB, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// container does what Docker does after Join: move the peer into the
+// sandbox, rename it eth0, address it and route via the gateway.
+func (e *testEnv) container(ep *Endpoint) string {
+	e.t.Helper()
+	ns := fmt.Sprintf("ebt-%s-%d", e.suffix, ep.ID)
+	run(e.t, "ip", "netns", "add", ns)
+	e.t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", ns).Run() })
+	run(e.t, "ip", "link", "set", ep.PeerName, "netns", ns)
+	run(e.t, "ip", "-n", ns, "link", "set", ep.PeerName, "name", "eth0")
+	run(e.t, "ip", "-n", ns, "addr", "add", ep.IPv4.String(), "dev", "eth0")
+	run(e.t, "ip", "-n", ns, "link", "set", "lo", "up")
+	run(e.t, "ip", "-n", ns, "link", "set", "eth0", "up")
+	run(e.t, "ip", "-n", ns, "route", "add", "default", "via", ep.Network.Gateway.String())
+	return ns
+}
+
+// ping sends one echo request from ns ("" for the host) and reports
+// whether it was answered.
+func ping(ns string, dst netip.Addr, extra ...string) bool {
+	args := []string{"busybox", "ping", "-c1", "-W1"}
+	args = append(args, extra...)
+	args = append(args, dst.String())
+	if ns != "" {
+		args = append([]string{"ip", "netns", "exec", ns}, args...)
+	}
+	return exec.Command(args[0], args[1:]...).Run() == nil
+}
+
+// inNetns runs fn on a thread switched into the named namespace; sockets
+// created by fn belong to that namespace for their whole life.
+func inNetns(name string, fn func() error) error {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		return fmt.Errorf("get current netns: %w", err)
+	}
+	defer orig.Close()
+	target, err := netns.GetFromName(name)
+	if err != nil {
+		return fmt.Errorf("open netns %s: %w", name, err)
+	}
+	defer target.Close()
+	if err := netns.Set(target); err != nil {
+		return fmt.Errorf("enter netns %s: %w", name, err)
+	}
+	defer func() { _ = netns.Set(orig) }()
+	return fn()
+}
+
+// tcpConnect listens in serverNS and connects from clientNS, exchanging a
+// few bytes.
+func tcpConnect(t *testing.T, serverNS string, server netip.Addr, clientNS string) error {
+	var ln net.Listener
+	if err := inNetns(serverNS, func() (err error) {
+		ln, err = net.Listen("tcp4", netip.AddrPortFrom(server, 8080).String())
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		_, _ = c.Write([]byte("hello"))
+	}()
+	return inNetns(clientNS, func() error {
+		c, err := net.DialTimeout("tcp4", netip.AddrPortFrom(server, 8080).String(), 2*time.Second)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+		buf := make([]byte, 5)
+		if _, err := c.Read(buf); err != nil || string(buf) != "hello" {
+			return fmt.Errorf("read %q: %v", buf, err)
+		}
+		return nil
+	})
+}
+
+func (e *testEnv) metric(r Reason, dir Direction) uint64 {
+	e.t.Helper()
+	m, err := e.dp.Metrics()
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return m[MetricKey{Reason: r, Dir: dir}].Packets
+}
+
+func TestDatapathLocalDelivery(t *testing.T) {
+	e := newTestEnv(t)
+	n := e.network(1)
+	a, b := e.endpoint(n, 10), e.endpoint(n, 11)
+	nsA, nsB := e.container(a), e.container(b)
+
+	if !ping(nsA, n.Gateway) {
+		t.Fatal("container -> gateway: no reply")
+	}
+	neigh := run(t, "ip", "-n", nsA, "neigh", "show", n.Gateway.String())
+	if !strings.Contains(neigh, a.NodeMAC.String()) {
+		t.Errorf("gateway neighbour in container is %q, want NodeMAC %s", neigh, a.NodeMAC)
+	}
+	if e.metric(ReasonARPReply, DirEgress) == 0 {
+		t.Error("no ARP reply counted")
+	}
+
+	fwd := e.metric(ReasonForwarded, DirEgress)
+	if !ping(nsA, b.IPv4.Addr()) {
+		t.Fatal("container -> container: no reply")
+	}
+	if err := tcpConnect(t, nsB, b.IPv4.Addr(), nsA); err != nil {
+		t.Fatalf("container -> container TCP: %v", err)
+	}
+	if got := e.metric(ReasonForwarded, DirEgress); got < fwd+4 {
+		t.Errorf("forwarded by redirect: %d -> %d, want at least 4 more", fwd, got)
+	}
+	if !ping("", a.IPv4.Addr()) {
+		t.Error("host -> container: no reply")
+	}
+	if e.metric(ReasonToStack, DirIngress) == 0 {
+		t.Error("to_container counted nothing")
+	}
+}
+
+func TestDatapathDropsSpoofing(t *testing.T) {
+	e := newTestEnv(t)
+	n := e.network(1)
+	a, b := e.endpoint(n, 20), e.endpoint(n, 21)
+	nsA, _ := e.container(a), e.container(b)
+	if !ping(nsA, b.IPv4.Addr()) {
+		t.Fatal("baseline ping failed")
+	}
+
+	spoofed := hostAddr(n, 99)
+	run(t, "ip", "-n", nsA, "addr", "add", spoofed.String(), "dev", "eth0")
+	sip := e.metric(DropInvalidSIP, DirEgress)
+	if ping(nsA, b.IPv4.Addr(), "-I", spoofed.Addr().String()) {
+		t.Error("ping from a spoofed source IP was answered")
+	}
+	if e.metric(DropInvalidSIP, DirEgress) == sip {
+		t.Error("no DROP_INVALID_SIP counted")
+	}
+	run(t, "ip", "-n", nsA, "addr", "del", spoofed.String(), "dev", "eth0")
+
+	run(t, "ip", "-n", nsA, "link", "set", "eth0", "address", "02:00:00:00:00:99")
+	smac := e.metric(DropInvalidSMAC, DirEgress)
+	if ping(nsA, b.IPv4.Addr()) {
+		t.Error("ping from a spoofed source MAC was answered")
+	}
+	if e.metric(DropInvalidSMAC, DirEgress) == smac {
+		t.Error("no DROP_INVALID_SMAC counted")
+	}
+}
+
+func TestDatapathIsolatesNetworks(t *testing.T) {
+	e := newTestEnv(t)
+	n1, n2 := e.network(1), e.network(2)
+	a, b := e.endpoint(n1, 30), e.endpoint(n2, 31)
+	nsA, nsB := e.container(a), e.container(b)
+	if !ping(nsA, n1.Gateway) || !ping(nsB, n2.Gateway) {
+		t.Fatal("containers cannot reach their gateways")
+	}
+	before := e.metric(DropNotSameNetwork, DirEgress)
+	if ping(nsA, b.IPv4.Addr()) {
+		t.Error("container reached a container of another network")
+	}
+	if e.metric(DropNotSameNetwork, DirEgress) == before {
+		t.Error("no DROP_NOT_SAME_NETWORK counted")
+	}
+	// The unused addresses of a network are unreachable, not routed away.
+	out, _ := exec.Command("ip", "route", "get", hostAddr(n1, 200).Addr().String()).CombinedOutput()
+	if !strings.Contains(string(out), "No route to host") && !strings.Contains(string(out), "unreachable") {
+		t.Errorf("unused address routes as %q", out)
+	}
+}
+
+func TestDatapathCreateFailureLeavesNothing(t *testing.T) {
+	e := newTestEnv(t)
+	n := e.network(1)
+	ep := &Endpoint{DockerEndpointID: "collide-" + e.suffix, IPv4: hostAddr(n, 40), Network: n}
+	// A device already holding the host veth's name makes creation fail
+	// after the record is written.
+	la := netlink.NewLinkAttrs()
+	la.Name = HostIfName(ep.DockerEndpointID)
+	if err := netlink.LinkAdd(&netlink.Ifb{LinkAttrs: la}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = deleteLinkByName(la.Name) })
+	if err := e.dp.CreateEndpoint(ep); err == nil {
+		t.Fatal("CreateEndpoint succeeded despite the name collision")
+	}
+	if _, err := os.Stat(e.dp.epDir(ep.ID)); !os.IsNotExist(err) {
+		t.Errorf("state directory left behind: %v", err)
+	}
+	if _, err := os.Stat(e.dp.policyPin(ep.ID)); !os.IsNotExist(err) {
+		t.Errorf("policy pin left behind: %v", err)
+	}
+	if len(e.dp.Endpoints()) != 0 {
+		t.Error("failed endpoint is listed")
+	}
+}
+
+func TestDatapathDeleteAndRestore(t *testing.T) {
+	e := newTestEnv(t)
+	n := e.network(1)
+	a, b := e.endpoint(n, 50), e.endpoint(n, 51)
+	gone := e.endpoint(n, 52)
+	nsA, _ := e.container(a), e.container(b)
+	if !ping(nsA, b.IPv4.Addr()) {
+		t.Fatal("baseline ping failed")
+	}
+
+	// Traffic runs across the whole restart.
+	flow := exec.Command("ip", "netns", "exec", nsA, "busybox", "ping", "-c", "30", "-i", "0.1", "-W", "2", b.IPv4.Addr().String())
+	var flowOut strings.Builder
+	flow.Stdout, flow.Stderr = &flowOut, &flowOut
+	if err := flow.Start(); err != nil {
+		t.Fatal(err)
+	}
+
+	if err := e.dp.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// What a crash may leave: a veth gone behind our back, a missing link
+	// pin, and a half-created endpoint with only a directory and a pin.
+	run(t, "ip", "link", "del", gone.IfName)
+	if err := os.Remove(filepath.Join(e.cfg.PinDir, linksDir, fmt.Sprintf("%d_%s", a.ID, progTo))); err != nil {
+		t.Fatal(err)
+	}
+	half := filepath.Join(e.cfg.StateDir, "77")
+	if err := os.Mkdir(half, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(half, ".ep_config.h.tmp-1"), []byte("torn"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	e.dp = e.open()
+	restored, err := e.dp.Restore()
+	if err != nil {
+		t.Fatalf("Restore: %v", err)
+	}
+	if len(restored) != 2 || restored[0].ID != a.ID || restored[1].ID != b.ID {
+		t.Fatalf("restored %+v, want endpoints %d and %d", restored, a.ID, b.ID)
+	}
+	if restored[0].IfIndex != a.IfIndex || restored[0].DockerEndpointID != a.DockerEndpointID {
+		t.Errorf("restored endpoint differs: %+v", restored[0])
+	}
+	if _, err := os.Stat(half); !os.IsNotExist(err) {
+		t.Errorf("half-created directory survived: %v", err)
+	}
+	assertGone(t, e, gone)
+	if _, err := os.Stat(e.dp.linkPin(a.ID, progTo)); err != nil {
+		t.Errorf("missing link pin not regenerated: %v", err)
+	}
+
+	if err := flow.Wait(); err != nil {
+		t.Errorf("ping across restart: %v\n%s", err, flowOut.String())
+	}
+	if !strings.Contains(flowOut.String(), " 0% packet loss") {
+		t.Errorf("packets lost across restart:\n%s", flowOut.String())
+	}
+	if !ping(nsA, b.IPv4.Addr()) {
+		t.Error("no traffic after restore")
+	}
+
+	if err := e.dp.DeleteEndpoint(a.DockerEndpointID); err != nil {
+		t.Fatal(err)
+	}
+	assertGone(t, e, a)
+	if err := e.dp.DeleteEndpoint(a.DockerEndpointID); err != nil {
+		t.Errorf("second delete: %v", err)
+	}
+	if _, ok := e.dp.Endpoint(a.DockerEndpointID); ok {
+		t.Error("deleted endpoint still listed")
+	}
+	if got, ok := e.dp.EndpointByID(b.ID); !ok || got.DockerEndpointID != b.DockerEndpointID {
+		t.Error("other endpoint lost")
+	}
+}
+
+// assertGone checks that nothing of ep is left on the host.
+func assertGone(t *testing.T, e *testEnv, ep *Endpoint) {
+	t.Helper()
+	if _, err := netlink.LinkByName(ep.IfName); err == nil {
+		t.Errorf("veth %s still exists", ep.IfName)
+	}
+	if out := run(t, "ip", "route", "show", ep.IPv4.Addr().String()+"/32"); strings.TrimSpace(out) != "" {
+		t.Errorf("route left: %s", out)
+	}
+	for _, p := range []string{e.dp.epDir(ep.ID), e.dp.policyPin(ep.ID), e.dp.linkPin(ep.ID, progFrom), e.dp.linkPin(ep.ID, progTo)} {
+		if _, err := os.Stat(p); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s left behind: %v", p, err)
+		}
+	}
+	var info endpointInfo
+	if err := e.dp.shared[EndpointsMapName].Lookup(endpointKey(ep.IPv4.Addr()), &info); err == nil {
+		t.Errorf("endpoints map still holds %v", ep.IPv4.Addr())
+	}
+}
