@@ -1,0 +1,61 @@
+package main
+
+import (
+	"fmt"
+	"net/netip"
+	"os/signal"
+	"syscall"
+
+	"github.com/sirupsen/logrus"
+	"github.com/spf13/cobra"
+
+	"github.com/ebpfnet/ebpfnet/plugin"
+)
+
+func newDaemonCommand() *cobra.Command {
+	cfg := plugin.DefaultConfig(version)
+	var logLevel string
+	var pools []string
+	cmd := &cobra.Command{
+		Use:   "daemon",
+		Short: "Serve the Docker network and IPAM drivers and the local API",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log := logrus.New()
+			level, err := logrus.ParseLevel(logLevel)
+			if err != nil {
+				return fmt.Errorf("--log-level: %w", err)
+			}
+			log.SetLevel(level)
+			cfg.DefaultPools = cfg.DefaultPools[:0]
+			for _, p := range pools {
+				prefix, err := netip.ParsePrefix(p)
+				if err != nil || !prefix.Addr().Is4() {
+					return fmt.Errorf("--default-pool %q is not an IPv4 CIDR", p)
+				}
+				cfg.DefaultPools = append(cfg.DefaultPools, prefix.Masked())
+			}
+			if cfg.DefaultPoolSize < 8 || cfg.DefaultPoolSize > 30 {
+				return fmt.Errorf("--default-pool-size %d: must be from 8 to 30", cfg.DefaultPoolSize)
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, syscall.SIGINT)
+			defer stop()
+			return plugin.Run(ctx, cfg, log)
+		},
+	}
+	defaults := make([]string, 0, len(cfg.DefaultPools))
+	for _, p := range cfg.DefaultPools {
+		defaults = append(defaults, p.String())
+	}
+	f := cmd.Flags()
+	f.StringVar(&logLevel, "log-level", envOr("EBPFNET_LOG_LEVEL", "info"), "log level: debug, info, warn, error (env EBPFNET_LOG_LEVEL)")
+	f.StringSliceVar(&pools, "default-pool", envList("EBPFNET_DEFAULT_POOL", defaults), "range that networks without --subnet get their subnet from (env EBPFNET_DEFAULT_POOL)")
+	f.IntVar(&cfg.DefaultPoolSize, "default-pool-size", cfg.DefaultPoolSize, "prefix length of each default subnet")
+	f.StringVar(&cfg.PluginSocket, "plugin-socket", cfg.PluginSocket, "socket Docker finds the plugin at")
+	f.StringVar(&cfg.APISocket, "api-socket", cfg.APISocket, "local API socket for the CLI")
+	f.StringVar(&cfg.StateDir, "state-dir", cfg.StateDir, "per-endpoint state (ep_config.h, bpf_lxc.o)")
+	f.StringVar(&cfg.LibDir, "lib-dir", cfg.LibDir, "persisted networks, pools and addresses")
+	f.StringVar(&cfg.PinDir, "bpf-dir", cfg.PinDir, "bpffs directory for pinned maps and links")
+	f.StringVar(&cfg.HostDevice, "host-device", cfg.HostDevice, "dummy device that carries the gateway addresses")
+	return cmd
+}

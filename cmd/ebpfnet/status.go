@@ -1,0 +1,47 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/ebpfnet/ebpfnet/api"
+)
+
+func newStatusCommand(opts *cliOptions) *cobra.Command {
+	return &cobra.Command{
+		Use:   "status",
+		Short: "Show the daemon's status",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			s, err := opts.client().Status(cmd.Context())
+			if err != nil {
+				return err
+			}
+			return opts.print(cmd.OutOrStdout(), s, func(w io.Writer) error { return statusTable(w, s) })
+		},
+	}
+}
+
+func statusTable(out io.Writer, s api.Status) error {
+	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(w, "Version:\t%s\n", s.Version)
+	fmt.Fprintf(w, "Uptime:\t%s\n", s.Uptime)
+	fmt.Fprintf(w, "Datapath:\t%s\n", s.Datapath)
+	fmt.Fprintf(w, "Endpoints:\t%d (%d restored at start)\n", s.Endpoints, s.Restored)
+	fmt.Fprintf(w, "Networks:\t%d\n", len(s.Networks))
+	for _, n := range s.Networks {
+		id := n.ID
+		if len(id) > 12 {
+			id = id[:12]
+		}
+		fmt.Fprintf(w, "  %s\tsubnet %s gateway %s\n", id, n.Subnet, n.Gateway)
+	}
+	fmt.Fprintf(w, "IPAM pools:\t%d\n", len(s.Pools))
+	for _, p := range s.Pools {
+		fmt.Fprintf(w, "  %s\t%d addresses allocated\n", p.Pool, len(p.Allocated))
+	}
+	return w.Flush()
+}

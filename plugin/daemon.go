@@ -1,0 +1,230 @@
+// Package plugin is the daemon: it serves Docker's network and IPAM driver
+// calls on the plugin socket and the local API for the CLI, and it owns
+// start-up, restore and shutdown. SIGTERM stops the daemon but leaves every
+// container's datapath in place: maps and links are pinned.
+package plugin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
+
+	"github.com/ebpfnet/ebpfnet/api"
+	"github.com/ebpfnet/ebpfnet/atomicfile"
+	"github.com/ebpfnet/ebpfnet/datapath"
+	"github.com/ebpfnet/ebpfnet/driver"
+	"github.com/ebpfnet/ebpfnet/ipam"
+)
+
+// Config is everything `ebpfnet daemon` can be told. Defaults are the
+// DESIGN.md paths; tests move them all.
+type Config struct {
+	PluginSocket    string // /run/docker/plugins/ebpfnet.sock
+	APISocket       string // /run/ebpfnet/ebpfnet.sock
+	StateDir        string // /run/ebpfnet/state
+	LibDir          string // /var/lib/ebpfnet
+	PinDir          string // /sys/fs/bpf/ebpfnet
+	HostDevice      string // ebpfnet_host
+	DefaultPools    []netip.Prefix
+	DefaultPoolSize int
+	Version         string
+}
+
+// DefaultConfig returns the production paths.
+func DefaultConfig(version string) Config {
+	return Config{
+		PluginSocket:    "/run/docker/plugins/ebpfnet.sock",
+		APISocket:       api.DefaultSocket,
+		StateDir:        "/run/ebpfnet/state",
+		LibDir:          "/var/lib/ebpfnet",
+		PinDir:          "/sys/fs/bpf/ebpfnet",
+		HostDevice:      "ebpfnet_host",
+		DefaultPools:    []netip.Prefix{netip.MustParsePrefix(ipam.DefaultPoolRange)},
+		DefaultPoolSize: ipam.DefaultPoolPrefixLen,
+		Version:         version,
+	}
+}
+
+// Daemon is a running ebpfnet daemon.
+type Daemon struct {
+	cfg       Config
+	log       logrus.FieldLogger
+	startedAt time.Time
+	datapath  *datapath.Datapath
+	ipam      *ipam.Driver
+	driver    *driver.Driver
+	restored  int
+	lock      *os.File
+}
+
+// Run starts the daemon and serves until ctx is cancelled.
+func Run(ctx context.Context, cfg Config, log logrus.FieldLogger) error {
+	d, err := start(cfg, log)
+	if err != nil {
+		return err
+	}
+	defer d.close()
+	return d.serve(ctx)
+}
+
+func start(cfg Config, log logrus.FieldLogger) (_ *Daemon, err error) {
+	d := &Daemon{cfg: cfg, log: log, startedAt: time.Now()}
+	defer func() {
+		if err != nil {
+			d.close()
+		}
+	}()
+	for _, dir := range []string{cfg.StateDir, cfg.LibDir, filepath.Dir(cfg.APISocket), filepath.Dir(cfg.PluginSocket)} {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, fmt.Errorf("create %s: %w", dir, err)
+		}
+	}
+	if d.lock, err = lockExclusive(filepath.Join(filepath.Dir(cfg.APISocket), "daemon.lock")); err != nil {
+		return nil, err
+	}
+	// A kill -9 during a write leaves a temporary file beside the state; the
+	// state itself is intact (rename is atomic), so the temporary just goes.
+	if err := atomicfile.CleanTemporaries(cfg.LibDir); err != nil {
+		return nil, err
+	}
+	if err := ensureBPFFS(filepath.Dir(cfg.PinDir)); err != nil {
+		return nil, err
+	}
+	d.datapath, err = datapath.New(datapath.Config{
+		StateDir: cfg.StateDir, PinDir: cfg.PinDir, HostDevice: cfg.HostDevice, Version: cfg.Version,
+	}, log.WithField("subsys", "datapath"))
+	if err != nil {
+		return nil, fmt.Errorf("start datapath: %w", err)
+	}
+	d.ipam, err = ipam.New(ipam.Config{
+		StatePath:       filepath.Join(cfg.LibDir, "ipam.json"),
+		DefaultPools:    cfg.DefaultPools,
+		DefaultPoolSize: cfg.DefaultPoolSize,
+		HostRoutes:      ipam.HostRoutesNetlink,
+		Logger:          log.WithField("subsys", "ipam"),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("start IPAM: %w", err)
+	}
+	d.driver, err = driver.New(filepath.Join(cfg.LibDir, "networks.json"), d.datapath, log.WithField("subsys", "driver"))
+	if err != nil {
+		return nil, fmt.Errorf("start network driver: %w", err)
+	}
+	restored, err := d.datapath.Restore()
+	if err != nil {
+		return nil, fmt.Errorf("restore endpoints: %w", err)
+	}
+	d.restored = len(restored)
+	log.WithField("endpoints", d.restored).Info("endpoints restored")
+	return d, nil
+}
+
+// serve answers Docker and the CLI until ctx ends, then waits for the calls
+// in flight: a half-answered CreateEndpoint is worse than a slow stop.
+func (d *Daemon) serve(ctx context.Context) error {
+	var inflight sync.WaitGroup
+	docker := newDockerAPI(d.driver, d.ipam, d.log.WithField("subsys", "docker-api"), &inflight)
+	pluginLn, err := listenUnix(d.cfg.PluginSocket, 0o600)
+	if err != nil {
+		return err
+	}
+	apiLn, err := listenUnix(d.cfg.APISocket, 0o600)
+	if err != nil {
+		pluginLn.Close()
+		return err
+	}
+	apiServer := &http.Server{Handler: newLocalAPI(d), ReadHeaderTimeout: 10 * time.Second}
+
+	errs := make(chan error, 2)
+	go func() { errs <- docker.handler.Serve(pluginLn) }()
+	go func() { errs <- apiServer.Serve(apiLn) }()
+	d.log.WithFields(logrus.Fields{"plugin": d.cfg.PluginSocket, "api": d.cfg.APISocket}).Info("serving")
+
+	var serveErr error
+	select {
+	case <-ctx.Done():
+	case serveErr = <-errs:
+	}
+	// Remove the plugin socket first so Docker stops sending new calls, then
+	// let the calls in flight finish.
+	pluginLn.Close()
+	os.Remove(d.cfg.PluginSocket)
+	inflight.Wait()
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = apiServer.Shutdown(shutdownCtx)
+	os.Remove(d.cfg.APISocket)
+	d.log.Info("stopped; container datapaths stay in place")
+	if serveErr != nil && !errors.Is(serveErr, net.ErrClosed) && !errors.Is(serveErr, http.ErrServerClosed) {
+		return fmt.Errorf("serve: %w", serveErr)
+	}
+	return nil
+}
+
+func (d *Daemon) close() {
+	if d.datapath != nil {
+		if err := d.datapath.Close(); err != nil {
+			d.log.WithError(err).Warn("close datapath")
+		}
+	}
+	if d.lock != nil {
+		d.lock.Close()
+	}
+}
+
+// listenUnix replaces a stale socket file (left by a killed daemon) and
+// listens with the given mode.
+func listenUnix(path string, mode os.FileMode) (net.Listener, error) {
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("remove stale socket %s: %w", path, err)
+	}
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	if err := os.Chmod(path, mode); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("chmod %s: %w", path, err)
+	}
+	return ln, nil
+}
+
+// lockExclusive makes sure only one daemon owns the state: two would hand
+// out the same addresses and endpoint IDs.
+func lockExclusive(path string) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open lock %s: %w", path, err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("another ebpfnet daemon holds %s: %w", path, err)
+	}
+	return f, nil
+}
+
+// ensureBPFFS mounts bpffs at dir unless it is already there, as Cilium
+// does: pins must live on bpffs to outlive the daemon.
+func ensureBPFFS(dir string) error {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err == nil && st.Type == unix.BPF_FS_MAGIC {
+		return nil
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create bpffs mount point %s: %w", dir, err)
+	}
+	if err := unix.Mount("bpf", dir, "bpf", 0, ""); err != nil {
+		return fmt.Errorf("mount bpffs at %s: %w", dir, err)
+	}
+	return nil
+}

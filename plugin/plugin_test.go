@@ -1,0 +1,210 @@
+package plugin
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/ebpfnet/ebpfnet/testutil"
+)
+
+// testDaemon runs a real daemon in-process on private paths (its own
+// sockets, state, bpffs directory and host device), so that it never meets a
+// production daemon, and stops it when the test ends.
+type testDaemon struct {
+	cfg    Config
+	client *http.Client
+}
+
+func startTestDaemon(tb testing.TB) *testDaemon {
+	tb.Helper()
+	testutil.RequireRoot(tb)
+	suffix := randomHex(tb, 4)
+	dir := tb.TempDir()
+	cfg := Config{
+		PluginSocket:    filepath.Join(dir, "plugins", "ebpfnet-test.sock"),
+		APISocket:       filepath.Join(dir, "run", "ebpfnet.sock"),
+		StateDir:        filepath.Join(dir, "run", "state"),
+		LibDir:          filepath.Join(dir, "lib"),
+		PinDir:          "/sys/fs/bpf/ebpfnet-test-" + suffix,
+		HostDevice:      "ebt" + suffix,
+		DefaultPools:    []netip.Prefix{netip.MustParsePrefix("10.201.0.0/16")},
+		DefaultPoolSize: 24,
+		Version:         "test",
+	}
+	log := logrus.New()
+	log.SetOutput(io.Discard)
+	d, err := start(cfg, log)
+	if err != nil {
+		tb.Fatalf("start daemon: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.serve(ctx) }()
+	tb.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			tb.Errorf("serve: %v", err)
+		}
+		d.close()
+		os.RemoveAll(cfg.PinDir)
+	})
+	td := &testDaemon{cfg: cfg, client: &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", cfg.PluginSocket)
+		},
+	}}}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if _, err := os.Stat(cfg.PluginSocket); err == nil {
+			return td
+		}
+		if time.Now().After(deadline) {
+			tb.Fatal("plugin socket did not appear")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func randomHex(tb testing.TB, n int) string {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		tb.Fatal(err)
+	}
+	return hex.EncodeToString(b)
+}
+
+// call posts one Docker call and returns the HTTP status and decoded body.
+func (td *testDaemon) call(tb testing.TB, path string, req any) (int, map[string]any) {
+	tb.Helper()
+	body, err := json.Marshal(req)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	resp, err := td.client.Post("http://plugin"+path, "application/vnd.docker.plugins.v1.1+json", bytes.NewReader(body))
+	if err != nil {
+		tb.Fatalf("%s: %v", path, err)
+	}
+	defer resp.Body.Close()
+	var out map[string]any
+	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
+		tb.Fatalf("%s: decode answer: %v", path, err)
+	}
+	return resp.StatusCode, out
+}
+
+// mustCall is call that fails the test on a non-200 answer.
+func (td *testDaemon) mustCall(tb testing.TB, path string, req any) map[string]any {
+	tb.Helper()
+	code, out := td.call(tb, path, req)
+	if code != http.StatusOK {
+		tb.Fatalf("%s: HTTP %d %v", path, code, out)
+	}
+	return out
+}
+
+func TestActivateAnnouncesBothDrivers(t *testing.T) {
+	td := startTestDaemon(t)
+	out := td.mustCall(t, "/Plugin.Activate", nil)
+	impl := fmt.Sprint(out["Implements"])
+	if impl != "[NetworkDriver IpamDriver]" {
+		t.Fatalf("Activate implements %s, want [NetworkDriver IpamDriver]", impl)
+	}
+}
+
+// TestEveryCallIsAnswered: each call of both Docker APIs gets a JSON answer,
+// "{}" where there is nothing to do, and errors come back as HTTP 500 with
+// Err (which both halves of Docker read).
+func TestEveryCallIsAnswered(t *testing.T) {
+	td := startTestDaemon(t)
+	empty := map[string]any{}
+	for _, path := range []string{
+		"/NetworkDriver.GetCapabilities", "/NetworkDriver.AllocateNetwork", "/NetworkDriver.FreeNetwork",
+		"/NetworkDriver.DeleteNetwork", "/NetworkDriver.DeleteEndpoint", "/NetworkDriver.Leave",
+		"/NetworkDriver.DiscoverNew", "/NetworkDriver.DiscoverDelete", "/NetworkDriver.ProgramExternalConnectivity",
+		"/NetworkDriver.RevokeExternalConnectivity", "/NetworkDriver.GwAllocCheck",
+		"/IpamDriver.GetCapabilities", "/IpamDriver.GetDefaultAddressSpaces", "/IpamDriver.ReleasePool",
+		"/IpamDriver.ReleaseAddress",
+	} {
+		td.mustCall(t, path, empty)
+	}
+	caps := td.mustCall(t, "/NetworkDriver.GetCapabilities", nil)
+	if caps["Scope"] != "local" || caps["ConnectivityScope"] != "local" {
+		t.Errorf("capabilities %v, want local scope", caps)
+	}
+	spaces := td.mustCall(t, "/IpamDriver.GetDefaultAddressSpaces", nil)
+	if spaces["LocalDefaultAddressSpace"] != "ebpfnet-local" {
+		t.Errorf("address spaces %v", spaces)
+	}
+	code, out := td.call(t, "/NetworkDriver.Join", map[string]any{"NetworkID": "n", "EndpointID": "nope"})
+	if code != http.StatusInternalServerError || !strings.Contains(fmt.Sprint(out["Err"]), "unknown endpoint") {
+		t.Errorf("Join of an unknown endpoint: HTTP %d %v; want 500 with Err", code, out)
+	}
+	code, out = td.call(t, "/IpamDriver.RequestPool", map[string]any{"AddressSpace": "ebpfnet-local", "Pool": "10.0.0.0/31"})
+	if code != http.StatusInternalServerError || out["Err"] == "" || out["Error"] == "" {
+		t.Errorf("RequestPool of a /31: HTTP %d %v; want 500 with Err and Error", code, out)
+	}
+}
+
+// createTestNetwork walks Docker's order of calls for `docker network create`.
+func createTestNetwork(tb testing.TB, td *testDaemon, netID, subnet string) (poolID, gateway string) {
+	tb.Helper()
+	pool := td.mustCall(tb, "/IpamDriver.RequestPool", map[string]any{"AddressSpace": "ebpfnet-local", "Pool": subnet})
+	poolID = pool["PoolID"].(string)
+	gw := td.mustCall(tb, "/IpamDriver.RequestAddress", map[string]any{
+		"PoolID": poolID, "Options": map[string]string{"RequestAddressType": "com.docker.network.gateway"}})
+	gateway = gw["Address"].(string)
+	td.mustCall(tb, "/NetworkDriver.CreateNetwork", map[string]any{
+		"NetworkID": netID, "Options": map[string]any{},
+		"IPv4Data": []map[string]any{{"AddressSpace": "ebpfnet-local", "Pool": subnet, "Gateway": gateway}},
+	})
+	return poolID, gateway
+}
+
+func TestEndpointThroughTheSocket(t *testing.T) {
+	td := startTestDaemon(t)
+	poolID, gateway := createTestNetwork(t, td, "net-a", "10.202.0.0/24")
+	if gateway != "10.202.0.1/24" {
+		t.Fatalf("gateway %s, want 10.202.0.1/24", gateway)
+	}
+	addr := td.mustCall(t, "/IpamDriver.RequestAddress", map[string]any{"PoolID": poolID})["Address"].(string)
+	epID := randomHex(t, 32)
+	created := td.mustCall(t, "/NetworkDriver.CreateEndpoint", map[string]any{
+		"NetworkID": "net-a", "EndpointID": epID, "Interface": map[string]any{"Address": addr}})
+	iface, _ := created["Interface"].(map[string]any)
+	if iface == nil || iface["MacAddress"] == "" || iface["Address"] != nil && iface["Address"] != "" {
+		t.Errorf("CreateEndpoint answered %v: want only a MAC", created)
+	}
+	join := td.mustCall(t, "/NetworkDriver.Join", map[string]any{"NetworkID": "net-a", "EndpointID": epID, "SandboxKey": "/x"})
+	names := join["InterfaceName"].(map[string]any)
+	if names["DstPrefix"] != "eth" || join["Gateway"] != "10.202.0.1" {
+		t.Errorf("Join answered %v", join)
+	}
+	host := "lxc" + names["SrcName"].(string)[3:]
+	if _, err := net.InterfaceByName(host); err != nil {
+		t.Errorf("host veth %s: %v", host, err)
+	}
+	td.mustCall(t, "/NetworkDriver.Leave", map[string]any{"NetworkID": "net-a", "EndpointID": epID})
+	td.mustCall(t, "/NetworkDriver.DeleteEndpoint", map[string]any{"NetworkID": "net-a", "EndpointID": epID})
+	if _, err := net.InterfaceByName(host); err == nil {
+		t.Errorf("host veth %s survived DeleteEndpoint", host)
+	}
+	td.mustCall(t, "/IpamDriver.ReleaseAddress", map[string]any{"PoolID": poolID, "Address": addr})
+	td.mustCall(t, "/NetworkDriver.DeleteNetwork", map[string]any{"NetworkID": "net-a"})
+	td.mustCall(t, "/IpamDriver.ReleaseAddress", map[string]any{"PoolID": poolID, "Address": gateway})
+	td.mustCall(t, "/IpamDriver.ReleasePool", map[string]any{"PoolID": poolID})
+}
