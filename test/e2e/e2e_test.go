@@ -52,9 +52,9 @@ func TestContainersTalkThroughTheirOwnPrograms(t *testing.T) {
 	if len(eps) != 2 {
 		t.Fatalf("endpoint list shows %d endpoints, want 2: %+v", len(eps), eps)
 	}
-	var app2ep, app1ep = eps[0], eps[1]
+	app2ep := eps[0]
 	if app2ep.IPv4 != app2 {
-		app1ep, app2ep = app2ep, app1ep
+		app2ep = eps[1]
 	}
 	neigh := run(t, "docker", "exec", "e2e-app2", "ip", "neigh", "show", "10.231.0.1")
 	if !strings.Contains(neigh, app2ep.NodeMAC) {
