@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -125,8 +126,22 @@ func (d *Datapath) CreateEndpoint(ep *Endpoint) (retErr error) {
 	if err != nil {
 		return err
 	}
-	if err := d.attach(st, spec, &undo); err != nil {
-		return err
+	// Updating a map-of-maps from user space waits for an RCU grace period
+	// (the kernel guarantees no program still sees a replaced inner map),
+	// and so does each TCX attach. Running the insert beside the attaches
+	// lets the waits overlap. Until the entry exists the program does not
+	// need it: with enforcement flags clear it never looks, and an enforcing
+	// endpoint without a policy map denies.
+	outer := d.shared[PolicyOuterName]
+	inserted := make(chan error, 1)
+	go func() { inserted <- outer.Put(uint32(id), st.policy) }()
+	undo.push(func() error { return ignoreNotExist(outer.Delete(uint32(id))) })
+	attachErr := d.attach(st, spec, &undo)
+	if err := <-inserted; err != nil {
+		return errors.Join(attachErr, fmt.Errorf("insert policy map of endpoint %d: %w", id, err))
+	}
+	if attachErr != nil {
+		return attachErr
 	}
 	d.eps[id] = st
 	d.log.WithFields(logrus.Fields{"epid": id, "ifname": ep.IfName, "ipv4": ep.IPv4}).Debug("endpoint created")
@@ -201,8 +216,9 @@ func deleteLinkByName(name string) error {
 	return nil
 }
 
-// installMaps creates and pins the endpoint's policy map, hangs it in the
-// outer map and publishes the endpoint in ebpfnet_endpoints.
+// installMaps creates and pins the endpoint's policy map and publishes the
+// endpoint in ebpfnet_endpoints; insertPolicyMap hangs the policy map in the
+// outer map.
 func (d *Datapath) installMaps(st *endpointState, undo *undoStack) error {
 	id := st.ep.ID
 	pin := d.policyPin(id)
@@ -219,11 +235,6 @@ func (d *Datapath) installMaps(st *endpointState, undo *undoStack) error {
 		return fmt.Errorf("pin policy map %s: %w", pin, err)
 	}
 	undo.push(func() error { return removePin(pin) })
-	outer := d.shared[PolicyOuterName]
-	if err := outer.Put(uint32(id), pm); err != nil {
-		return fmt.Errorf("insert policy map of endpoint %d: %w", id, err)
-	}
-	undo.push(func() error { return ignoreNotExist(outer.Delete(uint32(id))) })
 	if err := d.publishEndpoint(&st.ep); err != nil {
 		return err
 	}
@@ -303,25 +314,51 @@ func (d *Datapath) attach(st *endpointState, spec *ebpf.CollectionSpec, undo *un
 	// The links keep the programs alive; the collection's descriptors are
 	// not needed past attaching.
 	defer coll.Close()
-	for _, a := range []struct {
+	// Each TCX attach waits for an RCU grace period in the kernel (it
+	// swaps the device's program array) while holding RTNL, so the two
+	// directions still wait one after the other; attaching them from
+	// goroutines costs nothing and lets both overlap with the outer map
+	// insert that CreateEndpoint runs meanwhile.
+	attaches := []struct {
 		prog string
 		typ  ebpf.AttachType
-	}{{progFrom, ebpf.AttachTCXIngress}, {progTo, ebpf.AttachTCXEgress}} {
+		l    link.Link
+		err  error
+	}{{prog: progFrom, typ: ebpf.AttachTCXIngress}, {prog: progTo, typ: ebpf.AttachTCXEgress}}
+	var wg sync.WaitGroup
+	for i := range attaches {
+		a := &attaches[i]
 		prog := coll.Programs[a.prog]
 		if prog == nil {
 			return fmt.Errorf("endpoint %d object lacks program %s", ep.ID, a.prog)
 		}
-		pin := d.linkPin(ep.ID, a.prog)
-		if err := removePin(pin); err != nil {
+		if err := removePin(d.linkPin(ep.ID, a.prog)); err != nil {
 			return err
 		}
-		l, err := link.AttachTCX(link.TCXOptions{Interface: ep.IfIndex, Program: prog, Attach: a.typ})
-		if err != nil {
-			return fmt.Errorf("attach %s to %s: %w", a.prog, ep.IfName, err)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			a.l, a.err = link.AttachTCX(link.TCXOptions{Interface: ep.IfIndex, Program: prog, Attach: a.typ})
+		}()
+	}
+	wg.Wait()
+	var errs []error
+	for i := range attaches {
+		a := &attaches[i]
+		if a.err != nil {
+			errs = append(errs, fmt.Errorf("attach %s to %s: %w", a.prog, ep.IfName, a.err))
+			continue
 		}
-		st.links = append(st.links, l)
-		if err := l.Pin(pin); err != nil {
-			return fmt.Errorf("pin %s link of %s: %w", a.prog, ep.IfName, err)
+		// Held by st from here on, so a rollback closes it.
+		st.links = append(st.links, a.l)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	for i := range attaches {
+		pin := d.linkPin(ep.ID, attaches[i].prog)
+		if err := attaches[i].l.Pin(pin); err != nil {
+			return fmt.Errorf("pin %s link of %s: %w", attaches[i].prog, ep.IfName, err)
 		}
 		undo.push(func() error { return removePin(pin) })
 	}

@@ -270,3 +270,12 @@ func TestReasonNames(t *testing.T) {
 		t.Error("unknown reason name")
 	}
 }
+
+func mustPrefix(t testing.TB, s string) netip.Prefix {
+	t.Helper()
+	p, err := netip.ParsePrefix(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}

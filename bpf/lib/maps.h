@@ -61,6 +61,9 @@ struct policy_inner {
 	__uint(key_size, sizeof(struct policy_key));
 	__uint(value_size, sizeof(struct policy_entry));
 	__uint(max_entries, POLICY_ENTRIES_MAX);
+	/* Allocate on insert: preallocating 16k entries costs ~10 ms per
+	 * endpoint and memory for rules that mostly never exist. */
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 };
 
 /* epid -> that endpoint's policy map (ebpfnet_policy_<epid>). */

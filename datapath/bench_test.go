@@ -1,0 +1,116 @@
+package datapath
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"testing"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/ebpfnet/ebpfnet/testutil"
+)
+
+// BenchmarkCreateEndpoint measures CreateEndpoint end to end (record, veth,
+// neighbour, route, object write, load, maps, attach and pin) and reports
+// the median and 99th percentile over the b.N endpoints created.
+func BenchmarkCreateEndpoint(b *testing.B) {
+	testutil.RequireRoot(b)
+	suffix := randHex(b, 3)
+	cfg := Config{
+		StateDir:   b.TempDir(),
+		PinDir:     "/sys/fs/bpf/ebpfnet-test-" + suffix,
+		HostDevice: "ebt" + suffix,
+		Version:    "bench",
+	}
+	log := logrus.New()
+	log.SetLevel(logrus.WarnLevel)
+	dp, err := New(cfg, log)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var created []string
+	b.Cleanup(func() {
+		for _, id := range created {
+			if err := dp.DeleteEndpoint(id); err != nil {
+				b.Errorf("DeleteEndpoint: %v", err)
+			}
+		}
+		_ = dp.Close()
+		_ = os.RemoveAll(cfg.PinDir)
+	})
+	n := Network{Index: 1}
+	n.Subnet = mustPrefix(b, "10.251.0.0/16")
+	n.Gateway = n.Subnet.Addr().Next()
+	if !onlyDefaultRoute(n.Subnet) {
+		b.Fatalf("%v is in use on this machine", n.Subnet)
+	}
+	// The route to each endpoint is sourced from the gateway, which must
+	// be a host address first.
+	if err := dp.AddNetwork(n); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() {
+		if err := dp.RemoveNetwork(n); err != nil {
+			b.Errorf("RemoveNetwork: %v", err)
+		}
+	})
+	durations := make([]time.Duration, 0, b.N)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		host := i + 2
+		a := n.Subnet.Addr().As4()
+		a[2], a[3] = byte(host>>8), byte(host)
+		ep := &Endpoint{
+			DockerEndpointID: fmt.Sprintf("bench-%s-%d", suffix, i),
+			Network:          n,
+		}
+		ep.IPv4 = mustPrefix(b, fmt.Sprintf("%d.%d.%d.%d/16", a[0], a[1], a[2], a[3]))
+		start := time.Now()
+		if err := dp.CreateEndpoint(ep); err != nil {
+			b.Fatalf("CreateEndpoint %d: %v", i, err)
+		}
+		durations = append(durations, time.Since(start))
+		created = append(created, ep.DockerEndpointID)
+	}
+	b.StopTimer()
+	reportPercentiles(b, durations)
+}
+
+// BenchmarkCompileWithClang is the cost the template design avoids:
+// compiling bpf_lxc.c per endpoint as a compile-per-endpoint design would.
+func BenchmarkCompileWithClang(b *testing.B) {
+	testutil.RequireCommand(b, "clang-19", "llvm-strip-19")
+	script, err := filepath.Abs("../bpf/build.sh")
+	if err != nil {
+		b.Fatal(err)
+	}
+	out := filepath.Join(b.TempDir(), "bpf_lxc.o")
+	durations := make([]time.Duration, 0, b.N)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		start := time.Now()
+		if o, err := exec.Command("sh", script, out).CombinedOutput(); err != nil {
+			b.Fatalf("build.sh: %v\n%s", err, o)
+		}
+		durations = append(durations, time.Since(start))
+	}
+	b.StopTimer()
+	reportPercentiles(b, durations)
+}
+
+func reportPercentiles(b *testing.B, d []time.Duration) {
+	if len(d) == 0 {
+		return
+	}
+	sort.Slice(d, func(i, j int) bool { return d[i] < d[j] })
+	pct := func(p float64) float64 {
+		i := int(p * float64(len(d)-1))
+		return float64(d[i].Microseconds()) / 1000
+	}
+	b.ReportMetric(pct(0.50), "p50-ms")
+	b.ReportMetric(pct(0.99), "p99-ms")
+}
