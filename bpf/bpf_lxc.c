@@ -4,11 +4,14 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /* bpf_lxc: the per-endpoint datapath.
  *
- * from_container runs at TCX ingress of the host-side veth and sees every
- * packet the container sends; to_container runs at TCX egress of the same
- * veth and sees what the host stack sends to the container. One object is
- * compiled once; each endpoint gets a copy with the constants of
- * lib/config.h patched in.
+ * from_container runs at tc ingress of the host-side veth and sees every
+ * packet the container sends; to_container runs at tc egress of the same
+ * veth and sees what the host stack sends to the container. handle_policy
+ * is never attached: it sits in ebpfnet_policy_calls under the endpoint's
+ * epid, and a local sender's from_container tail-calls into it, so the
+ * receiver checks its own ingress policy with its own constants and map.
+ * One object is compiled once; each endpoint gets a copy with the constants
+ * of lib/config.h patched in.
  */
 #include <linux/types.h>
 #include <linux/bpf.h>
@@ -60,30 +63,23 @@ static __always_inline int handle_arp(struct __sk_buff *skb)
 	return TC_ACT_OK;
 }
 
-/* deliver_local hands a packet to a peer endpoint on this node, straight
- * into its network namespace, once both policies agree. */
+/* skb->cb slot through which the sender hands its identity to the
+ * receiver's handle_policy; cb survives the tail call. */
+#define CB_SRC_IDENTITY 0
+
+/* deliver_local checks the sender's (this endpoint's) egress policy, then
+ * tail-calls into the receiver's handle_policy, which checks the receiver's
+ * ingress policy and redirects into its namespace. */
 static __always_inline int deliver_local(struct __sk_buff *skb,
 					 const struct endpoint_info *peer,
 					 struct flow *f)
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
-	struct ethhdr *eth = data;
-	struct iphdr *iph = data + sizeof(*eth);
-	struct endpoint_info *self;
-	__be32 own = LXC_IPV4;
-	__u32 own_flags = 0;
+	struct iphdr *iph = data + sizeof(struct ethhdr);
 
-	self = bpf_map_lookup_elem(&ebpfnet_endpoints, &own);
-	if (self)
-		own_flags = self->flags;
-	if (policy_enforced(own_flags, POLICY_EGRESS) &&
-	    !policy_allows(LXC_ID, peer->identity, f->dport, f->proto,
-			   POLICY_EGRESS))
-		return drop(skb, DROP_POLICY, METRIC_EGRESS, f);
-	if (policy_enforced(peer->flags, POLICY_INGRESS) &&
-	    !policy_allows(peer->epid, SECLABEL, f->dport, f->proto,
-			   POLICY_INGRESS))
+	if (policy_enforced(own_flags(), POLICY_EGRESS) &&
+	    !policy_allows(peer->identity, f->dport, f->proto, POLICY_EGRESS))
 		return drop(skb, DROP_POLICY, METRIC_EGRESS, f);
 
 	if ((void *)(iph + 1) > data_end)
@@ -93,13 +89,11 @@ static __always_inline int deliver_local(struct __sk_buff *skb,
 		count(REASON_TO_STACK, METRIC_EGRESS, skb->len);
 		return TC_ACT_OK;
 	}
-	ipv4_dec_ttl(iph);
-	/* The peer sees the packet as coming from its own gateway MAC. */
-	mac_copy(eth->h_dest, peer->lxc_mac);
-	mac_copy(eth->h_source, peer->node_mac);
-
-	count(REASON_FORWARDED, METRIC_EGRESS, skb->len);
-	return bpf_redirect_peer(peer->ifindex, 0);
+	skb->cb[CB_SRC_IDENTITY] = SECLABEL;
+	bpf_tail_call(skb, &ebpfnet_policy_calls, peer->epid);
+	/* Only reached when the receiver has no program in the array: it is
+	 * being created or deleted. Without its policy check nothing may pass. */
+	return drop(skb, DROP_MISSED_TAIL_CALL, METRIC_EGRESS, f);
 }
 
 static __always_inline int handle_ipv4(struct __sk_buff *skb)
@@ -160,6 +154,47 @@ int from_container(struct __sk_buff *skb)
 	default:
 		return drop(skb, DROP_UNKNOWN_L3, METRIC_EGRESS, &f);
 	}
+}
+
+/* handle_policy runs as the receiving endpoint, by tail call from a local
+ * sender's from_container that has already checked its egress policy and
+ * the network. It checks this endpoint's ingress policy against the
+ * sender's identity and delivers into the container. */
+SEC("tc")
+int handle_policy(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *iph = data + sizeof(*eth);
+	__u32 src_identity = skb->cb[CB_SRC_IDENTITY];
+	struct flow f = {};
+
+	if ((void *)(iph + 1) > data_end || iph->ihl < 5)
+		return drop(skb, DROP_INVALID, METRIC_INGRESS, &f);
+	f.saddr = iph->saddr;
+	f.daddr = iph->daddr;
+	f.proto = iph->protocol;
+	ipv4_fill_ports(skb, iph, &f);
+
+	if (policy_enforced(own_flags(), POLICY_INGRESS) &&
+	    !policy_allows(src_identity, f.dport, f.proto, POLICY_INGRESS))
+		return drop(skb, DROP_POLICY, METRIC_INGRESS, &f);
+
+	/* Pointers may be stale after the helper above; re-derive. */
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	eth = data;
+	iph = data + sizeof(*eth);
+	if ((void *)(iph + 1) > data_end)
+		return drop(skb, DROP_INVALID, METRIC_INGRESS, &f);
+	ipv4_dec_ttl(iph);
+	/* The container sees the packet as coming from its gateway MAC. */
+	mac_copy(eth->h_dest, LXC_MAC);
+	mac_copy(eth->h_source, NODE_MAC);
+
+	count(REASON_FORWARDED, METRIC_INGRESS, skb->len);
+	return bpf_redirect_peer(LXC_IFINDEX, 0);
 }
 
 SEC("tc")

@@ -18,12 +18,12 @@ func TestTemplateHasProgramsMapsAndConstants(t *testing.T) {
 	if err != nil {
 		t.Fatalf("parse template: %v", err)
 	}
-	for _, p := range []string{"from_container", "to_container"} {
+	for _, p := range []string{"from_container", "to_container", "handle_policy"} {
 		if spec.Programs[p] == nil {
 			t.Errorf("program %s missing", p)
 		}
 	}
-	for _, m := range []string{"ebpfnet_endpoints", "ebpfnet_policy_maps", "ebpfnet_metrics", "ebpfnet_events"} {
+	for _, m := range []string{"ebpfnet_endpoints", "ebpfnet_policy_calls", "ebpfnet_metrics", "ebpfnet_events"} {
 		ms := spec.Maps[m]
 		if ms == nil {
 			t.Errorf("map %s missing", m)
@@ -33,7 +33,12 @@ func TestTemplateHasProgramsMapsAndConstants(t *testing.T) {
 			t.Errorf("map %s is not pinned by name", m)
 		}
 	}
-	for _, v := range []string{"LXC_IPV4", "LXC_MAC", "NODE_MAC", "LXC_ID", "NETWORK_ID", "SECLABEL"} {
+	// The per-endpoint policy map is replaced by the daemon's own instance,
+	// so it must not be pinned by name (one shared map for all).
+	if ms := spec.Maps["ebpfnet_policy"]; ms == nil || ms.Pinning != ebpf.PinNone {
+		t.Errorf("map ebpfnet_policy missing or pinned: %+v", ms)
+	}
+	for _, v := range []string{"LXC_IPV4", "LXC_MAC", "NODE_MAC", "LXC_ID", "NETWORK_ID", "SECLABEL", "LXC_IFINDEX"} {
 		vs := spec.Variables[v]
 		if vs == nil {
 			t.Errorf("constant %s missing", v)

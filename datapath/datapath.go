@@ -11,7 +11,7 @@ import (
 	"sync"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/btf"
 	"github.com/sirupsen/logrus"
 
 	"github.com/ebpfnet/ebpfnet/atomicfile"
@@ -20,16 +20,21 @@ import (
 
 // File names inside an endpoint's state directory and the pin directory.
 const (
-	EPConfigFile   = "ep_config.h"
-	ObjectFile     = "bpf_lxc.o"
-	TemplatesDir   = "templates"
-	linksDir       = "links"
+	EPConfigFile = "ep_config.h"
+	ObjectFile   = "bpf_lxc.o"
+	TemplatesDir = "templates"
+	// legacyLinksDir held pinned TCX links before endpoints moved to tc
+	// filters; Restore removes what an older version left there.
+	legacyLinksDir = "links"
 	progFrom       = "from_container"
 	progTo         = "to_container"
+	progPolicy     = "handle_policy"
 	fileMode       = 0o644
 	dirMode        = 0o755
 	pinDirMode     = 0o700
-	policyMapKName = "ebpfnet_policy" // kernel object name; pins carry the epid
+	// policyMapKName is the template's declaration of the per-endpoint
+	// policy map and its kernel object name; pins carry the epid.
+	policyMapKName = "ebpfnet_policy"
 )
 
 // Datapath owns the kernel side of every endpoint on the node. All methods
@@ -40,15 +45,17 @@ type Datapath struct {
 	log    logrus.FieldLogger
 	tmpl   *template
 	shared map[string]*ebpf.Map // pinned maps every endpoint program uses
-	inner  *ebpf.MapSpec        // shape of a per-endpoint policy map
+	policy *ebpf.MapSpec        // shape of a per-endpoint policy map
+	btf    *btf.Cache           // kernel BTF, decoded once for all loads
 	eps    map[uint16]*endpointState
 	closed bool
 }
 
-// endpointState is what the datapath holds for one live endpoint.
+// endpointState is what the datapath holds for one live endpoint. Its
+// programs are held by the tc filters on its veth and by
+// ebpfnet_policy_calls, not by the daemon.
 type endpointState struct {
 	ep     Endpoint
-	links  []link.Link
 	policy *ebpf.Map
 }
 
@@ -69,10 +76,8 @@ func New(cfg Config, log logrus.FieldLogger) (*Datapath, error) {
 			return nil, fmt.Errorf("create state directory %s: %w", d, err)
 		}
 	}
-	for _, d := range []string{cfg.PinDir, filepath.Join(cfg.PinDir, linksDir)} {
-		if err := os.MkdirAll(d, pinDirMode); err != nil {
-			return nil, fmt.Errorf("create pin directory %s (is bpffs mounted?): %w", d, err)
-		}
+	if err := os.MkdirAll(cfg.PinDir, pinDirMode); err != nil {
+		return nil, fmt.Errorf("create pin directory %s (is bpffs mounted?): %w", cfg.PinDir, err)
 	}
 	if err := atomicfile.CleanTemporaries(cfg.StateDir); err != nil {
 		return nil, fmt.Errorf("clean state directory: %w", err)
@@ -81,14 +86,12 @@ func New(cfg Config, log logrus.FieldLogger) (*Datapath, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &Datapath{cfg: cfg, log: log, tmpl: tmpl, shared: map[string]*ebpf.Map{}, eps: map[uint16]*endpointState{}}
+	d := &Datapath{cfg: cfg, log: log, tmpl: tmpl, shared: map[string]*ebpf.Map{},
+		btf: btf.NewCache(), eps: map[uint16]*endpointState{}}
 	if err := d.writeTemplate(); err != nil {
 		return nil, err
 	}
-	spec, err := ebpf.LoadCollectionSpecFromReader(bytes.NewReader(bpf.LXCTemplate))
-	if err != nil {
-		return nil, fmt.Errorf("parse embedded template: %w", err)
-	}
+	spec := tmpl.spec
 	for _, name := range sharedMapNames() {
 		ms := spec.Maps[name]
 		if ms == nil {
@@ -102,14 +105,12 @@ func New(cfg Config, log logrus.FieldLogger) (*Datapath, error) {
 		}
 		d.shared[name] = m
 	}
-	outer := spec.Maps[PolicyOuterName]
-	if outer.InnerMap == nil {
+	pol := spec.Maps[policyMapKName]
+	if pol == nil || pol.Pinning != ebpf.PinNone {
 		d.closeMaps()
-		return nil, fmt.Errorf("template map %s has no inner map", PolicyOuterName)
+		return nil, fmt.Errorf("template lacks the unpinned per-endpoint map %s", policyMapKName)
 	}
-	d.inner = outer.InnerMap.Copy()
-	d.inner.Name = policyMapKName
-	d.inner.Pinning = ebpf.PinNone
+	d.policy = pol.Copy()
 	return d, nil
 }
 
@@ -152,18 +153,15 @@ func (d *Datapath) closeMaps() {
 }
 
 func (st *endpointState) close() {
-	for _, l := range st.links {
-		_ = l.Close()
-	}
-	st.links = nil
 	if st.policy != nil {
 		_ = st.policy.Close()
 		st.policy = nil
 	}
 }
 
-// Close releases every file descriptor and keeps every pin, so programs
-// keep running without the daemon.
+// Close releases every file descriptor and keeps every pin; the programs
+// stay attached to their veths (tc filters) and keep running without the
+// daemon.
 func (d *Datapath) Close() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -249,10 +247,6 @@ func (d *Datapath) epDir(id uint16) string {
 
 func (d *Datapath) policyPin(id uint16) string {
 	return filepath.Join(d.cfg.PinDir, PolicyMapName(id))
-}
-
-func (d *Datapath) linkPin(id uint16, prog string) string {
-	return filepath.Join(d.cfg.PinDir, linksDir, fmt.Sprintf("%d_%s", id, prog))
 }
 
 // usedIDs are the epids in memory and those with a state directory, so a

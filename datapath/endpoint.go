@@ -6,15 +6,11 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"sync"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
 	"github.com/sirupsen/logrus"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
-
-	"github.com/ebpfnet/ebpfnet/atomicfile"
 )
 
 // undoStack collects the reverse of every step taken, so a failed
@@ -51,9 +47,10 @@ func validateEndpoint(ep *Endpoint) error {
 
 // CreateEndpoint builds an endpoint's datapath: it fills ep.ID, IfName,
 // PeerName, IfIndex, NodeMAC and (if empty) LXCMAC, writes ep_config.h and
-// bpf_lxc.o, creates the veth pair, neighbour and route, inserts the map
-// entries and attaches both programs with pinned TCX links. On error it
-// leaves nothing behind.
+// bpf_lxc.o, creates the veth pair, neighbour and route, loads the programs
+// against the endpoint's own policy map, attaches them as tc filters,
+// registers handle_policy in ebpfnet_policy_calls and publishes the
+// endpoint. On error it leaves nothing behind.
 func (d *Datapath) CreateEndpoint(ep *Endpoint) (retErr error) {
 	if err := validateEndpoint(ep); err != nil {
 		return err
@@ -81,6 +78,7 @@ func (d *Datapath) CreateEndpoint(ep *Endpoint) (retErr error) {
 	if len(ep.LXCMAC) == 0 {
 		ep.LXCMAC = LXCMACFor(ep.DockerEndpointID)
 	}
+	ep.IfIndex = 0
 
 	var undo undoStack
 	defer func() {
@@ -93,18 +91,14 @@ func (d *Datapath) CreateEndpoint(ep *Endpoint) (retErr error) {
 
 	// The intent record goes first: after a crash, a directory with a
 	// record names the veth and pins to clean; one without a record had
-	// created nothing else yet.
+	// created nothing else yet. Its IfIndex is 0 until the veth exists.
 	dir := d.epDir(id)
 	if err := os.Mkdir(dir, dirMode); err != nil {
 		return fmt.Errorf("create endpoint directory: %w", err)
 	}
 	undo.push(func() error { return os.RemoveAll(dir) })
-	hdr, err := WriteEPConfig(d.cfg.Version, ep)
-	if err != nil {
+	if err := d.writeRecord(ep); err != nil {
 		return err
-	}
-	if err := atomicfile.Write(filepath.Join(dir, EPConfigFile), hdr, fileMode); err != nil {
-		return fmt.Errorf("write endpoint %d record: %w", id, err)
 	}
 
 	ifindex, err := createVeth(ep)
@@ -116,62 +110,97 @@ func (d *Datapath) CreateEndpoint(ep *Endpoint) (retErr error) {
 	if err := routeToEndpoint(ep); err != nil {
 		return err
 	}
+	// The same record, now with the real IfIndex; if this is lost in a
+	// crash, Restore takes the index from the live veth anyway.
+	if err := d.writeRecord(ep); err != nil {
+		return err
+	}
 
 	st := &endpointState{ep: *ep}
 	undo.push(func() error { st.close(); return nil })
-	if err := d.installMaps(st, &undo); err != nil {
+	if err := d.createPolicyMap(st, &undo); err != nil {
 		return err
 	}
-	spec, err := d.writeObject(ep)
+	obj, err := d.writeObject(ep)
 	if err != nil {
 		return err
 	}
-	// Updating a map-of-maps from user space waits for an RCU grace period
-	// (the kernel guarantees no program still sees a replaced inner map),
-	// and so does each TCX attach. Running the insert beside the attaches
-	// lets the waits overlap. Until the entry exists the program does not
-	// need it: with enforcement flags clear it never looks, and an enforcing
-	// endpoint without a policy map denies.
-	outer := d.shared[PolicyOuterName]
-	inserted := make(chan error, 1)
-	go func() { inserted <- outer.Put(uint32(id), st.policy) }()
-	undo.push(func() error { return ignoreNotExist(outer.Delete(uint32(id))) })
-	attachErr := d.attach(st, spec, &undo)
-	if err := <-inserted; err != nil {
-		return errors.Join(attachErr, fmt.Errorf("insert policy map of endpoint %d: %w", id, err))
+	if err := d.load(st, obj, true, &undo); err != nil {
+		return err
 	}
-	if attachErr != nil {
-		return attachErr
+	// Published last: until a sender finds the endpoint here it cannot
+	// tail-call into it, and the program array entry already exists.
+	if err := d.publishEndpoint(ep, 0); err != nil {
+		return err
 	}
+	undo.push(func() error { return d.unpublishEndpoint(ep) })
 	d.eps[id] = st
 	d.log.WithFields(logrus.Fields{"epid": id, "ifname": ep.IfName, "ipv4": ep.IPv4}).Debug("endpoint created")
 	return nil
 }
 
-// createVeth makes the pair with our MACs, brings the host side up and
-// keeps reverse-path filtering out of the way of the /32 routing.
+// writeRecord writes ep_config.h, the restore record.
+func (d *Datapath) writeRecord(ep *Endpoint) error {
+	hdr, err := WriteEPConfig(d.cfg.Version, ep)
+	if err != nil {
+		return err
+	}
+	if err := writeStateFile(filepath.Join(d.epDir(ep.ID), EPConfigFile), hdr); err != nil {
+		return fmt.Errorf("write endpoint %d record: %w", ep.ID, err)
+	}
+	return nil
+}
+
+// writeStateFile replaces path atomically (temporary file and rename, named
+// so that atomicfile.CleanTemporaries finds leftovers) without fsync. The
+// state directory lives in /run: a reader or a restarted daemon sees the
+// old or the new file, never a torn one, because the rename is atomic and
+// a killed process loses nothing of the page cache. Only a machine crash
+// loses unsynced data, and that also wipes /run and every veth, program
+// and pin the files describe, so syncing would buy nothing and cost a
+// journal commit per file where /run is not tmpfs.
+func writeStateFile(path string, data []byte) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return err
+	}
+	_, err = tmp.Write(data)
+	if err == nil {
+		err = tmp.Chmod(fileMode)
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), path)
+	}
+	if err != nil {
+		_ = os.Remove(tmp.Name())
+	}
+	return err
+}
+
+// createVeth makes the pair in one request: both MACs, the host side up.
+// Reverse-path filtering is kept out of the way of the /32 routing.
 func createVeth(ep *Endpoint) (int, error) {
 	la := netlink.NewLinkAttrs()
 	la.Name = ep.IfName
 	la.HardwareAddr = net.HardwareAddr(ep.NodeMAC)
+	la.Flags = net.FlagUp
 	veth := &netlink.Veth{LinkAttrs: la, PeerName: ep.PeerName, PeerHardwareAddr: net.HardwareAddr(ep.LXCMAC)}
 	if err := netlink.LinkAdd(veth); err != nil {
 		return 0, fmt.Errorf("create veth %s/%s: %w", ep.IfName, ep.PeerName, err)
 	}
-	l, err := netlink.LinkByName(ep.IfName)
-	if err != nil {
-		_ = netlink.LinkDel(veth)
-		return 0, fmt.Errorf("look up veth %s: %w", ep.IfName, err)
+	// LinkAdd looks the new device up by name to fill in its index.
+	if veth.Index == 0 {
+		_ = deleteLinkByName(ep.IfName)
+		return 0, fmt.Errorf("look up veth %s: no index after creation", ep.IfName)
 	}
 	if err := os.WriteFile(fmt.Sprintf("/proc/sys/net/ipv4/conf/%s/rp_filter", ep.IfName), []byte("0"), 0o644); err != nil {
-		_ = netlink.LinkDel(l)
+		_ = netlink.LinkDel(veth)
 		return 0, fmt.Errorf("disable rp_filter on %s: %w", ep.IfName, err)
 	}
-	if err := netlink.LinkSetUp(l); err != nil {
-		_ = netlink.LinkDel(l)
-		return 0, fmt.Errorf("bring up %s: %w", ep.IfName, err)
-	}
-	return l.Attrs().Index, nil
+	return veth.Index, nil
 }
 
 // routeToEndpoint lets the host reach the container without ARP: a
@@ -216,17 +245,15 @@ func deleteLinkByName(name string) error {
 	return nil
 }
 
-// installMaps creates and pins the endpoint's policy map and publishes the
-// endpoint in ebpfnet_endpoints; insertPolicyMap hangs the policy map in the
-// outer map.
-func (d *Datapath) installMaps(st *endpointState, undo *undoStack) error {
+// createPolicyMap creates and pins the endpoint's policy map.
+func (d *Datapath) createPolicyMap(st *endpointState, undo *undoStack) error {
 	id := st.ep.ID
 	pin := d.policyPin(id)
 	// A pin left by a crash between pin and record removal is stale.
 	if err := os.Remove(pin); err != nil && !os.IsNotExist(err) {
 		return fmt.Errorf("remove stale policy pin %s: %w", pin, err)
 	}
-	pm, err := ebpf.NewMap(d.inner)
+	pm, err := ebpf.NewMap(d.policy)
 	if err != nil {
 		return fmt.Errorf("create policy map %s: %w", PolicyMapName(id), err)
 	}
@@ -235,16 +262,12 @@ func (d *Datapath) installMaps(st *endpointState, undo *undoStack) error {
 		return fmt.Errorf("pin policy map %s: %w", pin, err)
 	}
 	undo.push(func() error { return removePin(pin) })
-	if err := d.publishEndpoint(&st.ep); err != nil {
-		return err
-	}
-	undo.push(func() error { return d.unpublishEndpoint(&st.ep) })
 	return nil
 }
 
-func (d *Datapath) publishEndpoint(ep *Endpoint) error {
+func (d *Datapath) publishEndpoint(ep *Endpoint, flags uint32) error {
 	key := endpointKey(ep.IPv4.Addr())
-	if err := d.shared[EndpointsMapName].Put(key, infoOf(ep, 0)); err != nil {
+	if err := d.shared[EndpointsMapName].Put(key, infoOf(ep, flags)); err != nil {
 		return fmt.Errorf("insert endpoint %d (%v) in %s: %w", ep.ID, ep.IPv4.Addr(), EndpointsMapName, err)
 	}
 	return nil
@@ -278,31 +301,41 @@ func removePin(path string) error {
 	return nil
 }
 
-// writeObject writes the endpoint's bpf_lxc.o and parses that very file, so
-// what runs is what is on disk.
-func (d *Datapath) writeObject(ep *Endpoint) (*ebpf.CollectionSpec, error) {
+// writeObject instantiates the template for ep and writes it as the
+// endpoint's bpf_lxc.o. The returned bytes are what load runs.
+func (d *Datapath) writeObject(ep *Endpoint) ([]byte, error) {
 	obj, err := d.tmpl.instantiate(constantsOf(ep))
 	if err != nil {
 		return nil, err
 	}
 	path := filepath.Join(d.epDir(ep.ID), ObjectFile)
-	if err := atomicfile.Write(path, obj, fileMode); err != nil {
+	if err := writeStateFile(path, obj); err != nil {
 		return nil, fmt.Errorf("write endpoint %d object: %w", ep.ID, err)
 	}
-	spec, err := ebpf.LoadCollectionSpec(path)
-	if err != nil {
-		return nil, fmt.Errorf("parse endpoint %d object %s: %w", ep.ID, path, err)
-	}
-	return spec, nil
+	return obj, nil
 }
 
-// attach loads the endpoint's programs against the shared maps and attaches
-// them with TCX links pinned under PinDir/links.
-func (d *Datapath) attach(st *endpointState, spec *ebpf.CollectionSpec, undo *undoStack) error {
+// load loads the programs of obj (an instance of the template, the bytes
+// of the endpoint's bpf_lxc.o) against the shared maps and the endpoint's
+// own policy map, attaches from_container and to_container as tc filters
+// on the host veth and puts handle_policy in ebpfnet_policy_calls. Filters
+// and the array entry are replaced in place if they exist, so a restore
+// never leaves the veth without a program. freshVeth says the veth was just
+// created by us and has no qdisc yet.
+func (d *Datapath) load(st *endpointState, obj []byte, freshVeth bool, undo *undoStack) error {
 	ep := &st.ep
+	spec, err := d.tmpl.specFor(obj)
+	if err != nil {
+		return fmt.Errorf("endpoint %d object: %w", ep.ID, err)
+	}
+	repl := make(map[string]*ebpf.Map, len(d.shared)+1)
+	for k, v := range d.shared {
+		repl[k] = v
+	}
+	repl[policyMapKName] = st.policy
 	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{
-		Maps:            ebpf.MapOptions{PinPath: d.cfg.PinDir},
-		MapReplacements: d.shared,
+		MapReplacements: repl,
+		Cache:           d.btf,
 	})
 	if err != nil {
 		var ve *ebpf.VerifierError
@@ -311,57 +344,22 @@ func (d *Datapath) attach(st *endpointState, spec *ebpf.CollectionSpec, undo *un
 		}
 		return fmt.Errorf("load endpoint %d programs: %w", ep.ID, err)
 	}
-	// The links keep the programs alive; the collection's descriptors are
-	// not needed past attaching.
+	// The filters and the program array keep the programs alive; the
+	// collection's descriptors are not needed past attaching.
 	defer coll.Close()
-	// Each TCX attach waits for an RCU grace period in the kernel (it
-	// swaps the device's program array) while holding RTNL, so the two
-	// directions still wait one after the other; attaching them from
-	// goroutines costs nothing and lets both overlap with the outer map
-	// insert that CreateEndpoint runs meanwhile.
-	attaches := []struct {
-		prog string
-		typ  ebpf.AttachType
-		l    link.Link
-		err  error
-	}{{prog: progFrom, typ: ebpf.AttachTCXIngress}, {prog: progTo, typ: ebpf.AttachTCXEgress}}
-	var wg sync.WaitGroup
-	for i := range attaches {
-		a := &attaches[i]
-		prog := coll.Programs[a.prog]
-		if prog == nil {
-			return fmt.Errorf("endpoint %d object lacks program %s", ep.ID, a.prog)
-		}
-		if err := removePin(d.linkPin(ep.ID, a.prog)); err != nil {
-			return err
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			a.l, a.err = link.AttachTCX(link.TCXOptions{Interface: ep.IfIndex, Program: prog, Attach: a.typ})
-		}()
+	from, to, pol := coll.Programs[progFrom], coll.Programs[progTo], coll.Programs[progPolicy]
+	if from == nil || to == nil || pol == nil {
+		return fmt.Errorf("endpoint %d object lacks one of %s, %s, %s", ep.ID, progFrom, progTo, progPolicy)
 	}
-	wg.Wait()
-	var errs []error
-	for i := range attaches {
-		a := &attaches[i]
-		if a.err != nil {
-			errs = append(errs, fmt.Errorf("attach %s to %s: %w", a.prog, ep.IfName, a.err))
-			continue
-		}
-		// Held by st from here on, so a rollback closes it.
-		st.links = append(st.links, a.l)
+	if err := attachTC(ep.IfIndex, from, to, freshVeth); err != nil {
+		return fmt.Errorf("attach programs to %s: %w", ep.IfName, err)
 	}
-	if err := errors.Join(errs...); err != nil {
-		return err
+	// The filters go with the veth; a rollback deletes the veth.
+	calls := d.shared[PolicyCallsName]
+	if err := calls.Put(uint32(ep.ID), pol); err != nil {
+		return fmt.Errorf("insert %s of endpoint %d in %s: %w", progPolicy, ep.ID, PolicyCallsName, err)
 	}
-	for i := range attaches {
-		pin := d.linkPin(ep.ID, attaches[i].prog)
-		if err := attaches[i].l.Pin(pin); err != nil {
-			return fmt.Errorf("pin %s link of %s: %w", attaches[i].prog, ep.IfName, err)
-		}
-		undo.push(func() error { return removePin(pin) })
-	}
+	undo.push(func() error { return ignoreNotExist(calls.Delete(uint32(ep.ID))) })
 	return nil
 }
 
@@ -384,25 +382,22 @@ func (d *Datapath) DeleteEndpoint(dockerEndpointID string) error {
 	return nil
 }
 
-// teardown removes an endpoint's links, map entries, pins, veth and state
-// directory. st may be nil (nothing held open). Every step tolerates what
-// is already gone, so it is safe to repeat after a partial failure.
+// teardown removes an endpoint's map entries, pins, veth (and with it the
+// tc filters) and state directory. st may be nil (nothing held open). Every
+// step tolerates what is already gone, so it is safe to repeat after a
+// partial failure.
 func (d *Datapath) teardown(ep *Endpoint, st *endpointState) error {
 	var errs []error
 	if st != nil {
 		st.close()
 	}
-	// Unpinning releases the last reference and detaches the program.
-	for _, p := range []string{progFrom, progTo} {
-		if err := removePin(d.linkPin(ep.ID, p)); err != nil {
-			errs = append(errs, err)
-		}
-	}
+	// Unpublished first, so no sender tail-calls into a program that is
+	// about to leave the array (it would drop as DROP_MISSED_TAIL_CALL).
 	if err := d.unpublishEndpoint(ep); err != nil {
 		errs = append(errs, err)
 	}
-	if err := ignoreNotExist(d.shared[PolicyOuterName].Delete(uint32(ep.ID))); err != nil {
-		errs = append(errs, fmt.Errorf("delete policy map of endpoint %d from %s: %w", ep.ID, PolicyOuterName, err))
+	if err := ignoreNotExist(d.shared[PolicyCallsName].Delete(uint32(ep.ID))); err != nil {
+		errs = append(errs, fmt.Errorf("delete program of endpoint %d from %s: %w", ep.ID, PolicyCallsName, err))
 	}
 	if err := removePin(d.policyPin(ep.ID)); err != nil {
 		errs = append(errs, err)

@@ -11,16 +11,21 @@ import (
 // Names of the pinned maps every endpoint shares (bpf/lib/maps.h).
 const (
 	EndpointsMapName = "ebpfnet_endpoints"
-	PolicyOuterName  = "ebpfnet_policy_maps"
-	MetricsMapName   = "ebpfnet_metrics"
-	EventsMapName    = "ebpfnet_events"
+	// PolicyCallsName is the prog array epid -> the endpoint's
+	// handle_policy, through which a local sender reaches the receiver's
+	// ingress policy check.
+	PolicyCallsName = "ebpfnet_policy_calls"
+	MetricsMapName  = "ebpfnet_metrics"
+	EventsMapName   = "ebpfnet_events"
 )
 
 func sharedMapNames() []string {
-	return []string{EndpointsMapName, PolicyOuterName, MetricsMapName, EventsMapName}
+	return []string{EndpointsMapName, PolicyCallsName, MetricsMapName, EventsMapName}
 }
 
-// Endpoint flags in ebpfnet_endpoints: policy enforcement per direction.
+// Endpoint flags in the endpoint's own ebpfnet_endpoints entry (keyed by
+// its IPv4 address): policy enforcement per direction. The programs read
+// them there, from_container for egress and handle_policy for ingress.
 // With both clear, the endpoint's policy map is not consulted.
 const (
 	FlagEnforceIngress uint32 = 1 << 0

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"github.com/sirupsen/logrus"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -262,15 +263,22 @@ func TestDatapathLocalDelivery(t *testing.T) {
 		t.Error("no ARP reply counted")
 	}
 
-	fwd := e.metric(ReasonForwarded, DirEgress)
+	// Local delivery is counted where it happens: in the receiver's
+	// handle_policy, reached by tail call, which redirects into the peer.
+	fwd := e.metric(ReasonForwarded, DirIngress)
 	if !ping(nsA, b.IPv4.Addr()) {
 		t.Fatal("container -> container: no reply")
 	}
 	if err := tcpConnect(t, nsB, b.IPv4.Addr(), nsA); err != nil {
 		t.Fatalf("container -> container TCP: %v", err)
 	}
-	if got := e.metric(ReasonForwarded, DirEgress); got < fwd+4 {
+	if got := e.metric(ReasonForwarded, DirIngress); got < fwd+4 {
 		t.Errorf("forwarded by redirect: %d -> %d, want at least 4 more", fwd, got)
+	}
+	// The redirect bypasses the host stack: the host veths' egress
+	// (to_container) must not have seen the ping.
+	if tx := hostTxPackets(t, b.IfName); tx > 2 {
+		t.Errorf("host veth of the receiver transmitted %d packets; local delivery went through the stack", tx)
 	}
 	if !ping("", a.IPv4.Addr()) {
 		t.Error("host -> container: no reply")
@@ -332,6 +340,94 @@ func TestDatapathIsolatesNetworks(t *testing.T) {
 	}
 }
 
+// hostTxPackets reads how many packets the host stack sent out of a host
+// veth (bpf_redirect_peer does not count there).
+func hostTxPackets(t *testing.T, ifname string) uint64 {
+	t.Helper()
+	l, err := netlink.LinkByName(ifname)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l.Attrs().Statistics.TxPackets
+}
+
+// setPolicy does what the policy engine will: enforcement flags in the
+// endpoint's ebpfnet_endpoints entry and entries in its own policy map.
+func (e *testEnv) setPolicy(ep *Endpoint, flags uint32, allow ...PolicyKey) {
+	e.t.Helper()
+	e.dp.mu.Lock()
+	defer e.dp.mu.Unlock()
+	st := e.dp.eps[ep.ID]
+	for _, k := range allow {
+		if err := st.policy.Put(k, PolicyEntry{}); err != nil {
+			e.t.Fatal(err)
+		}
+	}
+	if err := e.dp.publishEndpoint(&st.ep, flags); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+func TestDatapathPolicy(t *testing.T) {
+	e := newTestEnv(t)
+	n := e.network(1)
+	a, b, c := e.endpoint(n, 60), e.endpoint(n, 61), e.endpoint(n, 62)
+	nsA, nsB, nsC := e.container(a), e.container(b), e.container(c)
+	for _, ns := range []string{nsA, nsB, nsC} {
+		if !ping(ns, n.Gateway) {
+			t.Fatal("container -> gateway: no reply")
+		}
+	}
+
+	// b accepts ICMP from a only: the receiver's ingress check, in its
+	// handle_policy, sees the sender's identity.
+	e.setPolicy(b, FlagEnforceIngress, PolicyKey{Identity: a.Identity, Proto: 1, Direction: PolicyIngress})
+	if !ping(nsA, b.IPv4.Addr()) {
+		t.Error("allowed a -> b denied")
+	}
+	denied := e.metric(DropPolicy, DirIngress)
+	if ping(nsC, b.IPv4.Addr()) {
+		t.Error("c -> b passed b's ingress policy")
+	}
+	if e.metric(DropPolicy, DirIngress) == denied {
+		t.Error("no ingress DROP_POLICY counted")
+	}
+
+	// a may send to c only; replies of the allowed flow are a's ingress,
+	// which a does not enforce.
+	e.setPolicy(a, FlagEnforceEgress, PolicyKey{Identity: c.Identity, Direction: PolicyEgress})
+	if !ping(nsA, c.IPv4.Addr()) {
+		t.Error("allowed a -> c denied")
+	}
+	denied = e.metric(DropPolicy, DirEgress)
+	if ping(nsA, b.IPv4.Addr()) {
+		t.Error("a -> b passed a's egress policy")
+	}
+	if e.metric(DropPolicy, DirEgress) == denied {
+		t.Error("no egress DROP_POLICY counted")
+	}
+
+	// Flags clear: the entries stay but are not consulted.
+	e.setPolicy(a, 0)
+	e.setPolicy(b, 0)
+	if !ping(nsC, b.IPv4.Addr()) || !ping(nsA, b.IPv4.Addr()) {
+		t.Error("policy enforced with flags clear")
+	}
+
+	// A receiver without a program in the array cannot be checked, so
+	// nothing reaches it.
+	if err := e.dp.shared[PolicyCallsName].Delete(uint32(b.ID)); err != nil {
+		t.Fatal(err)
+	}
+	missed := e.metric(DropMissedTailCall, DirEgress)
+	if ping(nsA, b.IPv4.Addr()) {
+		t.Error("delivered to an endpoint without handle_policy")
+	}
+	if e.metric(DropMissedTailCall, DirEgress) == missed {
+		t.Error("no DROP_MISSED_TAIL_CALL counted")
+	}
+}
+
 func TestDatapathCreateFailureLeavesNothing(t *testing.T) {
 	e := newTestEnv(t)
 	n := e.network(1)
@@ -352,6 +448,10 @@ func TestDatapathCreateFailureLeavesNothing(t *testing.T) {
 	}
 	if _, err := os.Stat(e.dp.policyPin(ep.ID)); !os.IsNotExist(err) {
 		t.Errorf("policy pin left behind: %v", err)
+	}
+	var prog uint32
+	if err := e.dp.shared[PolicyCallsName].Lookup(uint32(ep.ID), &prog); err == nil {
+		t.Errorf("%s still holds endpoint %d", PolicyCallsName, ep.ID)
 	}
 	if len(e.dp.Endpoints()) != 0 {
 		t.Error("failed endpoint is listed")
@@ -379,12 +479,27 @@ func TestDatapathDeleteAndRestore(t *testing.T) {
 	if err := e.dp.Close(); err != nil {
 		t.Fatal(err)
 	}
-	// What a crash may leave: a veth gone behind our back, a missing link
-	// pin, and a half-created endpoint with only a directory and a pin.
+	// What a crash may leave: a veth gone behind our back, a missing
+	// filter, a lost object file, a record without IfIndex, and a
+	// half-created endpoint with only a directory and a pin.
 	run(t, "ip", "link", "del", gone.IfName)
-	if err := os.Remove(filepath.Join(e.cfg.PinDir, linksDir, fmt.Sprintf("%d_%s", a.ID, progTo))); err != nil {
+	run(t, "tc", "filter", "del", "dev", a.IfName, "egress", "pref", "1", "handle", "0xeb", "bpf")
+	if _, eg, err := tcPrograms(a.IfIndex); err != nil || eg != 0 {
+		t.Fatalf("egress filter of %s still there (%d, %v)", a.IfName, eg, err)
+	}
+	if err := os.Remove(filepath.Join(e.dp.epDir(b.ID), ObjectFile)); err != nil {
 		t.Fatal(err)
 	}
+	noIndex := *b
+	noIndex.IfIndex = 0
+	hdr, err := WriteEPConfig(e.cfg.Version, &noIndex)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(e.dp.epDir(b.ID), EPConfigFile), hdr, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	orphanPin := filepath.Join(e.cfg.PinDir, PolicyMapName(78))
 	half := filepath.Join(e.cfg.StateDir, "77")
 	if err := os.Mkdir(half, 0o755); err != nil {
 		t.Fatal(err)
@@ -392,6 +507,14 @@ func TestDatapathDeleteAndRestore(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(half, ".ep_config.h.tmp-1"), []byte("torn"), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	orphan, err := ebpf.NewMap(e.dp.policy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := orphan.Pin(orphanPin); err != nil {
+		t.Fatal(err)
+	}
+	_ = orphan.Close()
 
 	e.dp = e.open()
 	restored, err := e.dp.Restore()
@@ -408,8 +531,22 @@ func TestDatapathDeleteAndRestore(t *testing.T) {
 		t.Errorf("half-created directory survived: %v", err)
 	}
 	assertGone(t, e, gone)
-	if _, err := os.Stat(e.dp.linkPin(a.ID, progTo)); err != nil {
-		t.Errorf("missing link pin not regenerated: %v", err)
+	for _, ep := range []*Endpoint{a, b} {
+		in, eg, err := tcPrograms(ep.IfIndex)
+		if err != nil || in == 0 || eg == 0 {
+			t.Errorf("filters of %s after restore: ingress %d, egress %d, %v", ep.IfName, in, eg, err)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(e.dp.epDir(b.ID), ObjectFile)); err != nil {
+		t.Errorf("lost object not rewritten: %v", err)
+	}
+	if data, err := os.ReadFile(filepath.Join(e.dp.epDir(b.ID), EPConfigFile)); err != nil {
+		t.Error(err)
+	} else if _, rec, err := ParseEPConfig(data); err != nil || rec.IfIndex != b.IfIndex {
+		t.Errorf("record of %d after restore has IfIndex %d (%v), want %d", b.ID, rec.IfIndex, err, b.IfIndex)
+	}
+	if _, err := os.Stat(orphanPin); !os.IsNotExist(err) {
+		t.Errorf("orphan policy pin survived: %v", err)
 	}
 
 	if err := flow.Wait(); err != nil {
@@ -446,10 +583,21 @@ func assertGone(t *testing.T, e *testEnv, ep *Endpoint) {
 	if out := run(t, "ip", "route", "show", ep.IPv4.Addr().String()+"/32"); strings.TrimSpace(out) != "" {
 		t.Errorf("route left: %s", out)
 	}
-	for _, p := range []string{e.dp.epDir(ep.ID), e.dp.policyPin(ep.ID), e.dp.linkPin(ep.ID, progFrom), e.dp.linkPin(ep.ID, progTo)} {
+	for _, p := range []string{e.dp.epDir(ep.ID), e.dp.policyPin(ep.ID)} {
 		if _, err := os.Stat(p); !errors.Is(err, os.ErrNotExist) {
 			t.Errorf("%s left behind: %v", p, err)
 		}
+	}
+	// Only node-wide pins remain: no name carries the epid.
+	pins, _ := os.ReadDir(e.cfg.PinDir)
+	for _, p := range pins {
+		if strings.HasSuffix(p.Name(), fmt.Sprintf("%05d", ep.ID)) {
+			t.Errorf("pin %s left behind", p.Name())
+		}
+	}
+	var prog uint32
+	if err := e.dp.shared[PolicyCallsName].Lookup(uint32(ep.ID), &prog); err == nil {
+		t.Errorf("%s still holds endpoint %d", PolicyCallsName, ep.ID)
 	}
 	var info endpointInfo
 	if err := e.dp.shared[EndpointsMapName].Lookup(endpointKey(ep.IPv4.Addr()), &info); err == nil {

@@ -20,6 +20,7 @@ const (
 	DropNotSameNetwork Reason = 135
 	DropInvalidARP     Reason = 136
 	DropWriteError     Reason = 137
+	DropMissedTailCall Reason = 138 // receiver has no program in ebpfnet_policy_calls
 	firstDropReason    Reason = 128
 )
 
@@ -51,6 +52,8 @@ func (r Reason) String() string {
 		return "DROP_INVALID_ARP"
 	case DropWriteError:
 		return "DROP_WRITE_ERROR"
+	case DropMissedTailCall:
+		return "DROP_MISSED_TAIL_CALL"
 	}
 	return fmt.Sprintf("REASON_%d", uint8(r))
 }

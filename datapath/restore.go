@@ -1,6 +1,7 @@
 package datapath
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"os"
@@ -10,18 +11,19 @@ import (
 	"strings"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
 
 	"github.com/ebpfnet/ebpfnet/atomicfile"
 )
 
 // Restore re-adopts every endpoint whose state directory holds a valid
-// ep_config.h and whose host veth still exists: pinned links are reopened
-// (re-attached if a pin is missing), map entries re-inserted. Endpoints
-// whose veth is gone, directories without a valid record (a crash before
-// the record was written) and pins that belong to no endpoint are removed.
-// It returns the restored endpoints sorted by ID.
+// ep_config.h and whose host veth still exists: its programs are loaded
+// again from its bpf_lxc.o and replace, atomically, its tc filters and its
+// ebpfnet_policy_calls entry (so traffic never meets a veth without a
+// program), and its map entries are re-inserted. Endpoints whose veth is
+// gone, directories without a valid record (a crash before the record was
+// written) and pins that belong to no endpoint are removed. It returns the
+// restored endpoints sorted by ID.
 func (d *Datapath) Restore() ([]Endpoint, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -92,17 +94,35 @@ func (d *Datapath) restoreOne(id uint16) error {
 	return nil
 }
 
-// readopt reopens or recreates what a live endpoint needs: its policy map
-// in the outer map, its ebpfnet_endpoints entry and both attached links.
+// readopt reopens or recreates what a live endpoint needs: its policy map,
+// its programs on the veth and in ebpfnet_policy_calls, and its
+// ebpfnet_endpoints entry.
+//
+// The programs are always reloaded and replaced rather than checked: a
+// filter's program tag does not cover the patched constants, and replacing
+// a filter or an array entry is atomic and cheap. The object loaded is the
+// endpoint's bpf_lxc.o when it is the template instantiated for this
+// endpoint; anything else there (lost, torn, written by another version) is
+// rewritten from the running template first, so what runs is on disk.
 func (d *Datapath) readopt(st *endpointState) error {
 	ep := &st.ep
 	pin := d.policyPin(ep.ID)
 	pm, err := ebpf.LoadPinnedMap(pin, nil)
+	if err == nil && d.policy.Compatible(pm) != nil {
+		// A map of another shape cannot replace the template's
+		// declaration; start the endpoint with an empty one.
+		_ = pm.Close()
+		d.log.WithField("epid", ep.ID).Warn("policy map has another shape, recreating it empty")
+		if err := removePin(pin); err != nil {
+			return err
+		}
+		err = os.ErrNotExist
+	}
 	if err != nil {
 		if !errors.Is(err, os.ErrNotExist) {
 			return fmt.Errorf("open policy map %s: %w", pin, err)
 		}
-		if pm, err = ebpf.NewMap(d.inner); err != nil {
+		if pm, err = ebpf.NewMap(d.policy); err != nil {
 			return fmt.Errorf("recreate policy map %s: %w", PolicyMapName(ep.ID), err)
 		}
 		if err := pm.Pin(pin); err != nil {
@@ -111,56 +131,42 @@ func (d *Datapath) readopt(st *endpointState) error {
 		}
 	}
 	st.policy = pm
-	if err := d.shared[PolicyOuterName].Put(uint32(ep.ID), pm); err != nil {
-		return fmt.Errorf("insert policy map: %w", err)
+
+	want, err := d.tmpl.instantiate(constantsOf(ep))
+	if err != nil {
+		return err
 	}
+	objPath := filepath.Join(d.epDir(ep.ID), ObjectFile)
+	if cur, err := os.ReadFile(objPath); err != nil || !bytes.Equal(cur, want) {
+		d.log.WithField("epid", ep.ID).Info("rewriting bpf_lxc.o from the template")
+		if err := writeStateFile(objPath, want); err != nil {
+			return fmt.Errorf("rewrite endpoint %d object: %w", ep.ID, err)
+		}
+	}
+	// The record may predate the veth's index (crash before the rewrite).
+	if err := d.writeRecord(ep); err != nil {
+		return err
+	}
+	// No rollback on failure: whatever was replaced so far is as good as
+	// what it replaced, and the rest still runs the previous programs.
+	var keep undoStack
+	if err := d.load(st, want, false, &keep); err != nil {
+		return err
+	}
+
 	// Keep enforcement flags a running policy engine may have set.
 	var cur endpointInfo
 	flags := uint32(0)
 	if err := d.shared[EndpointsMapName].Lookup(endpointKey(ep.IPv4.Addr()), &cur); err == nil && cur.EPID == uint32(ep.ID) {
 		flags = cur.Flags
 	}
-	if err := d.shared[EndpointsMapName].Put(endpointKey(ep.IPv4.Addr()), infoOf(ep, flags)); err != nil {
-		return fmt.Errorf("insert endpoint entry: %w", err)
-	}
-
-	var missing bool
-	for _, p := range []string{progFrom, progTo} {
-		l, err := link.LoadPinnedLink(d.linkPin(ep.ID, p), nil)
-		if err != nil {
-			missing = true
-			break
-		}
-		st.links = append(st.links, l)
-	}
-	if !missing {
-		return nil
-	}
-	// Regenerate: drop what was found and attach a fresh pair from the
-	// endpoint's object (rewritten from the template if lost).
-	for _, l := range st.links {
-		_ = l.Close()
-	}
-	st.links = nil
-	for _, p := range []string{progFrom, progTo} {
-		if err := removePin(d.linkPin(ep.ID, p)); err != nil {
-			return err
-		}
-	}
-	spec, err := d.writeObject(ep)
-	if err != nil {
-		return err
-	}
-	var undo undoStack
-	if err := d.attach(st, spec, &undo); err != nil {
-		_ = undo.run()
-		return err
-	}
-	return nil
+	return d.publishEndpoint(ep, flags)
 }
 
-// removeOrphanPins deletes link and policy pins whose endpoint has no state
-// directory any more, and their outer map entries.
+// removeOrphanPins deletes policy pins and ebpfnet_policy_calls entries
+// whose endpoint has no state directory any more, and the TCX link pins an
+// older version kept (the tc filters that Restore attached replace them;
+// unpinning detaches the old programs).
 func (d *Datapath) removeOrphanPins() error {
 	var errs []error
 	live := func(s string) bool {
@@ -171,15 +177,23 @@ func (d *Datapath) removeOrphanPins() error {
 		_, ok := d.eps[uint16(n)]
 		return ok
 	}
-	links, err := os.ReadDir(filepath.Join(d.cfg.PinDir, linksDir))
-	if err != nil && !os.IsNotExist(err) {
-		return fmt.Errorf("list link pins: %w", err)
+	if err := os.RemoveAll(filepath.Join(d.cfg.PinDir, legacyLinksDir)); err != nil {
+		errs = append(errs, fmt.Errorf("remove legacy link pins: %w", err))
 	}
-	for _, e := range links {
-		idStr, _, ok := strings.Cut(e.Name(), "_")
-		if ok && !live(idStr) {
-			errs = append(errs, removePin(filepath.Join(d.cfg.PinDir, linksDir, e.Name())))
+	calls := d.shared[PolicyCallsName]
+	var key, val uint32
+	var stale []uint32
+	it := calls.Iterate()
+	for it.Next(&key, &val) {
+		if key > MaxEndpointID || d.eps[uint16(key)] == nil {
+			stale = append(stale, key)
 		}
+	}
+	if err := it.Err(); err != nil {
+		errs = append(errs, fmt.Errorf("iterate %s: %w", PolicyCallsName, err))
+	}
+	for _, k := range stale {
+		errs = append(errs, ignoreNotExist(calls.Delete(k)))
 	}
 	pins, err := os.ReadDir(d.cfg.PinDir)
 	if err != nil {
@@ -190,9 +204,6 @@ func (d *Datapath) removeOrphanPins() error {
 		idStr, ok := strings.CutPrefix(e.Name(), prefix)
 		if !ok || live(idStr) {
 			continue
-		}
-		if n, err := strconv.ParseUint(idStr, 10, 16); err == nil {
-			errs = append(errs, ignoreNotExist(d.shared[PolicyOuterName].Delete(uint32(n))))
 		}
 		errs = append(errs, removePin(filepath.Join(d.cfg.PinDir, e.Name())))
 	}

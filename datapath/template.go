@@ -7,7 +7,10 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
+	"maps"
 	"net/netip"
+
+	"github.com/cilium/ebpf"
 )
 
 // Names of the per-endpoint constants in bpf/lib/config.h.
@@ -18,6 +21,7 @@ const (
 	symLXCID      = "LXC_ID"
 	symNetworkID  = "NETWORK_ID"
 	symSecLabel   = "SECLABEL"
+	symLXCIfIndex = "LXC_IFINDEX"
 	rodataSection = ".rodata"
 )
 
@@ -27,17 +31,23 @@ const (
 func constSizes() map[string]uint64 {
 	return map[string]uint64{
 		symLXCIPv4: 4, symLXCMAC: 6, symNodeMAC: 6,
-		symLXCID: 4, symNetworkID: 4, symSecLabel: 4,
+		symLXCID: 4, symNetworkID: 4, symSecLabel: 4, symLXCIfIndex: 4,
 	}
 }
 
 // template is the compiled object with the file offsets of its constants,
-// parsed once so that instantiating an endpoint is a copy and a few writes.
+// parsed once so that instantiating an endpoint is a copy and a few writes,
+// and loading it needs no parsing at all (see specFor).
 type template struct {
 	raw     []byte
 	sha     string
 	order   binary.ByteOrder
 	offsets map[string]uint64 // symbol -> file offset of its bytes
+	// spec is the template parsed by cilium/ebpf. Per endpoint only
+	// .rodata differs, and specFor swaps in the endpoint's bytes.
+	spec       *ebpf.CollectionSpec
+	rodataOff  uint64 // file offset of .rodata
+	rodataSize uint64
 }
 
 // parseTemplate finds every constant in .rodata. A symbol's bytes sit at the
@@ -64,7 +74,11 @@ func parseTemplate(raw []byte) (*template, error) {
 		return nil, fmt.Errorf("read template symbols: %w", err)
 	}
 	want := constSizes()
-	t := &template{raw: raw, order: f.ByteOrder, offsets: map[string]uint64{}}
+	t := &template{raw: raw, order: f.ByteOrder, offsets: map[string]uint64{},
+		rodataOff: rodata.Offset, rodataSize: rodata.Size}
+	if rodata.Offset+rodata.Size > uint64(len(raw)) {
+		return nil, fmt.Errorf("template %s lies outside the file", rodataSection)
+	}
 	for _, s := range syms {
 		size, ok := want[s.Name]
 		if !ok || s.Section != rodataIdx {
@@ -89,7 +103,59 @@ func parseTemplate(raw []byte) (*template, error) {
 	}
 	sum := sha256.Sum256(raw)
 	t.sha = hex.EncodeToString(sum[:])
+	if t.spec, err = ebpf.LoadCollectionSpecFromReader(bytes.NewReader(raw)); err != nil {
+		return nil, fmt.Errorf("parse template: %w", err)
+	}
+	ro := t.spec.Maps[rodataSection]
+	if ro == nil || len(ro.Contents) != 1 {
+		return nil, fmt.Errorf("template %s is not a single-value data section", rodataSection)
+	}
+	if v, ok := ro.Contents[0].Value.([]byte); !ok || uint64(len(v)) != t.rodataSize {
+		return nil, fmt.Errorf("template %s contents do not match the ELF section", rodataSection)
+	}
+	for name, v := range t.spec.Variables {
+		if v.SectionName == rodataSection && uint64(v.Offset)+uint64(v.Size()) > t.rodataSize {
+			return nil, fmt.Errorf("template variable %s lies outside %s", name, rodataSection)
+		}
+	}
 	return t, nil
+}
+
+// specFor returns the collection an instantiated object obj describes,
+// without parsing obj: instantiate only patches .rodata, so obj is the
+// template with other .rodata bytes. The .rodata contents and every
+// variable in it are slices of obj itself, so what gets loaded is exactly
+// the bytes written to bpf_lxc.o. obj must stay unmodified until loaded.
+//
+// Programs and other maps are shared with the template spec, not copied:
+// the loader copies each spec before it touches it (cilium/ebpf v0.22
+// loadMap and loadProgram), and copying a program is most of what a
+// CollectionSpec.Copy would cost.
+func (t *template) specFor(obj []byte) (*ebpf.CollectionSpec, error) {
+	if len(obj) != len(t.raw) {
+		return nil, fmt.Errorf("object is %d bytes, template %d: not an instance of it", len(obj), len(t.raw))
+	}
+	rodata := obj[t.rodataOff : t.rodataOff+t.rodataSize : t.rodataOff+t.rodataSize]
+	cs := &ebpf.CollectionSpec{
+		Maps:      maps.Clone(t.spec.Maps),
+		Programs:  t.spec.Programs,
+		Variables: make(map[string]*ebpf.VariableSpec, len(t.spec.Variables)),
+		Types:     t.spec.Types,
+		ByteOrder: t.spec.ByteOrder,
+	}
+	ro := *t.spec.Maps[rodataSection]
+	ro.Contents = []ebpf.MapKV{{Key: uint32(0), Value: rodata}}
+	cs.Maps[rodataSection] = &ro
+	for name, v := range t.spec.Variables {
+		if v.SectionName != rodataSection {
+			cs.Variables[name] = v
+			continue
+		}
+		c := *v
+		c.Value = rodata[c.Offset : c.Offset+v.Size() : c.Offset+v.Size()]
+		cs.Variables[name] = &c
+	}
+	return cs, nil
 }
 
 // endpointConstants are the values one endpoint's object carries.
@@ -100,6 +166,7 @@ type endpointConstants struct {
 	ID        uint32
 	NetworkID uint32
 	SecLabel  uint32
+	IfIndex   uint32
 }
 
 func constantsOf(ep *Endpoint) endpointConstants {
@@ -110,6 +177,7 @@ func constantsOf(ep *Endpoint) endpointConstants {
 		ID:        uint32(ep.ID),
 		NetworkID: ep.Network.Index,
 		SecLabel:  ep.Identity,
+		IfIndex:   uint32(ep.IfIndex),
 	}
 }
 
@@ -131,5 +199,6 @@ func (t *template) instantiate(c endpointConstants) ([]byte, error) {
 	t.order.PutUint32(out[t.offsets[symLXCID]:], c.ID)
 	t.order.PutUint32(out[t.offsets[symNetworkID]:], c.NetworkID)
 	t.order.PutUint32(out[t.offsets[symSecLabel]:], c.SecLabel)
+	t.order.PutUint32(out[t.offsets[symLXCIfIndex]:], c.IfIndex)
 	return out, nil
 }

@@ -26,5 +26,9 @@ volatile const __u32 LXC_ID = 0;
 volatile const __u32 NETWORK_ID = 0;
 /* Security identity of the endpoint. */
 volatile const __u32 SECLABEL = 0;
+/* ifindex of the endpoint's own host-side veth: handle_policy delivers into
+ * the container with bpf_redirect_peer on it. The veth exists before the
+ * object is written, so the value is known when patching. */
+volatile const __u32 LXC_IFINDEX = 0;
 
 #endif

@@ -54,26 +54,32 @@ struct policy_entry {
 	__u32 pad;
 };
 
-/* Sizes, not BTF types: clang emits only a forward declaration for types
- * reached this deep through the outer map, and loaders reject that. */
-struct policy_inner {
+/* The endpoint's own policy map. Not pinned by name: every endpoint has its
+ * own instance, which the daemon creates, pins as ebpfnet_policy_<epid> and
+ * hands to the loader in place of this declaration. A program reads only its
+ * own endpoint's map; the receiver's side of local delivery is checked by the
+ * receiver's handle_policy, reached by tail call (ebpfnet_policy_calls).
+ * There is no map-in-map: every user-space update of a map-of-maps waits for
+ * an RCU grace period, which made endpoint creation slow. */
+struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(key_size, sizeof(struct policy_key));
-	__uint(value_size, sizeof(struct policy_entry));
+	__type(key, struct policy_key);
+	__type(value, struct policy_entry);
 	__uint(max_entries, POLICY_ENTRIES_MAX);
 	/* Allocate on insert: preallocating 16k entries costs ~10 ms per
 	 * endpoint and memory for rules that mostly never exist. */
 	__uint(map_flags, BPF_F_NO_PREALLOC);
-};
+} ebpfnet_policy SEC(".maps");
 
-/* epid -> that endpoint's policy map (ebpfnet_policy_<epid>). */
+/* epid -> that endpoint's handle_policy program. Prog array updates from
+ * user space are a pointer exchange, with no grace period to wait for. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH_OF_MAPS);
-	__type(key, __u32);
+	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, sizeof(__u32));
 	__uint(max_entries, ENDPOINTS_MAX);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-	__array(values, struct policy_inner);
-} ebpfnet_policy_maps SEC(".maps");
+} ebpfnet_policy_calls SEC(".maps");
 
 /* Metric direction, as Cilium counts it: from the container is egress. */
 #define METRIC_INGRESS 1
