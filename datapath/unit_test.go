@@ -94,6 +94,48 @@ func TestPatchedConstantsReadBackThroughCollectionSpec(t *testing.T) {
 	}
 }
 
+// TestSpecForLoadsTheWrittenBytes: the spec CreateEndpoint loads without
+// parsing must describe the same .rodata as parsing the written object.
+func TestSpecForLoadsTheWrittenBytes(t *testing.T) {
+	tmpl, err := parseTemplate(bpf.LXCTemplate)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ep := testEndpoint()
+	obj, err := tmpl.instantiate(constantsOf(&ep))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := tmpl.specFor(obj)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := ebpf.LoadCollectionSpecFromReader(bytes.NewReader(obj))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got.Maps[".rodata"].Contents[0].Value.([]byte), want.Maps[".rodata"].Contents[0].Value.([]byte)) {
+		t.Error(".rodata differs from the parsed object")
+	}
+	for name, wv := range want.Variables {
+		gv := got.Variables[name]
+		if gv == nil || !bytes.Equal(gv.Value, wv.Value) || gv.Offset != wv.Offset {
+			t.Errorf("variable %s: got %+v, want %+v", name, gv, wv)
+		}
+	}
+	var ifindex uint32
+	if err := got.Variables["LXC_IFINDEX"].Get(&ifindex); err != nil || ifindex != 19 {
+		t.Errorf("LXC_IFINDEX = %d (%v), want 19", ifindex, err)
+	}
+	// The template spec itself is untouched.
+	if err := tmpl.spec.Variables["LXC_IFINDEX"].Get(&ifindex); err != nil || ifindex != 0 {
+		t.Errorf("template LXC_IFINDEX = %d (%v), want 0", ifindex, err)
+	}
+	if _, err := tmpl.specFor(obj[:len(obj)-1]); err == nil {
+		t.Error("object of another size accepted")
+	}
+}
+
 func TestInstantiateRejectsBadConstants(t *testing.T) {
 	tmpl, err := parseTemplate(bpf.LXCTemplate)
 	if err != nil {
