@@ -18,6 +18,9 @@ type Status struct {
 	Pools     []Pool        `json:"pools"`
 	Restored  int           `json:"restoredEndpoints"`
 	Uptime    time.Duration `json:"uptime"`
+	// Reconciled is true once the daemon has compared its state with
+	// Docker's after start and removed what Docker no longer knows.
+	Reconciled bool `json:"reconciled"`
 }
 
 // Network is one ebpfnet network.

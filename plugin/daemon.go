@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -29,12 +30,18 @@ import (
 // Config is everything `ebpfnet daemon` can be told. Defaults are the
 // DESIGN.md paths; tests move them all.
 type Config struct {
-	PluginSocket    string // /run/docker/plugins/ebpfnet.sock
-	APISocket       string // /run/ebpfnet/ebpfnet.sock
-	StateDir        string // /run/ebpfnet/state
-	LibDir          string // /var/lib/ebpfnet
-	PinDir          string // /sys/fs/bpf/ebpfnet
-	HostDevice      string // ebpfnet_host
+	PluginSocket string // /run/docker/plugins/ebpfnet.sock
+	APISocket    string // /run/ebpfnet/ebpfnet.sock
+	StateDir     string // /run/ebpfnet/state
+	LibDir       string // /var/lib/ebpfnet
+	PinDir       string // /sys/fs/bpf/ebpfnet
+	HostDevice   string // ebpfnet_host
+	// DriverName is the name Docker knows the plugin by (the socket's
+	// name): networks with this driver or IPAM driver are ours.
+	DriverName string
+	// Reconcile asks Docker after start what it still knows and removes
+	// our leftovers; tests that run without Docker turn it off.
+	Reconcile       bool
 	DefaultPools    []netip.Prefix
 	DefaultPoolSize int
 	Version         string
@@ -49,6 +56,8 @@ func DefaultConfig(version string) Config {
 		LibDir:          "/var/lib/ebpfnet",
 		PinDir:          "/sys/fs/bpf/ebpfnet",
 		HostDevice:      "ebpfnet_host",
+		DriverName:      "ebpfnet",
+		Reconcile:       true,
 		DefaultPools:    []netip.Prefix{netip.MustParsePrefix(ipam.DefaultPoolRange)},
 		DefaultPoolSize: ipam.DefaultPoolPrefixLen,
 		Version:         version,
@@ -64,7 +73,10 @@ type Daemon struct {
 	ipam      *ipam.Driver
 	driver    *driver.Driver
 	restored  int
-	lock      *os.File
+	// startState is what we held before serving, for reconcileWithDocker.
+	startState ownState
+	reconciled atomic.Bool
+	lock       *os.File
 }
 
 // Run starts the daemon and serves until ctx is cancelled.
@@ -125,6 +137,7 @@ func start(cfg Config, log logrus.FieldLogger) (_ *Daemon, err error) {
 		return nil, fmt.Errorf("restore endpoints: %w", err)
 	}
 	d.restored = len(restored)
+	d.startState = d.snapshotOwnState()
 	log.WithField("endpoints", d.restored).Info("endpoints restored")
 	return d, nil
 }
@@ -149,6 +162,14 @@ func (d *Daemon) serve(ctx context.Context) error {
 	go func() { errs <- docker.handler.Serve(pluginLn) }()
 	go func() { errs <- apiServer.Serve(apiLn) }()
 	d.log.WithFields(logrus.Fields{"plugin": d.cfg.PluginSocket, "api": d.cfg.APISocket}).Info("serving")
+	reconcileCtx, stopReconcile := context.WithCancel(ctx)
+	reconciled := make(chan struct{})
+	go func() {
+		defer close(reconciled)
+		if d.cfg.Reconcile && d.reconcileWithDocker(reconcileCtx, d.startState) {
+			d.reconciled.Store(true)
+		}
+	}()
 
 	var serveErr error
 	select {
@@ -159,6 +180,8 @@ func (d *Daemon) serve(ctx context.Context) error {
 	// let the calls in flight finish.
 	pluginLn.Close()
 	os.Remove(d.cfg.PluginSocket)
+	stopReconcile()
+	<-reconciled
 	inflight.Wait()
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()

@@ -44,12 +44,13 @@ func newLocalAPI(d *Daemon) http.Handler {
 
 func (d *Daemon) status() api.Status {
 	s := api.Status{
-		Version:   d.cfg.Version,
-		StartedAt: d.startedAt,
-		Uptime:    time.Since(d.startedAt).Round(time.Second),
-		Datapath:  "tcx",
-		Endpoints: len(d.datapath.Endpoints()),
-		Restored:  d.restored,
+		Version:    d.cfg.Version,
+		StartedAt:  d.startedAt,
+		Uptime:     time.Since(d.startedAt).Round(time.Second),
+		Datapath:   "tcx",
+		Endpoints:  len(d.datapath.Endpoints()),
+		Restored:   d.restored,
+		Reconciled: d.reconciled.Load(),
 	}
 	for _, n := range d.driver.Networks() {
 		s.Networks = append(s.Networks, api.Network(n))

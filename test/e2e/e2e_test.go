@@ -1,7 +1,10 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -40,7 +43,7 @@ func TestContainersTalkThroughTheirOwnPrograms(t *testing.T) {
 	if err := ping("e2e-app2", app1); err != nil {
 		t.Errorf("ping app2 -> app1: %v", err)
 	}
-	page, err := execIn("e2e-app2", "wget", "-q", "-T", "5", "-O", "-", "http://"+app1+"/")
+	page, err := execIn("e2e-app2", "timeout", "5", "wget", "-q", "-O", "-", "http://"+app1+"/")
 	if err != nil || !strings.Contains(page, "hello from ebpfnet") {
 		t.Errorf("HTTP app2 -> app1: %q, %v", page, err)
 	}
@@ -65,7 +68,7 @@ func TestContainersTalkThroughTheirOwnPrograms(t *testing.T) {
 	if out, err := tryRun("busybox", "ping", "-c", "1", "-W", "2", app1); err != nil {
 		t.Errorf("ping host -> app1: %v %s", err, out)
 	}
-	hostPage, err := tryRun("busybox", "wget", "-q", "-T", "5", "-O", "-", "http://"+app1+"/")
+	hostPage, err := tryRun("busybox", "timeout", "5", "busybox", "wget", "-q", "-O", "-", "http://"+app1+"/")
 	if err != nil || !strings.Contains(hostPage, "hello from ebpfnet") {
 		t.Errorf("HTTP host -> app1: %q, %v", hostPage, err)
 	}
@@ -134,9 +137,15 @@ func TestStaticAddressAndOverlap(t *testing.T) {
 	if ip := containerIP(t, "e2e-s1", "e2e-static"); ip != "10.232.0.50" {
 		t.Errorf("--ip 10.232.0.50 gave %q", ip)
 	}
+	// As with Docker's own IPAM, a sub-range hands out its first address;
+	// only the subnet's network and broadcast addresses are never used.
 	sleeper(t, "e2e-s2", "e2e-static")
-	if ip := containerIP(t, "e2e-s2", "e2e-static"); ip != "10.232.0.129" {
-		t.Errorf("first address of --ip-range 10.232.0.128/25 (after the gateway and the aux address): got %q, want 10.232.0.129", ip)
+	if ip := containerIP(t, "e2e-s2", "e2e-static"); ip != "10.232.0.128" {
+		t.Errorf("first address of --ip-range 10.232.0.128/25: got %q, want 10.232.0.128", ip)
+	}
+	sleeper(t, "e2e-s4", "e2e-static")
+	if ip := containerIP(t, "e2e-s4", "e2e-static"); ip != "10.232.0.129" {
+		t.Errorf("second address of --ip-range: got %q, want 10.232.0.129 (10.232.0.130 is an --aux-address)", ip)
 	}
 	if err := ping("e2e-s2", "10.232.0.50"); err != nil {
 		t.Errorf("ping to the --ip container: %v", err)
@@ -198,10 +207,11 @@ func TestDaemonRestartKeepsContainersTalking(t *testing.T) {
 		if err := ping("e2e-r2", r1); err != nil {
 			t.Errorf("after %v of the daemon, ping r2 -> r1: %v", sig, err)
 		}
-		if page, err := execIn("e2e-r2", "wget", "-q", "-T", "5", "-O", "-", "http://"+r1+"/"); err != nil || !strings.Contains(page, "hello") {
+		if page, err := execIn("e2e-r2", "timeout", "5", "wget", "-q", "-O", "-", "http://"+r1+"/"); err != nil || !strings.Contains(page, "hello") {
 			t.Errorf("after %v of the daemon, HTTP r2 -> r1: %q %v", sig, page, err)
 		}
 		d = startDaemon(t, bin)
+		waitReconciled(t, bin)
 		after := endpoints(t)
 		if len(after) != len(before) {
 			t.Fatalf("after %v and restart: %d endpoints listed, want %d", sig, len(after), len(before))
@@ -229,8 +239,10 @@ func TestNothingLeftBehind(t *testing.T) {
 	startDaemon(t, bin)
 	_, _ = tryRun("docker", "network", "rm", "e2e-leak")
 	run(t, "docker", "network", "create", "-d", "ebpfnet", "--ipam-driver", "ebpfnet", "--subnet", "10.236.0.0/24", "e2e-leak")
+	t.Cleanup(func() { _, _ = tryRun("docker", "network", "rm", "e2e-leak") })
 	for _, name := range []string{"e2e-l1", "e2e-l2"} {
 		_, _ = tryRun("docker", "rm", "-f", name)
+		t.Cleanup(func() { _, _ = tryRun("docker", "rm", "-f", name) })
 		run(t, "docker", "run", "-d", "--name", name, "--network", "e2e-leak", image, "sleep", "3600")
 	}
 	if n := len(endpoints(t)); n != 2 {
@@ -284,14 +296,14 @@ func leftovers(subnetPrefix string) error {
 	return nil
 }
 
+// perEndpointPin matches the pins that belong to one endpoint, which carry
+// its 5-digit ID as Cilium's do (ebpfnet_policy_00042, 00042_from_container).
+var perEndpointPin = regexp.MustCompile(`(^|_)[0-9]{5}(_|$)`)
+
 // isGlobalPin tells the node-wide maps, which outlive every endpoint, from
 // per-endpoint pins.
 func isGlobalPin(name string) bool {
-	switch name {
-	case "ebpfnet_endpoints", "ebpfnet_policy_maps", "ebpfnet_metrics", "ebpfnet_events", "ebpfnet_ipcache":
-		return true
-	}
-	return false
+	return strings.HasPrefix(name, "ebpfnet_") && !perEndpointPin.MatchString(name)
 }
 
 func grepLines(out, needle string) string {
@@ -302,4 +314,78 @@ func grepLines(out, needle string) string {
 		}
 	}
 	return strings.Join(lines, " | ")
+}
+
+// TestLeftoversOfWhatDockerForgotAreRemoved: Docker forgets an endpoint and
+// its address even when the driver does not act on its calls (`docker rm -f`
+// while our daemon is down). A stand-in on the plugin socket answers those
+// calls with "{}" and does nothing, as a dead daemon would leave things; the
+// next start must find and remove the veth, pins, state and address.
+func TestLeftoversOfWhatDockerForgotAreRemoved(t *testing.T) {
+	bin := requireEnvironment(t)
+	d := startDaemon(t, bin)
+	network(t, "e2e-forgot", "--subnet", "10.237.0.0/24")
+	sleeper(t, "e2e-f1", "e2e-forgot")
+	sleeper(t, "e2e-f2", "e2e-forgot")
+	f1 := containerIP(t, "e2e-f1", "e2e-forgot")
+	f2 := containerIP(t, "e2e-f2", "e2e-forgot")
+	d.stop(syscall.SIGTERM)
+
+	standIn := serveDoNothingPlugin(t)
+	run(t, "docker", "rm", "-f", "e2e-f1")
+	standIn()
+
+	startDaemon(t, bin)
+	waitReconciled(t, bin)
+	eps := endpoints(t)
+	if len(eps) != 1 || eps[0].IPv4 != f2 {
+		t.Fatalf("after reconcile the endpoints are %+v; want only e2e-f2's (%s)", eps, f2)
+	}
+	status := run(t, bin, "status", "-o", "json")
+	if strings.Contains(status, `"`+f1+`"`) || !strings.Contains(status, `"`+f2+`"`) {
+		t.Errorf("the forgotten container's address is still allocated: %s", status)
+	}
+	if out, _ := tryRun("ip", "-o", "link", "show"); strings.Count(out, "lxc") != 1 {
+		t.Errorf("want exactly one lxc link left, got: %s", grepLines(out, "lxc"))
+	}
+	if err := ping("e2e-f2", "10.237.0.1"); err != nil {
+		t.Errorf("the remaining container lost its gateway: %v", err)
+	}
+}
+
+// waitReconciled waits until the daemon has compared its state with Docker's.
+func waitReconciled(t *testing.T, bin string) {
+	t.Helper()
+	eventually(t, 30*time.Second, "reconcile with Docker after start", func() error {
+		var s struct{ Reconciled bool }
+		if err := json.Unmarshal([]byte(run(t, bin, "status", "-o", "json")), &s); err != nil || !s.Reconciled {
+			return fmt.Errorf("not reconciled yet (%v)", err)
+		}
+		return nil
+	})
+}
+
+// serveDoNothingPlugin answers every plugin call with "{}" on Docker's
+// plugin socket until the returned stop function is called.
+func serveDoNothingPlugin(t *testing.T) (stop func()) {
+	t.Helper()
+	const socket = "/run/docker/plugins/ebpfnet.sock"
+	_ = os.Remove(socket)
+	ln, err := net.Listen("unix", socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/vnd.docker.plugins.v1.1+json")
+		if r.URL.Path == "/Plugin.Activate" {
+			fmt.Fprint(w, `{"Implements": ["NetworkDriver", "IpamDriver"]}`)
+			return
+		}
+		fmt.Fprint(w, "{}")
+	})}
+	go func() { _ = srv.Serve(ln) }()
+	return func() {
+		_ = srv.Close()
+		_ = os.Remove(socket)
+	}
 }

@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -84,13 +85,39 @@ func startDaemon(t *testing.T, binary string, args ...string) *daemon {
 			d.dumpLog()
 		}
 	})
+	waitForAPI(t, d)
+	removeStaleTestObjects(t)
+	return d
+}
+
+// removeStaleTestObjects removes the e2e-* containers and networks that an
+// interrupted earlier run left, once per test binary: they would hold the
+// subnets the tests use. It needs a running daemon, since Docker asks the
+// plugin to delete its networks.
+func removeStaleTestObjects(t *testing.T) {
+	staleOnce.Do(func() {
+		if ids, _ := tryRun("docker", "ps", "-aq", "--filter", "name=e2e-"); ids != "" {
+			_, _ = tryRun("docker", append([]string{"rm", "-f"}, strings.Fields(ids)...)...)
+		}
+		if names, _ := tryRun("docker", "network", "ls", "-q", "--filter", "name=e2e-"); names != "" {
+			if out, err := tryRun("docker", append([]string{"network", "rm"}, strings.Fields(names)...)...); err != nil {
+				t.Logf("removing stale test networks: %v %s", err, out)
+			}
+		}
+	})
+}
+
+var staleOnce sync.Once
+
+func waitForAPI(t *testing.T, d *daemon) {
+	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		_, err := api.NewClient(api.DefaultSocket).Status(ctx)
 		cancel()
 		if err == nil {
-			return d
+			return
 		}
 		select {
 		case werr := <-d.done:

@@ -1,0 +1,231 @@
+package plugin
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"sort"
+	"strings"
+	"time"
+
+	dockernetwork "github.com/docker/docker/api/types/network"
+	dockerclient "github.com/docker/docker/client"
+	"github.com/docker/go-plugins-helpers/ipam"
+	"github.com/docker/go-plugins-helpers/network"
+	"github.com/sirupsen/logrus"
+)
+
+// Docker forgets an endpoint, an address or a whole network even when our
+// driver call fails (`docker rm -f` while the daemon is down). Nobody would
+// ever ask us to remove those again, so after a start we ask Docker what it
+// still knows and remove what it does not: no veth, pin, route or address
+// outlives its owner.
+//
+// This runs in the background after the sockets are served: dockerd may be
+// starting too and waiting for our socket, and a synchronous Docker call
+// before serving would deadlock the two. Only what existed before this start
+// is considered, so a container that Docker is starting right now is never
+// mistaken for a leftover.
+
+// dockerState is what Docker knows of the networks that use our drivers.
+type dockerState struct {
+	networks  map[string]bool
+	endpoints map[string]bool
+	// inUse maps each subnet that uses our IPAM to the addresses Docker holds
+	// in it: gateway, aux addresses and endpoint addresses.
+	inUse map[netip.Prefix]map[netip.Addr]bool
+}
+
+// ownState is what we held when the daemon started.
+type ownState struct {
+	endpoints []string // Docker endpoint IDs
+	networks  []string
+	pools     []ipamPool
+}
+
+type ipamPool struct {
+	id        string
+	subnet    netip.Prefix
+	addresses []netip.Addr
+}
+
+type poolAddress struct {
+	poolID string
+	addr   netip.Addr
+}
+
+// cleanupPlan lists what Docker no longer knows.
+type cleanupPlan struct {
+	endpoints []string
+	addresses []poolAddress
+	networks  []string
+	pools     []string
+}
+
+func (p cleanupPlan) empty() bool {
+	return len(p.endpoints)+len(p.addresses)+len(p.networks)+len(p.pools) == 0
+}
+
+// planCleanup is the pure decision: everything of ours that Docker does not
+// know any more.
+func planCleanup(docker dockerState, own ownState) cleanupPlan {
+	var plan cleanupPlan
+	for _, id := range own.endpoints {
+		if !docker.endpoints[id] {
+			plan.endpoints = append(plan.endpoints, id)
+		}
+	}
+	for _, id := range own.networks {
+		if !docker.networks[id] {
+			plan.networks = append(plan.networks, id)
+		}
+	}
+	for _, p := range own.pools {
+		held, known := docker.inUse[p.subnet]
+		if !known {
+			plan.pools = append(plan.pools, p.id)
+			continue
+		}
+		for _, a := range p.addresses {
+			if !held[a] {
+				plan.addresses = append(plan.addresses, poolAddress{poolID: p.id, addr: a})
+			}
+		}
+	}
+	sort.Strings(plan.endpoints)
+	sort.Strings(plan.networks)
+	sort.Strings(plan.pools)
+	return plan
+}
+
+// snapshotOwnState records what the daemon holds at start.
+func (d *Daemon) snapshotOwnState() ownState {
+	var own ownState
+	for _, ep := range d.datapath.Endpoints() {
+		own.endpoints = append(own.endpoints, ep.DockerEndpointID)
+	}
+	for _, n := range d.driver.Networks() {
+		own.networks = append(own.networks, n.ID)
+	}
+	for _, p := range d.ipam.Pools() {
+		own.pools = append(own.pools, ipamPool{id: p.ID, subnet: p.Pool, addresses: p.Addresses})
+	}
+	return own
+}
+
+// reconcileWithDocker waits for Docker to answer, then removes what it no
+// longer knows, and reports whether it got that far. It gives up quietly
+// when ctx ends (daemon stopping).
+func (d *Daemon) reconcileWithDocker(ctx context.Context, own ownState) bool {
+	log := d.log.WithField("subsys", "reconcile")
+	cli, err := dockerclient.NewClientWithOpts(dockerclient.FromEnv, dockerclient.WithAPIVersionNegotiation())
+	if err != nil {
+		log.WithError(err).Warn("no Docker client; leftovers of endpoints removed while the daemon was down stay")
+		return false
+	}
+	defer cli.Close()
+	var state dockerState
+	for attempt := 0; ; attempt++ {
+		callCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		state, err = readDockerState(callCtx, cli, d.cfg.DriverName)
+		cancel()
+		if err == nil {
+			break
+		}
+		if attempt%10 == 0 {
+			log.WithError(err).Info("waiting for Docker to answer before cleaning up leftovers")
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(time.Second):
+		}
+	}
+	plan := planCleanup(state, own)
+	if plan.empty() {
+		log.Debug("nothing left over from before the start")
+		return true
+	}
+	d.applyCleanup(plan, log)
+	return true
+}
+
+func (d *Daemon) applyCleanup(plan cleanupPlan, log logrus.FieldLogger) {
+	for _, id := range plan.endpoints {
+		err := d.driver.DeleteEndpoint(&network.DeleteEndpointRequest{EndpointID: id})
+		log.WithError(err).WithField("endpoint", shortID(id)).Info("removed endpoint that Docker no longer knows")
+	}
+	for _, a := range plan.addresses {
+		err := d.ipam.ReleaseAddress(&ipam.ReleaseAddressRequest{PoolID: a.poolID, Address: a.addr.String()})
+		log.WithError(err).WithField("address", a.addr).Info("released address that Docker no longer holds")
+	}
+	for _, id := range plan.networks {
+		err := d.driver.DeleteNetwork(&network.DeleteNetworkRequest{NetworkID: id})
+		log.WithError(err).WithField("network", shortID(id)).Info("removed network that Docker no longer knows")
+	}
+	for _, id := range plan.pools {
+		err := d.ipam.ReleasePool(&ipam.ReleasePoolRequest{PoolID: id})
+		log.WithError(err).WithField("pool", id).Info("released pool that no Docker network uses")
+	}
+}
+
+// readDockerState lists the networks that use our network or IPAM driver
+// and what Docker holds in them.
+func readDockerState(ctx context.Context, cli *dockerclient.Client, driverName string) (dockerState, error) {
+	state := dockerState{networks: map[string]bool{}, endpoints: map[string]bool{}, inUse: map[netip.Prefix]map[netip.Addr]bool{}}
+	list, err := cli.NetworkList(ctx, dockernetwork.ListOptions{})
+	if err != nil {
+		return state, fmt.Errorf("list Docker networks: %w", err)
+	}
+	for _, summary := range list {
+		if summary.Driver != driverName && summary.IPAM.Driver != driverName {
+			continue
+		}
+		n, err := cli.NetworkInspect(ctx, summary.ID, dockernetwork.InspectOptions{})
+		if err != nil {
+			return state, fmt.Errorf("inspect Docker network %s: %w", summary.Name, err)
+		}
+		if n.Driver == driverName {
+			state.networks[n.ID] = true
+		}
+		for _, ep := range n.Containers {
+			state.endpoints[ep.EndpointID] = true
+		}
+		if n.IPAM.Driver != driverName {
+			continue
+		}
+		for _, cfg := range n.IPAM.Config {
+			subnet, err := netip.ParsePrefix(cfg.Subnet)
+			if err != nil {
+				continue
+			}
+			held := map[netip.Addr]bool{}
+			addAddr(held, cfg.Gateway)
+			for _, a := range cfg.AuxAddress {
+				addAddr(held, a)
+			}
+			for _, ep := range n.Containers {
+				addAddr(held, ep.IPv4Address)
+			}
+			state.inUse[subnet.Masked()] = held
+		}
+	}
+	return state, nil
+}
+
+// addAddr adds an address given as "10.0.0.2" or "10.0.0.2/24".
+func addAddr(set map[netip.Addr]bool, s string) {
+	if i := strings.IndexByte(s, '/'); i >= 0 {
+		s = s[:i]
+	}
+	if a, err := netip.ParseAddr(s); err == nil {
+		set[a] = true
+	}
+}
+
+func shortID(id string) string {
+	if len(id) > 12 {
+		return id[:12]
+	}
+	return id
+}

@@ -1,0 +1,52 @@
+package plugin
+
+import (
+	"net/netip"
+	"reflect"
+	"testing"
+)
+
+func TestPlanCleanupRemovesOnlyWhatDockerForgot(t *testing.T) {
+	subnetA := netip.MustParsePrefix("10.1.0.0/24")
+	subnetB := netip.MustParsePrefix("10.2.0.0/24")
+	addr := netip.MustParseAddr
+	docker := dockerState{
+		networks:  map[string]bool{"netA": true},
+		endpoints: map[string]bool{"epKept": true},
+		inUse: map[netip.Prefix]map[netip.Addr]bool{
+			subnetA: {addr("10.1.0.1"): true, addr("10.1.0.2"): true, addr("10.1.0.9"): true},
+		},
+	}
+	own := ownState{
+		endpoints: []string{"epKept", "epGone"},
+		networks:  []string{"netA", "netGone"},
+		pools: []ipamPool{
+			{id: "poolA", subnet: subnetA, addresses: []netip.Addr{addr("10.1.0.1"), addr("10.1.0.2"), addr("10.1.0.3"), addr("10.1.0.9")}},
+			{id: "poolB", subnet: subnetB, addresses: []netip.Addr{addr("10.2.0.1")}},
+		},
+	}
+	got := planCleanup(docker, own)
+	want := cleanupPlan{
+		endpoints: []string{"epGone"},
+		addresses: []poolAddress{{poolID: "poolA", addr: addr("10.1.0.3")}},
+		networks:  []string{"netGone"},
+		pools:     []string{"poolB"},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("plan = %+v\nwant %+v", got, want)
+	}
+}
+
+func TestPlanCleanupWithEverythingKnownIsEmpty(t *testing.T) {
+	subnet := netip.MustParsePrefix("10.1.0.0/24")
+	gw := netip.MustParseAddr("10.1.0.1")
+	docker := dockerState{
+		networks:  map[string]bool{"n": true},
+		endpoints: map[string]bool{"e": true},
+		inUse:     map[netip.Prefix]map[netip.Addr]bool{subnet: {gw: true}},
+	}
+	own := ownState{endpoints: []string{"e"}, networks: []string{"n"}, pools: []ipamPool{{id: "p", subnet: subnet, addresses: []netip.Addr{gw}}}}
+	if plan := planCleanup(docker, own); !plan.empty() {
+		t.Fatalf("plan = %+v, want nothing to do", plan)
+	}
+}
