@@ -210,7 +210,7 @@ func TestDaemonRestartKeepsContainersTalking(t *testing.T) {
 		if page, err := execIn("e2e-r2", "timeout", "5", "wget", "-q", "-O", "-", "http://"+r1+"/"); err != nil || !strings.Contains(page, "hello") {
 			t.Errorf("after %v of the daemon, HTTP r2 -> r1: %q %v", sig, page, err)
 		}
-		d = startDaemon(t, bin)
+		d.restart()
 		waitReconciled(t, bin)
 		after := endpoints(t)
 		if len(after) != len(before) {
@@ -297,7 +297,7 @@ func leftovers(subnetPrefix string) error {
 }
 
 // perEndpointPin matches the pins that belong to one endpoint, which carry
-// its 5-digit ID as Cilium's do (ebpfnet_policy_00042, 00042_from_container).
+// its 5-digit ID as Cilium's do (ebpfnet_policy_00042).
 var perEndpointPin = regexp.MustCompile(`(^|_)[0-9]{5}(_|$)`)
 
 // isGlobalPin tells the node-wide maps, which outlive every endpoint, from
@@ -335,7 +335,7 @@ func TestLeftoversOfWhatDockerForgotAreRemoved(t *testing.T) {
 	run(t, "docker", "rm", "-f", "e2e-f1")
 	standIn()
 
-	startDaemon(t, bin)
+	d.restart()
 	waitReconciled(t, bin)
 	eps := endpoints(t)
 	if len(eps) != 1 || eps[0].IPv4 != f2 {

@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -36,6 +35,7 @@ const (
 type daemon struct {
 	t       testing.TB
 	binary  string
+	args    []string
 	cmd     *exec.Cmd
 	logPath string
 	done    chan error
@@ -64,30 +64,46 @@ func requireEnvironment(t *testing.T) string {
 }
 
 // startDaemon starts the daemon and waits until the local API answers. The
-// daemon is stopped with SIGTERM when the test ends.
+// daemon is stopped with SIGTERM when the test ends, after the containers
+// and networks the test made: those cleanups were registered later and run
+// first, while the daemon can still answer Docker.
 func startDaemon(t *testing.T, binary string, args ...string) *daemon {
 	t.Helper()
-	logPath := filepath.Join(t.TempDir(), "daemon.log")
-	logFile, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	d := &daemon{t: t, binary: binary, logPath: logPath, done: make(chan error, 1)}
-	d.cmd = exec.Command(binary, append([]string{"daemon", "--log-level", "debug"}, args...)...)
-	d.cmd.Stdout, d.cmd.Stderr = logFile, logFile
-	if err := d.cmd.Start(); err != nil {
-		t.Fatalf("start daemon: %v", err)
-	}
-	go func() { d.done <- d.cmd.Wait(); logFile.Close() }()
+	d := &daemon{t: t, binary: binary, args: args}
+	d.start()
 	t.Cleanup(func() {
 		d.stop(syscall.SIGTERM)
 		if t.Failed() {
 			d.dumpLog()
 		}
 	})
-	waitForAPI(t, d)
 	removeStaleTestObjects(t)
 	return d
+}
+
+// restart starts the daemon again after stop, keeping its place in the
+// test's cleanups.
+func (d *daemon) restart() {
+	d.t.Helper()
+	d.start()
+}
+
+func (d *daemon) start() {
+	t := d.t
+	t.Helper()
+	logFile, err := os.CreateTemp(t.TempDir(), "daemon-*.log")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.logPath = logFile.Name()
+	d.done = make(chan error, 1)
+	d.cmd = exec.Command(d.binary, append([]string{"daemon", "--log-level", "debug"}, d.args...)...)
+	d.cmd.Stdout, d.cmd.Stderr = logFile, logFile
+	if err := d.cmd.Start(); err != nil {
+		t.Fatalf("start daemon: %v", err)
+	}
+	go func() { d.done <- d.cmd.Wait(); logFile.Close() }()
+	d.waitForAPI()
 }
 
 // removeStaleTestObjects removes the e2e-* containers and networks that an
@@ -109,7 +125,8 @@ func removeStaleTestObjects(t *testing.T) {
 
 var staleOnce sync.Once
 
-func waitForAPI(t *testing.T, d *daemon) {
+func (d *daemon) waitForAPI() {
+	t := d.t
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for {
