@@ -41,14 +41,56 @@ const (
 	optionPrefix = "ebpfnet."
 )
 
+// Network options (-o) of ours.
+const (
+	// OptionPolicyEnforcement is default, always or never, as Cilium's
+	// --enable-policy: default enforces a direction once a rule selects the
+	// endpoint in it; always enforces with no rules (deny all); never
+	// allows everything whatever the rules.
+	OptionPolicyEnforcement = "ebpfnet.policy-enforcement"
+	// OptionPolicyAudit true reports policy verdicts without dropping.
+	OptionPolicyAudit = "ebpfnet.policy-audit"
+)
+
 // knownOptions lists the ebpfnet.* network options this version understands,
-// with what each means.
-func knownOptions() map[string]string { return map[string]string{} }
+// each with a check of its value.
+func knownOptions() map[string]func(string) error {
+	return map[string]func(string) error{
+		OptionPolicyEnforcement: func(v string) error {
+			switch v {
+			case "default", "always", "never":
+				return nil
+			}
+			return fmt.Errorf("%s=%q: want default, always or never", OptionPolicyEnforcement, v)
+		},
+		OptionPolicyAudit: func(v string) error {
+			if _, err := strconv.ParseBool(v); err != nil {
+				return fmt.Errorf("%s=%q: want true or false", OptionPolicyAudit, v)
+			}
+			return nil
+		},
+	}
+}
+
+// Hooks let the policy side take part in an endpoint's life without the
+// driver knowing policy. Each may be nil. They run under the driver's lock.
+type Hooks struct {
+	// Prepare runs before the datapath builds the endpoint; it may set the
+	// endpoint's initial policy so the first packet is already judged.
+	Prepare func(ep *datapath.Endpoint, n Network)
+	// Created runs once the endpoint exists.
+	Created func(ep datapath.Endpoint)
+	// Deleted runs once the endpoint is gone.
+	Deleted func(ep datapath.Endpoint)
+	// NetworksChanged runs after a network was added or removed.
+	NetworksChanged func()
+}
 
 // Driver implements network.Driver.
 type Driver struct {
 	log      logrus.FieldLogger
 	datapath Datapath
+	hooks    Hooks
 
 	mu       sync.Mutex // serialises every change to networks and endpoints
 	networks *networkStore
@@ -72,6 +114,24 @@ func New(statePath string, dp Datapath, log logrus.FieldLogger) (*Driver, error)
 	return d, nil
 }
 
+// SetHooks installs the hooks; call it before serving Docker.
+func (d *Driver) SetHooks(h Hooks) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.hooks = h
+}
+
+// NetworkByID returns one network.
+func (d *Driver) NetworkByID(id string) (Network, bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	n, ok := d.networks.get(id)
+	if !ok {
+		return Network{}, false
+	}
+	return toNetwork(n), true
+}
+
 // Network is the read-only view of a network for the local API.
 type Network struct {
 	ID       string            `json:"id"`
@@ -88,13 +148,17 @@ func (d *Driver) Networks() []Network {
 	defer d.mu.Unlock()
 	var out []Network
 	for _, n := range d.networks.list() {
-		out = append(out, Network{
-			ID: n.ID, Index: n.Datapath.Index,
-			Subnet: n.Datapath.Subnet.String(), Gateway: n.Datapath.Gateway.String(),
-			Internal: n.Internal, Options: n.Options,
-		})
+		out = append(out, toNetwork(n))
 	}
 	return out
+}
+
+func toNetwork(n networkRecord) Network {
+	return Network{
+		ID: n.ID, Index: n.Datapath.Index,
+		Subnet: n.Datapath.Subnet.String(), Gateway: n.Datapath.Gateway.String(),
+		Internal: n.Internal, Options: n.Options,
+	}
 }
 
 // GetCapabilities: endpoints are local to this node.
@@ -156,6 +220,9 @@ func (d *Driver) CreateNetwork(req *network.CreateNetworkRequest) error {
 		return fmt.Errorf("create network %s: %w", short(req.NetworkID), err)
 	}
 	d.log.WithFields(logrus.Fields{"network": short(req.NetworkID), "subnet": subnet, "gateway": gateway, "index": index}).Info("network created")
+	if d.hooks.NetworksChanged != nil {
+		d.hooks.NetworksChanged()
+	}
 	return nil
 }
 
@@ -175,6 +242,9 @@ func (d *Driver) DeleteNetwork(req *network.DeleteNetworkRequest) error {
 		return fmt.Errorf("delete network %s: %w", short(req.NetworkID), err)
 	}
 	d.log.WithField("network", short(req.NetworkID)).Info("network deleted")
+	if d.hooks.NetworksChanged != nil {
+		d.hooks.NetworksChanged()
+	}
 	return nil
 }
 
@@ -227,8 +297,14 @@ func (d *Driver) CreateEndpoint(req *network.CreateEndpointRequest) (*network.Cr
 		Network:          rec.Datapath,
 		Identity:         uint32(identity.Init),
 	}
+	if d.hooks.Prepare != nil {
+		d.hooks.Prepare(ep, toNetwork(rec))
+	}
 	if err := d.datapath.CreateEndpoint(ep); err != nil {
 		return nil, fmt.Errorf("create endpoint %s: %w", short(req.EndpointID), err)
+	}
+	if d.hooks.Created != nil {
+		d.hooks.Created(*ep)
 	}
 	d.log.WithFields(logrus.Fields{
 		"endpoint": short(req.EndpointID), "epid": ep.ID, "ifname": ep.IfName, "ipv4": ep.IPv4,
@@ -251,8 +327,12 @@ func endpointResponse(req *network.CreateEndpointRequest, ep datapath.Endpoint) 
 func (d *Driver) DeleteEndpoint(req *network.DeleteEndpointRequest) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	ep, existed := d.datapath.Endpoint(req.EndpointID)
 	if err := d.datapath.DeleteEndpoint(req.EndpointID); err != nil {
 		return fmt.Errorf("delete endpoint %s: %w", short(req.EndpointID), err)
+	}
+	if existed && d.hooks.Deleted != nil {
+		d.hooks.Deleted(ep)
 	}
 	d.log.WithField("endpoint", short(req.EndpointID)).Info("endpoint deleted")
 	return nil
@@ -345,8 +425,13 @@ func parseNetworkOptions(opts map[string]interface{}) (map[string]string, bool, 
 			internal = internal || truthy(v)
 		}
 		if strings.HasPrefix(k, optionPrefix) {
-			if _, ok := known[k]; !ok {
+			check, ok := known[k]
+			if !ok {
 				unknown = append(unknown, k)
+				continue
+			}
+			if err := check(s); err != nil {
+				return nil, false, err
 			}
 		}
 	}
@@ -360,7 +445,7 @@ func parseNetworkOptions(opts map[string]interface{}) (map[string]string, bool, 
 	return out, internal, nil
 }
 
-func knownOptionNames(known map[string]string) string {
+func knownOptionNames(known map[string]func(string) error) string {
 	if len(known) == 0 {
 		return "none"
 	}

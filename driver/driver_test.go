@@ -268,3 +268,23 @@ func TestDeleteNetworkIsIdempotent(t *testing.T) {
 		t.Errorf("index %d, want the freed 1", d.Networks()[0].Index)
 	}
 }
+
+func TestPolicyOptionsAreValidated(t *testing.T) {
+	d, _, _ := newTestDriver(t)
+	bad := map[string]interface{}{OptionPolicyEnforcement: "sometimes"}
+	if err := d.CreateNetwork(createNetwork("net1", "10.77.0.0/16", "10.77.0.1/16", bad)); err == nil || !strings.Contains(err.Error(), "want default, always or never") {
+		t.Errorf("bad enforcement mode: %v", err)
+	}
+	bad = map[string]interface{}{OptionPolicyAudit: "maybe"}
+	if err := d.CreateNetwork(createNetwork("net1", "10.77.0.0/16", "10.77.0.1/16", bad)); err == nil || !strings.Contains(err.Error(), "want true or false") {
+		t.Errorf("bad audit flag: %v", err)
+	}
+	good := map[string]interface{}{OptionPolicyEnforcement: "always", OptionPolicyAudit: "true"}
+	if err := d.CreateNetwork(createNetwork("net1", "10.77.0.0/16", "10.77.0.1/16", good)); err != nil {
+		t.Fatal(err)
+	}
+	opts := d.Networks()[0].Options
+	if opts[OptionPolicyEnforcement] != "always" || opts[OptionPolicyAudit] != "true" {
+		t.Errorf("options kept: %v", opts)
+	}
+}
