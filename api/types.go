@@ -3,7 +3,10 @@
 // the wire format; both sides import them so they cannot drift apart.
 package api
 
-import "time"
+import (
+	"encoding/json"
+	"time"
+)
 
 // DefaultSocket is where the daemon serves the local API (contract).
 const DefaultSocket = "/run/ebpfnet/ebpfnet.sock"
@@ -67,4 +70,65 @@ type Endpoint struct {
 // Error is the body of every non-2xx answer.
 type Error struct {
 	Message string `json:"message"`
+}
+
+// PolicyRevision answers an import or a delete.
+type PolicyRevision struct {
+	Revision uint64 `json:"revision"`
+}
+
+// Policy is GET /v1/policy: the rules in force, in Cilium's format.
+type Policy struct {
+	Revision uint64          `json:"revision"`
+	Rules    json.RawMessage `json:"rules"`
+}
+
+// Identity is one numeric identity and the labels it stands for.
+type Identity struct {
+	ID     uint32   `json:"id"`
+	Labels []string `json:"labels"`
+}
+
+// PolicyEntry is one entry of an endpoint's policy map, resolved.
+type PolicyEntry struct {
+	Direction string   `json:"direction"`
+	Identity  uint32   `json:"identity"`
+	Labels    []string `json:"labels"`
+	Port      uint16   `json:"port"`
+	Protocol  string   `json:"protocol"`
+}
+
+// BPFPolicy is GET /v1/bpf/policy/{epid}.
+type BPFPolicy struct {
+	Endpoint      uint16        `json:"endpoint"`
+	PolicyMap     string        `json:"policyMap"`
+	PolicyIngress string        `json:"policyIngress"`
+	PolicyEgress  string        `json:"policyEgress"`
+	Entries       []PolicyEntry `json:"entries"`
+}
+
+// IPCacheEntry is one prefix of the ipcache and its identity.
+type IPCacheEntry struct {
+	Prefix   string   `json:"prefix"`
+	Identity uint32   `json:"identity"`
+	Labels   []string `json:"labels"`
+}
+
+// MonitorEvent is one line of `ebpfnet monitor`: a drop or a policy
+// verdict reported by the datapath, with identities resolved to labels.
+type MonitorEvent struct {
+	Time          time.Time `json:"time"`
+	Type          string    `json:"type"` // "drop" or "policy-verdict"
+	Reason        string    `json:"reason"`
+	Verdict       string    `json:"verdict,omitempty"`
+	Endpoint      uint16    `json:"endpoint"`
+	Direction     string    `json:"direction"`
+	Source        string    `json:"source"`
+	Destination   string    `json:"destination"`
+	Protocol      string    `json:"protocol"`
+	SrcIdentity   uint32    `json:"srcIdentity"`
+	SrcLabels     []string  `json:"srcLabels"`
+	DstIdentity   uint32    `json:"dstIdentity"`
+	DstLabels     []string  `json:"dstLabels"`
+	InterfaceName string    `json:"ifName,omitempty"`
 }

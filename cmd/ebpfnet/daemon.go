@@ -3,8 +3,6 @@ package main
 import (
 	"fmt"
 	"net/netip"
-	"os/signal"
-	"syscall"
 
 	"github.com/sirupsen/logrus"
 	"github.com/spf13/cobra"
@@ -38,9 +36,7 @@ func newDaemonCommand() *cobra.Command {
 			if cfg.DefaultPoolSize < 8 || cfg.DefaultPoolSize > 30 {
 				return fmt.Errorf("--default-pool-size %d: must be from 8 to 30", cfg.DefaultPoolSize)
 			}
-			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, syscall.SIGINT)
-			defer stop()
-			return plugin.Run(ctx, cfg, log)
+			return plugin.Run(cmd.Context(), cfg, log)
 		},
 	}
 	defaults := make([]string, 0, len(cfg.DefaultPools))

@@ -31,11 +31,11 @@ func newEndpointCommand(opts *cliOptions) *cobra.Command {
 		Short: "Show one endpoint",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			id, err := strconv.ParseUint(args[0], 10, 16)
-			if err != nil || id == 0 {
-				return fmt.Errorf("endpoint ID %q: want a number from 1 to 65535", args[0])
+			id, err := parseEndpointID(args[0])
+			if err != nil {
+				return err
 			}
-			ep, err := opts.client().Endpoint(cmd.Context(), uint16(id))
+			ep, err := opts.client().Endpoint(cmd.Context(), id)
 			if err != nil {
 				return err
 			}
@@ -89,4 +89,12 @@ func labelsString(labels map[string]string) string {
 	}
 	sort.Strings(parts)
 	return strings.Join(parts, ",")
+}
+
+func parseEndpointID(s string) (uint16, error) {
+	id, err := strconv.ParseUint(s, 10, 16)
+	if err != nil || id == 0 {
+		return 0, fmt.Errorf("endpoint ID %q: want a number from 1 to 65535", s)
+	}
+	return uint16(id), nil
 }

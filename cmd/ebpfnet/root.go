@@ -47,6 +47,10 @@ func newRootCommand() *cobra.Command {
 		newDaemonCommand(),
 		newStatusCommand(opts),
 		newEndpointCommand(opts),
+		newPolicyCommand(opts),
+		newIdentityCommand(opts),
+		newBPFCommand(opts),
+		newMonitorCommand(opts),
 	)
 	return root
 }
