@@ -12,6 +12,12 @@
  * receiver checks its own ingress policy with its own constants and map.
  * One object is compiled once; each endpoint gets a copy with the constants
  * of lib/config.h patched in.
+ *
+ * Policy meets only the first packet of a flow (lib/conntrack.h). The
+ * endpoint's identity and enforcement flags are read from its
+ * ebpfnet_endpoints entry on every new flow, so the daemon changes them with
+ * one map write; remote identities come from the peer's entry for local
+ * delivery and from ebpfnet_ipcache for everything else.
  */
 #include <linux/types.h>
 #include <linux/bpf.h>
@@ -28,6 +34,8 @@
 #include "lib/maps.h"
 #include "lib/drop.h"
 #include "lib/ipv4.h"
+#include "lib/ipcache.h"
+#include "lib/conntrack.h"
 #include "lib/policy.h"
 
 /* handle_arp answers the container's ARP requests for any address but its
@@ -63,23 +71,28 @@ static __always_inline int handle_arp(struct __sk_buff *skb)
 	return TC_ACT_OK;
 }
 
-/* skb->cb slot through which the sender hands its identity to the
- * receiver's handle_policy; cb survives the tail call. */
+/* skb->cb slots through which the sender hands the receiver's
+ * handle_policy its identity and its conntrack verdict; cb survives the tail
+ * call, and the sender always writes both. */
 #define CB_SRC_IDENTITY 0
+#define CB_CT_STATE 1
 
-/* deliver_local checks the sender's (this endpoint's) egress policy, then
- * tail-calls into the receiver's handle_policy, which checks the receiver's
- * ingress policy and redirects into its namespace. */
+/* deliver_local checks the sender's (this endpoint's) egress policy on a new
+ * flow, then tail-calls into the receiver's handle_policy, which checks the
+ * receiver's ingress policy and redirects into its namespace. */
 static __always_inline int deliver_local(struct __sk_buff *skb,
 					 const struct endpoint_info *peer,
+					 const struct self_info *self,
 					 struct flow *f)
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
 	struct iphdr *iph = data + sizeof(struct ethhdr);
+	int ct;
 
-	if (policy_enforced(own_flags(), POLICY_EGRESS) &&
-	    !policy_allows(peer->identity, f->dport, f->proto, POLICY_EGRESS))
+	f->dst_identity = peer->identity;
+	ct = ct_lookup(f);
+	if (ct == CT_NEW && !policy_check(skb, f, self->flags, POLICY_EGRESS))
 		return drop(skb, DROP_POLICY, METRIC_EGRESS, f);
 
 	if ((void *)(iph + 1) > data_end)
@@ -89,11 +102,29 @@ static __always_inline int deliver_local(struct __sk_buff *skb,
 		count(REASON_TO_STACK, METRIC_EGRESS, skb->len);
 		return TC_ACT_OK;
 	}
-	skb->cb[CB_SRC_IDENTITY] = SECLABEL;
+	skb->cb[CB_SRC_IDENTITY] = self->identity;
+	skb->cb[CB_CT_STATE] = ct;
 	bpf_tail_call(skb, &ebpfnet_policy_calls, peer->epid);
 	/* Only reached when the receiver has no program in the array: it is
 	 * being created or deleted. Without its policy check nothing may pass. */
 	return drop(skb, DROP_MISSED_TAIL_CALL, METRIC_EGRESS, f);
+}
+
+/* to_stack hands a packet for the gateway, the host or the outside to the
+ * host stack, after checking a new flow against egress policy with the
+ * destination's ipcache identity. */
+static __always_inline int to_stack(struct __sk_buff *skb,
+				    const struct self_info *self,
+				    struct flow *f)
+{
+	if (ct_lookup(f) == CT_NEW) {
+		f->dst_identity = ipcache_identity(f->daddr);
+		if (!policy_check(skb, f, self->flags, POLICY_EGRESS))
+			return drop(skb, DROP_POLICY, METRIC_EGRESS, f);
+		ct_create(f);
+	}
+	count(REASON_TO_STACK, METRIC_EGRESS, skb->len);
+	return TC_ACT_OK;
 }
 
 static __always_inline int handle_ipv4(struct __sk_buff *skb)
@@ -103,6 +134,7 @@ static __always_inline int handle_ipv4(struct __sk_buff *skb)
 	struct ethhdr *eth = data;
 	struct iphdr *iph = data + sizeof(*eth);
 	struct endpoint_info *peer;
+	struct self_info self;
 	struct flow f = {};
 	__be32 daddr;
 
@@ -111,7 +143,7 @@ static __always_inline int handle_ipv4(struct __sk_buff *skb)
 	f.saddr = iph->saddr;
 	f.daddr = iph->daddr;
 	f.proto = iph->protocol;
-	ipv4_fill_ports(skb, iph, &f);
+	ipv4_fill_l4(skb, iph, &f);
 
 	/* Pointers may be stale after the helper above; re-derive. */
 	data = (void *)(long)skb->data;
@@ -124,16 +156,16 @@ static __always_inline int handle_ipv4(struct __sk_buff *skb)
 	if (f.saddr != LXC_IPV4)
 		return drop(skb, DROP_INVALID_SIP, METRIC_EGRESS, &f);
 
+	endpoint_self(&self);
+	f.src_identity = self.identity;
 	daddr = f.daddr;
 	peer = bpf_map_lookup_elem(&ebpfnet_endpoints, &daddr);
-	if (!peer) {
+	if (!peer)
 		/* Gateway, host, other networks' gateways, the outside. */
-		count(REASON_TO_STACK, METRIC_EGRESS, skb->len);
-		return TC_ACT_OK;
-	}
+		return to_stack(skb, &self, &f);
 	if (peer->network_id != NETWORK_ID)
 		return drop(skb, DROP_NOT_SAME_NETWORK, METRIC_EGRESS, &f);
-	return deliver_local(skb, peer, &f);
+	return deliver_local(skb, peer, &self, &f);
 }
 
 SEC("tc")
@@ -158,8 +190,9 @@ int from_container(struct __sk_buff *skb)
 
 /* handle_policy runs as the receiving endpoint, by tail call from a local
  * sender's from_container that has already checked its egress policy and
- * the network. It checks this endpoint's ingress policy against the
- * sender's identity and delivers into the container. */
+ * the network. On a new flow it checks this endpoint's ingress policy
+ * against the sender's identity and records the flow; then it delivers into
+ * the container. */
 SEC("tc")
 int handle_policy(struct __sk_buff *skb)
 {
@@ -167,19 +200,25 @@ int handle_policy(struct __sk_buff *skb)
 	void *data_end = (void *)(long)skb->data_end;
 	struct ethhdr *eth = data;
 	struct iphdr *iph = data + sizeof(*eth);
-	__u32 src_identity = skb->cb[CB_SRC_IDENTITY];
-	struct flow f = {};
+	struct self_info self;
+	struct flow f = {
+		.src_identity = skb->cb[CB_SRC_IDENTITY],
+	};
 
 	if ((void *)(iph + 1) > data_end || iph->ihl < 5)
 		return drop(skb, DROP_INVALID, METRIC_INGRESS, &f);
 	f.saddr = iph->saddr;
 	f.daddr = iph->daddr;
 	f.proto = iph->protocol;
-	ipv4_fill_ports(skb, iph, &f);
+	ipv4_fill_l4(skb, iph, &f);
 
-	if (policy_enforced(own_flags(), POLICY_INGRESS) &&
-	    !policy_allows(src_identity, f.dport, f.proto, POLICY_INGRESS))
-		return drop(skb, DROP_POLICY, METRIC_INGRESS, &f);
+	if (skb->cb[CB_CT_STATE] == CT_NEW) {
+		endpoint_self(&self);
+		f.dst_identity = self.identity;
+		if (!policy_check(skb, &f, self.flags, POLICY_INGRESS))
+			return drop(skb, DROP_POLICY, METRIC_INGRESS, &f);
+		ct_create(&f);
+	}
 
 	/* Pointers may be stale after the helper above; re-derive. */
 	data = (void *)(long)skb->data;
@@ -197,13 +236,40 @@ int handle_policy(struct __sk_buff *skb)
 	return bpf_redirect_peer(LXC_IFINDEX, 0);
 }
 
+/* to_container sees what the host stack sends to the container: from the
+ * host, the gateway address and, routed by the host, the outside. A new
+ * flow meets this endpoint's ingress policy with the source's ipcache
+ * identity. Local peers never come this way (handle_policy redirects
+ * straight into the container). Policy is IPv4 only: anything else (the
+ * program's own ARP replies, IPv6) passes as before. */
 SEC("tc")
 int to_container(struct __sk_buff *skb)
 {
-	/* Issue 3: ingress policy for traffic from the host and the world
-	 * (identities 1 and 2) goes here, checked against this endpoint's
-	 * policy map with POLICY_INGRESS when EP_F_ENFORCE_INGRESS is set.
-	 * Until then the host stack's traffic is counted and passed. */
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *iph = data + sizeof(*eth);
+	struct self_info self;
+	struct flow f = {};
+
+	if ((void *)(eth + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP))
+		goto pass;
+	if ((void *)(iph + 1) > data_end || iph->ihl < 5)
+		return drop(skb, DROP_INVALID, METRIC_INGRESS, &f);
+	f.saddr = iph->saddr;
+	f.daddr = iph->daddr;
+	f.proto = iph->protocol;
+	ipv4_fill_l4(skb, iph, &f);
+
+	if (ct_lookup(&f) == CT_NEW) {
+		endpoint_self(&self);
+		f.src_identity = ipcache_identity(f.saddr);
+		f.dst_identity = self.identity;
+		if (!policy_check(skb, &f, self.flags, POLICY_INGRESS))
+			return drop(skb, DROP_POLICY, METRIC_INGRESS, &f);
+		ct_create(&f);
+	}
+pass:
 	count(REASON_TO_STACK, METRIC_INGRESS, skb->len);
 	return TC_ACT_OK;
 }

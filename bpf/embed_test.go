@@ -23,7 +23,7 @@ func TestTemplateHasProgramsMapsAndConstants(t *testing.T) {
 			t.Errorf("program %s missing", p)
 		}
 	}
-	for _, m := range []string{"ebpfnet_endpoints", "ebpfnet_policy_calls", "ebpfnet_metrics", "ebpfnet_events"} {
+	for _, m := range []string{"ebpfnet_endpoints", "ebpfnet_policy_calls", "ebpfnet_metrics", "ebpfnet_events", "ebpfnet_ipcache", "ebpfnet_ct4"} {
 		ms := spec.Maps[m]
 		if ms == nil {
 			t.Errorf("map %s missing", m)
@@ -38,7 +38,7 @@ func TestTemplateHasProgramsMapsAndConstants(t *testing.T) {
 	if ms := spec.Maps["ebpfnet_policy"]; ms == nil || ms.Pinning != ebpf.PinNone {
 		t.Errorf("map ebpfnet_policy missing or pinned: %+v", ms)
 	}
-	for _, v := range []string{"LXC_IPV4", "LXC_MAC", "NODE_MAC", "LXC_ID", "NETWORK_ID", "SECLABEL", "LXC_IFINDEX"} {
+	for _, v := range []string{"LXC_IPV4", "LXC_MAC", "NODE_MAC", "LXC_ID", "NETWORK_ID", "LXC_IFINDEX"} {
 		vs := spec.Variables[v]
 		if vs == nil {
 			t.Errorf("constant %s missing", v)

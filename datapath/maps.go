@@ -17,10 +17,15 @@ const (
 	PolicyCallsName = "ebpfnet_policy_calls"
 	MetricsMapName  = "ebpfnet_metrics"
 	EventsMapName   = "ebpfnet_events"
+	// IPCacheMapName is the LPM trie prefix -> identity of remote
+	// addresses that are not local endpoints; a miss is the world.
+	IPCacheMapName = "ebpfnet_ipcache"
+	// CTMapName is the node-wide conntrack table (LRU hash of tuples).
+	CTMapName = "ebpfnet_ct4"
 )
 
 func sharedMapNames() []string {
-	return []string{EndpointsMapName, PolicyCallsName, MetricsMapName, EventsMapName}
+	return []string{EndpointsMapName, PolicyCallsName, MetricsMapName, EventsMapName, IPCacheMapName, CTMapName}
 }
 
 // Endpoint flags in the endpoint's own ebpfnet_endpoints entry (keyed by

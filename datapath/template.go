@@ -20,7 +20,6 @@ const (
 	symNodeMAC    = "NODE_MAC"
 	symLXCID      = "LXC_ID"
 	symNetworkID  = "NETWORK_ID"
-	symSecLabel   = "SECLABEL"
 	symLXCIfIndex = "LXC_IFINDEX"
 	rodataSection = ".rodata"
 )
@@ -31,7 +30,7 @@ const (
 func constSizes() map[string]uint64 {
 	return map[string]uint64{
 		symLXCIPv4: 4, symLXCMAC: 6, symNodeMAC: 6,
-		symLXCID: 4, symNetworkID: 4, symSecLabel: 4, symLXCIfIndex: 4,
+		symLXCID: 4, symNetworkID: 4, symLXCIfIndex: 4,
 	}
 }
 
@@ -158,14 +157,15 @@ func (t *template) specFor(obj []byte) (*ebpf.CollectionSpec, error) {
 	return cs, nil
 }
 
-// endpointConstants are the values one endpoint's object carries.
+// endpointConstants are the values one endpoint's object carries. The
+// identity is not among them: the programs read it from the endpoint's
+// ebpfnet_endpoints entry, so SetEndpointIdentity needs no reload.
 type endpointConstants struct {
 	IPv4      netip.Addr
 	LXCMAC    HardwareAddr
 	NodeMAC   HardwareAddr
 	ID        uint32
 	NetworkID uint32
-	SecLabel  uint32
 	IfIndex   uint32
 }
 
@@ -176,7 +176,6 @@ func constantsOf(ep *Endpoint) endpointConstants {
 		NodeMAC:   ep.NodeMAC,
 		ID:        uint32(ep.ID),
 		NetworkID: ep.Network.Index,
-		SecLabel:  ep.Identity,
 		IfIndex:   uint32(ep.IfIndex),
 	}
 }
@@ -198,7 +197,6 @@ func (t *template) instantiate(c endpointConstants) ([]byte, error) {
 	copy(out[t.offsets[symNodeMAC]:], c.NodeMAC)
 	t.order.PutUint32(out[t.offsets[symLXCID]:], c.ID)
 	t.order.PutUint32(out[t.offsets[symNetworkID]:], c.NetworkID)
-	t.order.PutUint32(out[t.offsets[symSecLabel]:], c.SecLabel)
 	t.order.PutUint32(out[t.offsets[symLXCIfIndex]:], c.IfIndex)
 	return out, nil
 }

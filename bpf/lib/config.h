@@ -24,8 +24,9 @@ volatile const __u8 NODE_MAC[MAC_LEN] = {};
 volatile const __u32 LXC_ID = 0;
 /* Index of the Docker network; endpoints of different networks never talk. */
 volatile const __u32 NETWORK_ID = 0;
-/* Security identity of the endpoint. */
-volatile const __u32 SECLABEL = 0;
+/* There is no SECLABEL constant: the endpoint's identity is read from its
+ * ebpfnet_endpoints entry (lib/policy.h), so learning a container's labels
+ * is one map write, not a reload. */
 /* ifindex of the endpoint's own host-side veth: handle_policy delivers into
  * the container with bpf_redirect_peer on it. The veth exists before the
  * object is written, so the value is known when patching. */

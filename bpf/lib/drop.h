@@ -11,11 +11,15 @@
 #include <linux/pkt_cls.h>
 #include <bpf/bpf_helpers.h>
 #include "maps.h"
+#include "flow.h"
+#include "notify.h"
 
 enum {
 	REASON_FORWARDED = 0,		/* delivered to a local peer by redirect */
 	REASON_TO_STACK = 1,		/* handed to the host stack */
 	REASON_ARP_REPLY = 2,		/* ARP answered by the program */
+	REASON_POLICY = 3,		/* new flow allowed by policy (verdict events) */
+	REASON_POLICY_AUDIT = 4,	/* denied, passed in audit mode */
 
 	DROP_INVALID = 130,		/* malformed or truncated packet */
 	DROP_INVALID_SMAC = 131,	/* source MAC is not the container's */
@@ -26,32 +30,6 @@ enum {
 	DROP_INVALID_ARP = 136,		/* ARP that is not Ethernet/IPv4 */
 	DROP_WRITE_ERROR = 137,		/* packet rewrite failed */
 	DROP_MISSED_TAIL_CALL = 138,	/* receiver has no policy program */
-};
-
-#define NOTIFY_DROP 1
-
-/* What a drop reports to user space through ebpfnet_events. */
-struct drop_notify {
-	__u8 type;
-	__u8 reason;
-	__u8 dir;
-	__u8 proto;
-	__u32 epid;
-	__be32 saddr;
-	__be32 daddr;
-	__be16 sport;
-	__be16 dport;
-	__u32 ifindex;
-	__u32 len;
-};
-
-/* flow is the part of a packet that notifications and policy look at. */
-struct flow {
-	__be32 saddr;
-	__be32 daddr;
-	__be16 sport;
-	__be16 dport;
-	__u8 proto;
 };
 
 static __always_inline void count(__u8 reason, __u8 dir, __u32 len)
@@ -76,24 +54,9 @@ static __always_inline void count(__u8 reason, __u8 dir, __u32 len)
 static __always_inline int drop(struct __sk_buff *skb, __u8 reason, __u8 dir,
 				const struct flow *f)
 {
-	struct drop_notify *n;
-
 	count(reason, dir, skb->len);
-	n = bpf_ringbuf_reserve(&ebpfnet_events, sizeof(*n), 0);
-	if (n) {
-		n->type = NOTIFY_DROP;
-		n->reason = reason;
-		n->dir = dir;
-		n->proto = f->proto;
-		n->epid = LXC_ID;
-		n->saddr = f->saddr;
-		n->daddr = f->daddr;
-		n->sport = f->sport;
-		n->dport = f->dport;
-		n->ifindex = skb->ifindex;
-		n->len = skb->len;
-		bpf_ringbuf_submit(n, 0);
-	}
+	notify_send(skb, NOTIFY_DROP, reason,
+		    reason == DROP_POLICY ? VERDICT_DENIED : VERDICT_NONE, dir, f);
 	return TC_ACT_SHOT;
 }
 

@@ -9,29 +9,53 @@
 #include <linux/in.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
-#include "drop.h"
+#include "flow.h"
 
 #define IP_MF 0x2000
 #define IP_OFFSET 0x1fff
 
-/* ipv4_fill_ports reads TCP/UDP ports into f. Non-first fragments carry no
- * L4 header, so their ports stay 0 (policy then only matches port 0). The
- * helper load keeps the variable IHL out of the verifier's way. */
-static __always_inline void ipv4_fill_ports(struct __sk_buff *skb,
-					    const struct iphdr *iph,
-					    struct flow *f)
-{
-	__be16 ports[2];
+#define ICMP_ECHOREPLY 0
+#define ICMP_ECHO 8
 
-	if (iph->protocol != IPPROTO_TCP && iph->protocol != IPPROTO_UDP)
-		return;
+/* ipv4_fill_l4 reads what policy and conntrack need of the L4 header:
+ * TCP/UDP ports (and TCP flags), or the ICMP echo id, which stands in for
+ * a port on the requester's side (lib/flow.h). Non-first fragments carry no
+ * L4 header, so their ports stay 0 (policy then only matches port 0). The
+ * helper loads keep the variable IHL out of the verifier's way. */
+static __always_inline void ipv4_fill_l4(struct __sk_buff *skb,
+					 const struct iphdr *iph,
+					 struct flow *f)
+{
+	__u32 off = ETH_HLEN + iph->ihl * 4;
+	__u8 tcp[14];	/* ports, seq, ack, data offset, flags */
+	__be16 ports[2];
+	__u8 icmp[6];	/* type, code, checksum, id */
+
 	if (iph->frag_off & bpf_htons(IP_OFFSET))
 		return;
-	if (bpf_skb_load_bytes(skb, ETH_HLEN + iph->ihl * 4, ports,
-			       sizeof(ports)) < 0)
+	switch (iph->protocol) {
+	case IPPROTO_TCP:
+		if (bpf_skb_load_bytes(skb, off, tcp, sizeof(tcp)) < 0)
+			return;
+		__builtin_memcpy(&f->sport, &tcp[0], sizeof(f->sport));
+		__builtin_memcpy(&f->dport, &tcp[2], sizeof(f->dport));
+		f->tcp_flags = tcp[13];
 		return;
-	f->sport = ports[0];
-	f->dport = ports[1];
+	case IPPROTO_UDP:
+		if (bpf_skb_load_bytes(skb, off, ports, sizeof(ports)) < 0)
+			return;
+		f->sport = ports[0];
+		f->dport = ports[1];
+		return;
+	case IPPROTO_ICMP:
+		if (bpf_skb_load_bytes(skb, off, icmp, sizeof(icmp)) < 0)
+			return;
+		if (icmp[0] == ICMP_ECHO)
+			__builtin_memcpy(&f->sport, &icmp[4], sizeof(f->sport));
+		else if (icmp[0] == ICMP_ECHOREPLY)
+			__builtin_memcpy(&f->dport, &icmp[4], sizeof(f->dport));
+		return;
+	}
 }
 
 /* ipv4_dec_ttl lowers the TTL by one and patches the header checksum

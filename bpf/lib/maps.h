@@ -14,16 +14,22 @@
 #define POLICY_ENTRIES_MAX 16384
 #define METRICS_MAX 1024
 #define EVENTS_BYTES (256 * 1024)
+#define IPCACHE_MAX 16384
+#define CT_MAX 65536
 
 /* endpoint_info.flags: policy enforcement per direction. With both bits
- * clear the endpoint allows everything, whatever its policy map holds. */
+ * clear the endpoint allows everything, whatever its policy map holds.
+ * EP_F_AUDIT lets a denied new flow pass, reported with verdict audit. */
 #define EP_F_ENFORCE_INGRESS (1U << 0)
 #define EP_F_ENFORCE_EGRESS (1U << 1)
+#define EP_F_AUDIT (1U << 2)
 
+/* An endpoint's entry is also where its programs read their own identity
+ * and flags, so the daemon changes either with one map write. */
 struct endpoint_info {
 	__u32 ifindex;		/* host-side veth */
 	__u32 epid;
-	__u32 identity;
+	__u32 identity;		/* security identity, from the labels */
 	__u32 network_id;
 	__u8 lxc_mac[MAC_LEN];
 	__u8 node_mac[MAC_LEN];
@@ -80,6 +86,52 @@ struct {
 	__uint(max_entries, ENDPOINTS_MAX);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } ebpfnet_policy_calls SEC(".maps");
+
+/* ipcache: prefix -> identity of remote addresses that are not local
+ * endpoints (host, world, CIDR identities). A miss is the world. */
+struct ipcache_key {
+	__u32 prefixlen;	/* LPM trie: bits of addr that count */
+	__be32 addr;
+};
+
+struct ipcache_value {
+	__u32 identity;
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct ipcache_key);
+	__type(value, struct ipcache_value);
+	__uint(max_entries, IPCACHE_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);	/* required for LPM tries */
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ebpfnet_ipcache SEC(".maps");
+
+/* Conntrack (lib/conntrack.h): the tuple of a flow's first packet. For ICMP
+ * echo the echo id takes the place of a port. */
+struct ct_key {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 pad[3];
+};
+
+struct ct_entry {
+	__u64 last_seen;	/* bpf_ktime_get_ns, for garbage collection */
+};
+
+/* LRU: a full table evicts the least recently used flow instead of
+ * refusing new ones; an evicted flow's next packet meets policy again. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct ct_key);
+	__type(value, struct ct_entry);
+	__uint(max_entries, CT_MAX);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ebpfnet_ct4 SEC(".maps");
 
 /* Metric direction, as Cilium counts it: from the container is egress. */
 #define METRIC_INGRESS 1

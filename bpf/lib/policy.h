@@ -1,15 +1,21 @@
-/* Policy lookup in the endpoint's own map (ebpfnet_policy). */
+/* Policy: the endpoint's own identity and flags, the lookup in its own map
+ * (ebpfnet_policy), and the verdict on a new flow. */
 #ifndef EBPFNET_POLICY_H
 #define EBPFNET_POLICY_H
 
 #include <linux/types.h>
+#include <linux/in.h>
 #include <bpf/bpf_helpers.h>
 #include "maps.h"
+#include "flow.h"
+#include "drop.h"
+#include "notify.h"
+#include "ipcache.h"
 
 /* policy_allows answers whether this endpoint accepts traffic with the
  * remote identity on (dport, proto) in the given direction. Entries are tried
- * from most to least specific: exact match, the identity on any port, then
- * any identity on the port. */
+ * from most to least specific: exact match, the identity on any port, any
+ * identity on the port, then any identity on any port (an "all" entity). */
 static __always_inline int policy_allows(__u32 identity, __be16 dport,
 					 __u8 proto, __u8 dir)
 {
@@ -29,19 +35,45 @@ static __always_inline int policy_allows(__u32 identity, __be16 dport,
 	key.identity = 0;
 	key.dport = dport;
 	key.proto = proto;
+	if (bpf_map_lookup_elem(&ebpfnet_policy, &key))
+		return 1;
+	key.dport = 0;
+	key.proto = 0;
 	return bpf_map_lookup_elem(&ebpfnet_policy, &key) != 0;
 }
 
-/* own_flags reads this endpoint's enforcement flags from its own
- * ebpfnet_endpoints entry. No entry (not yet published, or being deleted)
- * means flags clear: allow, as for an endpoint no rule selects. */
-static __always_inline __u32 own_flags(void)
+/* policy_port is the port a flow is matched on: only TCP and UDP have one;
+ * the ICMP echo id that conntrack keeps in the ports is no port. */
+static __always_inline __be16 policy_port(const struct flow *f)
+{
+	if (f->proto == IPPROTO_TCP || f->proto == IPPROTO_UDP)
+		return f->dport;
+	return 0;
+}
+
+/* What this endpoint is at this moment, from its ebpfnet_endpoints entry. */
+struct self_info {
+	__u32 identity;
+	__u32 flags;
+};
+
+/* endpoint_self reads this endpoint's identity and flags from its own
+ * ebpfnet_endpoints entry. Without one (not yet published, or being
+ * deleted) it is init and enforces both directions with whatever its map
+ * holds: an endpoint the daemon has not described is never allow-all. */
+static __always_inline void endpoint_self(struct self_info *s)
 {
 	struct endpoint_info *self;
 	__be32 own = LXC_IPV4;
 
 	self = bpf_map_lookup_elem(&ebpfnet_endpoints, &own);
-	return self ? self->flags : 0;
+	if (self) {
+		s->identity = self->identity;
+		s->flags = self->flags;
+		return;
+	}
+	s->identity = IDENTITY_INIT;
+	s->flags = EP_F_ENFORCE_INGRESS | EP_F_ENFORCE_EGRESS;
 }
 
 /* policy_enforced tells whether flags ask for enforcement in dir. */
@@ -50,6 +82,35 @@ static __always_inline int policy_enforced(__u32 flags, __u8 dir)
 	if (dir == POLICY_INGRESS)
 		return flags & EP_F_ENFORCE_INGRESS;
 	return flags & EP_F_ENFORCE_EGRESS;
+}
+
+/* policy_check decides whether a new flow may pass this endpoint in dir
+ * (the remote identity is f's destination for egress, its source for
+ * ingress) and reports the verdict when enforcement is on. Audit mode turns
+ * a denial into a reported pass. The caller drops on 0. */
+static __always_inline int policy_check(struct __sk_buff *skb,
+					const struct flow *f, __u32 flags,
+					__u8 dir)
+{
+	__u32 remote = dir == POLICY_EGRESS ? f->dst_identity : f->src_identity;
+	__u8 mdir = dir == POLICY_EGRESS ? METRIC_EGRESS : METRIC_INGRESS;
+
+	if (!policy_enforced(flags, dir))
+		return 1;
+	if (policy_allows(remote, policy_port(f), f->proto, dir)) {
+		notify_send(skb, NOTIFY_POLICY_VERDICT, REASON_POLICY,
+			    VERDICT_ALLOWED, mdir, f);
+		return 1;
+	}
+	if (flags & EP_F_AUDIT) {
+		count(REASON_POLICY_AUDIT, mdir, skb->len);
+		notify_send(skb, NOTIFY_POLICY_VERDICT, REASON_POLICY_AUDIT,
+			    VERDICT_AUDIT, mdir, f);
+		return 1;
+	}
+	notify_send(skb, NOTIFY_POLICY_VERDICT, DROP_POLICY, VERDICT_DENIED,
+		    mdir, f);
+	return 0;
 }
 
 #endif

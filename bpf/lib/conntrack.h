@@ -1,0 +1,98 @@
+/* Connection tracking: only the first packet of a flow meets policy.
+ *
+ * One node-wide table of tuples in the direction of the flow's first
+ * packet. A packet whose own tuple is there belongs to an established flow;
+ * one whose reverse tuple is there is a reply. Entries live until the LRU
+ * evicts them: there is no FIN/RST tracking, but a TCP SYN without ACK is
+ * always a new flow, so a reused tuple meets policy again. The last-seen
+ * time is for a future garbage collector. */
+#ifndef EBPFNET_CONNTRACK_H
+#define EBPFNET_CONNTRACK_H
+
+#include <linux/types.h>
+#include <linux/in.h>
+#include <bpf/bpf_helpers.h>
+#include "flow.h"
+#include "maps.h"
+
+#define CT_NEW 0
+#define CT_ESTABLISHED 1
+#define CT_REPLY 2
+
+#define TCP_FLAG_SYN 0x02
+#define TCP_FLAG_ACK 0x10
+
+/* Refresh last_seen at most this often: a write per packet would bounce the
+ * entry's cache line between CPUs for nothing a GC needs. */
+#define CT_REFRESH_NS 1000000000ULL
+
+static __always_inline void ct_tuple(const struct flow *f, struct ct_key *k)
+{
+	k->saddr = f->saddr;
+	k->daddr = f->daddr;
+	k->sport = f->sport;
+	k->dport = f->dport;
+	k->proto = f->proto;
+	k->pad[0] = k->pad[1] = k->pad[2] = 0;
+}
+
+static __always_inline void ct_reverse(const struct flow *f, struct ct_key *k)
+{
+	k->saddr = f->daddr;
+	k->daddr = f->saddr;
+	k->sport = f->dport;
+	k->dport = f->sport;
+	k->proto = f->proto;
+	k->pad[0] = k->pad[1] = k->pad[2] = 0;
+}
+
+/* ct_is_syn: a connection request opens a new flow even over an old entry. */
+static __always_inline int ct_is_syn(const struct flow *f)
+{
+	return f->proto == IPPROTO_TCP &&
+	       (f->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
+}
+
+static __always_inline void ct_touch(struct ct_entry *e)
+{
+	__u64 now = bpf_ktime_get_ns();
+
+	if (now - e->last_seen > CT_REFRESH_NS)
+		e->last_seen = now;
+}
+
+/* ct_lookup classifies a packet as CT_NEW, CT_ESTABLISHED or CT_REPLY. */
+static __always_inline int ct_lookup(const struct flow *f)
+{
+	struct ct_entry *e;
+	struct ct_key k;
+
+	if (ct_is_syn(f))
+		return CT_NEW;
+	ct_tuple(f, &k);
+	e = bpf_map_lookup_elem(&ebpfnet_ct4, &k);
+	if (e) {
+		ct_touch(e);
+		return CT_ESTABLISHED;
+	}
+	ct_reverse(f, &k);
+	e = bpf_map_lookup_elem(&ebpfnet_ct4, &k);
+	if (e) {
+		ct_touch(e);
+		return CT_REPLY;
+	}
+	return CT_NEW;
+}
+
+/* ct_create records an allowed new flow. Failure (an update racing on a
+ * full table) is not fatal: the flow passes, and its replies meet policy. */
+static __always_inline void ct_create(const struct flow *f)
+{
+	struct ct_entry e = { .last_seen = bpf_ktime_get_ns() };
+	struct ct_key k;
+
+	ct_tuple(f, &k);
+	bpf_map_update_elem(&ebpfnet_ct4, &k, &e, BPF_ANY);
+}
+
+#endif

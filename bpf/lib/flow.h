@@ -1,0 +1,23 @@
+/* struct flow: what policy, conntrack and notifications know of a packet. */
+#ifndef EBPFNET_FLOW_H
+#define EBPFNET_FLOW_H
+
+#include <linux/types.h>
+
+struct flow {
+	__be32 saddr;
+	__be32 daddr;
+	/* TCP/UDP ports. For ICMP echo the echo id stands in for a port, on
+	 * the requester's side of the tuple: a request carries it as sport,
+	 * a reply as dport, so a reply's reverse tuple is its request's. */
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 tcp_flags;		/* TCP only: byte 13 of the header */
+	__u16 pad;
+	/* Filled in as they become known; 0 in a notification means unknown. */
+	__u32 src_identity;
+	__u32 dst_identity;
+};
+
+#endif

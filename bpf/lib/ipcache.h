@@ -1,0 +1,25 @@
+/* ipcache: the identity of a remote address that is not a local endpoint. */
+#ifndef EBPFNET_IPCACHE_H
+#define EBPFNET_IPCACHE_H
+
+#include <linux/types.h>
+#include <bpf/bpf_helpers.h>
+#include "maps.h"
+
+/* Reserved identities, numbered as Cilium numbers them. */
+#define IDENTITY_HOST 1
+#define IDENTITY_WORLD 2
+#define IDENTITY_INIT 5
+
+/* ipcache_identity returns the identity of the longest prefix holding
+ * addr; an address the daemon has not described is the world. */
+static __always_inline __u32 ipcache_identity(__be32 addr)
+{
+	struct ipcache_key key = { .prefixlen = 32, .addr = addr };
+	struct ipcache_value *v;
+
+	v = bpf_map_lookup_elem(&ebpfnet_ipcache, &key);
+	return v ? v->identity : IDENTITY_WORLD;
+}
+
+#endif

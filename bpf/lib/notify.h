@@ -1,0 +1,69 @@
+/* Notifications to user space through the ebpfnet_events ring buffer. The
+ * Go mirror is datapath/event.go; keep the layout in sync. */
+#ifndef EBPFNET_NOTIFY_H
+#define EBPFNET_NOTIFY_H
+
+#include <linux/types.h>
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include "config.h"
+#include "flow.h"
+#include "maps.h"
+
+#define NOTIFY_DROP 1
+#define NOTIFY_POLICY_VERDICT 2
+
+/* Policy verdicts; drops that are not a policy decision carry VERDICT_NONE. */
+#define VERDICT_NONE 0
+#define VERDICT_ALLOWED 1
+#define VERDICT_DENIED 2
+#define VERDICT_AUDIT 3
+
+struct notify {
+	__u8 type;
+	__u8 reason;
+	__u8 verdict;
+	__u8 dir;		/* METRIC_INGRESS or METRIC_EGRESS */
+	__u32 epid;
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 pad[3];
+	__u32 src_identity;
+	__u32 dst_identity;
+	__u32 ifindex;
+	__u32 len;
+};
+
+/* notify_send reports one event. A full ring buffer (no reader keeping up)
+ * loses the event; the packet's fate does not depend on it. */
+static __always_inline void notify_send(struct __sk_buff *skb, __u8 type,
+					__u8 reason, __u8 verdict, __u8 dir,
+					const struct flow *f)
+{
+	struct notify *n;
+
+	n = bpf_ringbuf_reserve(&ebpfnet_events, sizeof(*n), 0);
+	if (!n)
+		return;
+	n->type = type;
+	n->reason = reason;
+	n->verdict = verdict;
+	n->dir = dir;
+	n->epid = LXC_ID;
+	n->saddr = f->saddr;
+	n->daddr = f->daddr;
+	n->sport = f->sport;
+	n->dport = f->dport;
+	n->proto = f->proto;
+	n->pad[0] = n->pad[1] = n->pad[2] = 0;
+	n->src_identity = f->src_identity;
+	n->dst_identity = f->dst_identity;
+	n->ifindex = skb->ifindex;
+	n->len = skb->len;
+	bpf_ringbuf_submit(n, 0);
+}
+
+#endif
