@@ -48,13 +48,27 @@ type Endpoint struct {
 	IfName  string `json:"IfName"`
 	IfIndex int    `json:"IfIndex"`
 	// PeerName is the container side's name until Docker moves and renames it.
-	PeerName string            `json:"PeerName"`
-	LXCMAC   HardwareAddr      `json:"LXCMAC"`
-	NodeMAC  HardwareAddr      `json:"NodeMAC"`
-	IPv4     netip.Prefix      `json:"IPv4"` // address with the network's prefix length
-	Network  Network           `json:"Network"`
+	PeerName string       `json:"PeerName"`
+	LXCMAC   HardwareAddr `json:"LXCMAC"`
+	NodeMAC  HardwareAddr `json:"NodeMAC"`
+	IPv4     netip.Prefix `json:"IPv4"` // address with the network's prefix length
+	Network  Network      `json:"Network"`
+	// Identity is the endpoint's security identity. CreateEndpoint
+	// starts an endpoint without one at init (5); SetEndpointIdentity
+	// changes it when the labels are known.
 	Identity uint32            `json:"Identity"`
 	Labels   map[string]string `json:"Labels,omitempty"`
+
+	// InitialPolicy, if set, is installed by CreateEndpoint into the
+	// endpoint's policy map and flags before its programs are attached,
+	// so the container is under policy from its first packet. Not part
+	// of the record: the policy lives in pinned maps.
+	InitialPolicy *EndpointPolicy `json:"-"`
+	// PolicyFlags (Flag*) and PolicyEntries (how many entries the policy
+	// map holds) report the endpoint's current policy; set on the
+	// endpoints the Datapath returns, ignored by CreateEndpoint.
+	PolicyFlags   uint32 `json:"-"`
+	PolicyEntries int    `json:"-"`
 }
 
 // HardwareAddr is a MAC that marshals as "aa:bb:cc:dd:ee:ff".
@@ -79,3 +93,13 @@ type HardwareAddr net.HardwareAddr
 //	(*Datapath) EndpointByID(id uint16) (Endpoint, bool)
 //	(*Datapath) Endpoints() []Endpoint   sorted by ID
 //	(*Datapath) Close() error  releases file descriptors, keeps every pin
+//
+// The policy engine uses these:
+//
+//	(*Datapath) SetEndpointIdentity(id uint16, identity uint32, containerID, containerName string, labels map[string]string) error
+//	(*Datapath) ApplyPolicy(id uint16, p EndpointPolicy) (added, removed int, err error)
+//	(*Datapath) PolicyEntries(id uint16) ([]PolicyKey, error)
+//	(*Datapath) UpsertIPCache(netip.Prefix, identity uint32) error
+//	(*Datapath) DeleteIPCache(netip.Prefix) error
+//	(*Datapath) IPCache() (map[netip.Prefix]uint32, error)
+//	(*Datapath) ReadEvents(ctx context.Context, fn func(Event)) error

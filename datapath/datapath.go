@@ -49,6 +49,8 @@ type Datapath struct {
 	btf    *btf.Cache           // kernel BTF, decoded once for all loads
 	eps    map[uint16]*endpointState
 	closed bool
+	// stopEvents ends the running ReadEvents, if any (one reader only).
+	stopEvents func()
 }
 
 // endpointState is what the datapath holds for one live endpoint. Its
@@ -57,6 +59,19 @@ type Datapath struct {
 type endpointState struct {
 	ep     Endpoint
 	policy *ebpf.Map
+	// flags and entries are what the endpoint's ebpfnet_endpoints entry
+	// and policy map hold, so ApplyPolicy writes only the difference
+	// without reading the map back. Restore rebuilds them from the maps.
+	flags   uint32
+	entries map[PolicyKey]struct{}
+}
+
+// snapshot is the endpoint as callers see it, with its policy state.
+func (st *endpointState) snapshot() Endpoint {
+	c := cloneEndpoint(&st.ep)
+	c.PolicyFlags = st.flags
+	c.PolicyEntries = len(st.entries)
+	return c
 }
 
 // New prepares the datapath: directories, the template directory, and the
@@ -169,6 +184,9 @@ func (d *Datapath) Close() error {
 		return nil
 	}
 	d.closed = true
+	if d.stopEvents != nil {
+		d.stopEvents()
+	}
 	d.closeMaps()
 	d.eps = map[uint16]*endpointState{}
 	return nil
@@ -190,7 +208,7 @@ func (d *Datapath) Endpoint(dockerEndpointID string) (Endpoint, bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if st := d.byDockerID(dockerEndpointID); st != nil {
-		return cloneEndpoint(&st.ep), true
+		return st.snapshot(), true
 	}
 	return Endpoint{}, false
 }
@@ -200,7 +218,7 @@ func (d *Datapath) EndpointByID(id uint16) (Endpoint, bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if st, ok := d.eps[id]; ok {
-		return cloneEndpoint(&st.ep), true
+		return st.snapshot(), true
 	}
 	return Endpoint{}, false
 }
@@ -211,7 +229,7 @@ func (d *Datapath) Endpoints() []Endpoint {
 	defer d.mu.Unlock()
 	out := make([]Endpoint, 0, len(d.eps))
 	for _, st := range d.eps {
-		out = append(out, cloneEndpoint(&st.ep))
+		out = append(out, st.snapshot())
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out
@@ -231,6 +249,7 @@ func cloneEndpoint(ep *Endpoint) Endpoint {
 	c := *ep
 	c.LXCMAC = append(HardwareAddr(nil), ep.LXCMAC...)
 	c.NodeMAC = append(HardwareAddr(nil), ep.NodeMAC...)
+	c.InitialPolicy = nil // consumed by CreateEndpoint, never handed out
 	if ep.Labels != nil {
 		c.Labels = make(map[string]string, len(ep.Labels))
 		for k, v := range ep.Labels {

@@ -79,6 +79,16 @@ func (d *Datapath) CreateEndpoint(ep *Endpoint) (retErr error) {
 		ep.LXCMAC = LXCMACFor(ep.DockerEndpointID)
 	}
 	ep.IfIndex = 0
+	if ep.Identity == 0 {
+		// Labels arrive later (Docker events); until then it is init.
+		ep.Identity = IdentityInit
+	}
+	initial := ep.InitialPolicy
+	if initial != nil {
+		if err := initial.validate(); err != nil {
+			return fmt.Errorf("endpoint %s initial policy: %w", ep.DockerEndpointID, err)
+		}
+	}
 
 	var undo undoStack
 	defer func() {
@@ -117,8 +127,15 @@ func (d *Datapath) CreateEndpoint(ep *Endpoint) (retErr error) {
 	}
 
 	st := &endpointState{ep: *ep}
+	st.ep.InitialPolicy = nil
 	undo.push(func() error { st.close(); return nil })
 	if err := d.createPolicyMap(st, &undo); err != nil {
+		return err
+	}
+	// Entries before the programs exist; the flags go with the
+	// publication below. Until then the programs find no entry of their
+	// own and enforce both directions with what the map holds.
+	if err := installPolicy(st, initial); err != nil {
 		return err
 	}
 	obj, err := d.writeObject(ep)
@@ -130,7 +147,7 @@ func (d *Datapath) CreateEndpoint(ep *Endpoint) (retErr error) {
 	}
 	// Published last: until a sender finds the endpoint here it cannot
 	// tail-call into it, and the program array entry already exists.
-	if err := d.publishEndpoint(ep, 0); err != nil {
+	if err := d.publishEndpoint(ep, st.flags); err != nil {
 		return err
 	}
 	undo.push(func() error { return d.unpublishEndpoint(ep) })

@@ -30,12 +30,18 @@ func sharedMapNames() []string {
 
 // Endpoint flags in the endpoint's own ebpfnet_endpoints entry (keyed by
 // its IPv4 address): policy enforcement per direction. The programs read
-// them there, from_container for egress and handle_policy for ingress.
-// With both clear, the endpoint's policy map is not consulted.
+// them there on every new flow, from_container for egress, handle_policy
+// and to_container for ingress. With both clear, the endpoint's policy map
+// is not consulted. A missing entry counts as both set (fail closed).
 const (
 	FlagEnforceIngress uint32 = 1 << 0
 	FlagEnforceEgress  uint32 = 1 << 1
+	// FlagAudit lets a denied new flow pass, reported with verdict audit.
+	FlagAudit uint32 = 1 << 2
 )
+
+// policyEntriesMax is POLICY_ENTRIES_MAX of bpf/lib/maps.h.
+const policyEntriesMax = 16384
 
 // endpointInfo mirrors struct endpoint_info; the key is the IPv4 address in
 // network byte order.

@@ -353,19 +353,21 @@ func hostTxPackets(t *testing.T, ifname string) uint64 {
 	return l.Attrs().Statistics.TxPackets
 }
 
-// setPolicy does what the policy engine will: enforcement flags in the
-// endpoint's ebpfnet_endpoints entry and entries in its own policy map.
+// setPolicy does what the policy engine does: enforcement flags and allow
+// entries, added to what the endpoint's map already holds.
 func (e *testEnv) setPolicy(ep *Endpoint, flags uint32, allow ...PolicyKey) {
 	e.t.Helper()
-	e.dp.mu.Lock()
-	defer e.dp.mu.Unlock()
-	st := e.dp.eps[ep.ID]
-	for _, k := range allow {
-		if err := st.policy.Put(k, PolicyEntry{}); err != nil {
-			e.t.Fatal(err)
-		}
+	held, err := e.dp.PolicyEntries(ep.ID)
+	if err != nil {
+		e.t.Fatal(err)
 	}
-	if err := e.dp.publishEndpoint(&st.ep, flags); err != nil {
+	p := EndpointPolicy{
+		IngressEnforced: flags&FlagEnforceIngress != 0,
+		EgressEnforced:  flags&FlagEnforceEgress != 0,
+		Audit:           flags&FlagAudit != 0,
+		Entries:         keys(append(held, allow...)...),
+	}
+	if _, _, err := e.dp.ApplyPolicy(ep.ID, p); err != nil {
 		e.t.Fatal(err)
 	}
 }

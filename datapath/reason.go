@@ -12,6 +12,8 @@ const (
 	ReasonForwarded    Reason = 0 // delivered to a local peer by redirect
 	ReasonToStack      Reason = 1 // handed to the host stack
 	ReasonARPReply     Reason = 2 // ARP answered by the program
+	ReasonPolicy       Reason = 3 // new flow allowed by policy (verdict events)
+	ReasonPolicyAudit  Reason = 4 // denied, passed in audit mode (counted per direction)
 	DropInvalid        Reason = 130
 	DropInvalidSMAC    Reason = 131
 	DropInvalidSIP     Reason = 132
@@ -27,8 +29,8 @@ const (
 // IsDrop reports whether the reason stands for a dropped packet.
 func (r Reason) IsDrop() bool { return r >= firstDropReason }
 
-// String gives the Cilium-style name users see.
-func (r Reason) String() string {
+// Name gives the enum name of bpf/lib/drop.h, e.g. DROP_POLICY.
+func (r Reason) Name() string {
 	switch r {
 	case ReasonForwarded:
 		return "FORWARDED"
@@ -36,6 +38,10 @@ func (r Reason) String() string {
 		return "TO_STACK"
 	case ReasonARPReply:
 		return "ARP_REPLY"
+	case ReasonPolicy:
+		return "POLICY"
+	case ReasonPolicyAudit:
+		return "POLICY_AUDIT"
 	case DropInvalid:
 		return "DROP_INVALID"
 	case DropInvalidSMAC:
@@ -56,6 +62,42 @@ func (r Reason) String() string {
 		return "DROP_MISSED_TAIL_CALL"
 	}
 	return fmt.Sprintf("REASON_%d", uint8(r))
+}
+
+// String gives the message a user reads in `ebpfnet monitor`, worded as
+// Cilium words its drop reasons ("Policy denied").
+func (r Reason) String() string {
+	switch r {
+	case ReasonForwarded:
+		return "Forwarded"
+	case ReasonToStack:
+		return "To stack"
+	case ReasonARPReply:
+		return "ARP reply"
+	case ReasonPolicy:
+		return "Policy allowed"
+	case ReasonPolicyAudit:
+		return "Policy audit"
+	case DropInvalid:
+		return "Invalid packet"
+	case DropInvalidSMAC:
+		return "Invalid source mac"
+	case DropInvalidSIP:
+		return "Invalid source ip"
+	case DropPolicy:
+		return "Policy denied"
+	case DropUnknownL3:
+		return "Unsupported L3 protocol"
+	case DropNotSameNetwork:
+		return "Not in the same network"
+	case DropInvalidARP:
+		return "Invalid ARP"
+	case DropWriteError:
+		return "Packet write failed"
+	case DropMissedTailCall:
+		return "Missed tail call"
+	}
+	return fmt.Sprintf("Unknown reason %d", uint8(r))
 }
 
 // Direction is the metric direction, as Cilium counts it: traffic leaving

@@ -48,7 +48,7 @@ func (d *Datapath) Restore() ([]Endpoint, error) {
 	}
 	out := make([]Endpoint, 0, len(d.eps))
 	for _, st := range d.eps {
-		out = append(out, cloneEndpoint(&st.ep))
+		out = append(out, st.snapshot())
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out, errors.Join(errs...)
@@ -106,6 +106,10 @@ func (d *Datapath) restoreOne(id uint16) error {
 // rewritten from the running template first, so what runs is on disk.
 func (d *Datapath) readopt(st *endpointState) error {
 	ep := &st.ep
+	if ep.Identity == 0 {
+		// Recorded before identities existed: init, as a new endpoint.
+		ep.Identity = IdentityInit
+	}
 	pin := d.policyPin(ep.ID)
 	pm, err := ebpf.LoadPinnedMap(pin, nil)
 	if err == nil && d.policy.Compatible(pm) != nil {
@@ -154,13 +158,27 @@ func (d *Datapath) readopt(st *endpointState) error {
 		return err
 	}
 
-	// Keep enforcement flags a running policy engine may have set.
+	// Keep the enforcement flags and entries a running policy engine
+	// set; they live in pinned maps. An endpoint without its entry (a
+	// crash before it was published) ran fail-closed, as the programs
+	// treat a missing entry, and stays so until the daemon applies its
+	// policy.
 	var cur endpointInfo
-	flags := uint32(0)
+	flags := FlagEnforceIngress | FlagEnforceEgress
 	if err := d.shared[EndpointsMapName].Lookup(endpointKey(ep.IPv4.Addr()), &cur); err == nil && cur.EPID == uint32(ep.ID) {
 		flags = cur.Flags
+	} else {
+		d.log.WithField("epid", ep.ID).Warn("endpoint was not published; enforcing both directions until its policy is applied")
 	}
-	return d.publishEndpoint(ep, flags)
+	entries, err := readPolicyEntries(st.policy)
+	if err != nil {
+		return fmt.Errorf("endpoint %d: %w", ep.ID, err)
+	}
+	if err := d.publishEndpoint(ep, flags); err != nil {
+		return err
+	}
+	st.flags, st.entries = flags, entries
+	return nil
 }
 
 // removeOrphanPins deletes policy pins and ebpfnet_policy_calls entries

@@ -309,10 +309,13 @@ func TestUsedIDsCountsLeftoverDirectories(t *testing.T) {
 }
 
 func TestReasonNames(t *testing.T) {
-	if DropNotSameNetwork.String() != "DROP_NOT_SAME_NETWORK" || !DropInvalidSIP.IsDrop() || ReasonForwarded.IsDrop() {
+	if DropNotSameNetwork.Name() != "DROP_NOT_SAME_NETWORK" || !DropInvalidSIP.IsDrop() || ReasonForwarded.IsDrop() {
 		t.Error("reason names or classes wrong")
 	}
-	if Reason(200).String() != "REASON_200" {
+	if DropPolicy.String() != "Policy denied" || ReasonPolicyAudit.IsDrop() {
+		t.Errorf("DropPolicy reads %q", DropPolicy)
+	}
+	if Reason(200).Name() != "REASON_200" || Reason(200).String() != "Unknown reason 200" {
 		t.Error("unknown reason name")
 	}
 }

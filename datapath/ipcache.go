@@ -1,0 +1,98 @@
+package datapath
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+)
+
+// Reserved identities, numbered as Cilium numbers them (bpf/lib/ipcache.h).
+const (
+	IdentityHost  uint32 = 1
+	IdentityWorld uint32 = 2
+	IdentityInit  uint32 = 5
+)
+
+// ipcacheKey mirrors struct ipcache_key: an LPM trie key, prefix length
+// first, then the address in network byte order.
+type ipcacheKey struct {
+	PrefixLen uint32
+	Addr      [4]byte
+}
+
+// ipcacheValue mirrors struct ipcache_value.
+type ipcacheValue struct {
+	Identity uint32
+	Pad      uint32
+}
+
+func ipcacheKeyOf(p netip.Prefix) (ipcacheKey, error) {
+	if !p.IsValid() || !p.Addr().Is4() {
+		return ipcacheKey{}, fmt.Errorf("ipcache: %v is not an IPv4 prefix", p)
+	}
+	// The trie ignores bits past the length, but a masked key makes the
+	// same prefix one entry however the caller spelled it.
+	p = p.Masked()
+	return ipcacheKey{PrefixLen: uint32(p.Bits()), Addr: p.Addr().As4()}, nil
+}
+
+// UpsertIPCache sets the identity of a remote prefix: from_container uses
+// it for destinations that are not local endpoints, to_container for the
+// sources of what the host stack sends in. Identity 0 is refused: in a
+// policy key it means "any".
+func (d *Datapath) UpsertIPCache(p netip.Prefix, identity uint32) error {
+	key, err := ipcacheKeyOf(p)
+	if err != nil {
+		return err
+	}
+	if identity == 0 {
+		return fmt.Errorf("ipcache %v: identity 0 is reserved for \"any\"", p)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return errors.New("datapath closed")
+	}
+	if err := d.shared[IPCacheMapName].Put(key, ipcacheValue{Identity: identity}); err != nil {
+		return fmt.Errorf("ipcache %v -> %d: %w", p, identity, err)
+	}
+	return nil
+}
+
+// DeleteIPCache forgets a prefix; its addresses fall back to a shorter
+// prefix or the world. Deleting a missing prefix succeeds.
+func (d *Datapath) DeleteIPCache(p netip.Prefix) error {
+	key, err := ipcacheKeyOf(p)
+	if err != nil {
+		return err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return errors.New("datapath closed")
+	}
+	if err := ignoreNotExist(d.shared[IPCacheMapName].Delete(key)); err != nil {
+		return fmt.Errorf("ipcache delete %v: %w", p, err)
+	}
+	return nil
+}
+
+// IPCache returns every prefix with its identity.
+func (d *Datapath) IPCache() (map[netip.Prefix]uint32, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return nil, errors.New("datapath closed")
+	}
+	out := map[netip.Prefix]uint32{}
+	var key ipcacheKey
+	var val ipcacheValue
+	it := d.shared[IPCacheMapName].Iterate()
+	for it.Next(&key, &val) {
+		out[netip.PrefixFrom(netip.AddrFrom4(key.Addr), int(key.PrefixLen))] = val.Identity
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("iterate %s: %w", IPCacheMapName, err)
+	}
+	return out, nil
+}

@@ -1,0 +1,103 @@
+package datapath
+
+import (
+	"encoding/binary"
+	"net/netip"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+func TestDecodeEvent(t *testing.T) {
+	b := make([]byte, eventSize)
+	b[0], b[1], b[2], b[3] = byte(EventPolicyVerdict), byte(DropPolicy), byte(VerdictDenied), byte(DirEgress)
+	le := binary.LittleEndian
+	le.PutUint32(b[4:], 42)
+	copy(b[8:], []byte{10, 1, 2, 3})
+	copy(b[12:], []byte{10, 1, 2, 4})
+	binary.BigEndian.PutUint16(b[16:], 40000)
+	binary.BigEndian.PutUint16(b[18:], 80)
+	b[20] = 6
+	le.PutUint32(b[24:], 256)
+	le.PutUint32(b[28:], 300)
+	le.PutUint32(b[32:], 17)
+	le.PutUint32(b[36:], 74)
+	ev, err := decodeEvent(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Event{
+		Type: EventPolicyVerdict, Reason: DropPolicy, Verdict: VerdictDenied, Direction: DirEgress,
+		EndpointID: 42, Src: netip.MustParseAddr("10.1.2.3"), Dst: netip.MustParseAddr("10.1.2.4"),
+		SrcPort: 40000, DstPort: 80, Proto: 6, SrcIdentity: 256, DstIdentity: 300, IfIndex: 17, Len: 74,
+	}
+	if ev != want {
+		t.Errorf("decoded %+v\nwant    %+v", ev, want)
+	}
+	line := ev.String()
+	for _, w := range []string{"policy-verdict denied", "(Policy denied)", "10.1.2.3:40000 -> 10.1.2.4:80", "identity 256 -> 300", "egress"} {
+		if !strings.Contains(line, w) {
+			t.Errorf("%q lacks %q", line, w)
+		}
+	}
+	if _, err := decodeEvent(b[:eventSize-1]); err == nil {
+		t.Error("short event decoded")
+	}
+	if VerdictAudit.String() != "audit" || EventDrop.String() != "drop" {
+		t.Error("verdict or type names wrong")
+	}
+}
+
+func keys(ks ...PolicyKey) map[PolicyKey]struct{} {
+	m := map[PolicyKey]struct{}{}
+	for _, k := range ks {
+		m[k] = struct{}{}
+	}
+	return m
+}
+
+func TestPolicyDiff(t *testing.T) {
+	a := PolicyKey{Identity: 256, Proto: 6, DPort: 0x5000, Direction: PolicyIngress}
+	b := PolicyKey{Identity: 257, Direction: PolicyIngress}
+	c := PolicyKey{Identity: 1, Direction: PolicyEgress}
+	d := PolicyKey{Direction: PolicyEgress}
+	add, del := policyDiff(keys(a, b, c), keys(b, c, d))
+	if !reflect.DeepEqual(add, []PolicyKey{d}) || !reflect.DeepEqual(del, []PolicyKey{a}) {
+		t.Errorf("add %v del %v", add, del)
+	}
+	add, del = policyDiff(nil, keys(c, a))
+	if !reflect.DeepEqual(add, []PolicyKey{a, c}) || len(del) != 0 {
+		t.Errorf("from nothing: add %v del %v (want sorted, ingress first)", add, del)
+	}
+	add, del = policyDiff(keys(a), nil)
+	if len(add) != 0 || !reflect.DeepEqual(del, []PolicyKey{a}) {
+		t.Errorf("to nothing: add %v del %v", add, del)
+	}
+	if add, del = policyDiff(keys(a, b), keys(b, a)); len(add)+len(del) != 0 {
+		t.Errorf("equal sets: add %v del %v", add, del)
+	}
+}
+
+func TestEndpointPolicyFlagsAndValidation(t *testing.T) {
+	p := EndpointPolicy{IngressEnforced: true, Audit: true}
+	if p.Flags() != FlagEnforceIngress|FlagAudit {
+		t.Errorf("flags %b", p.Flags())
+	}
+	p.Entries = keys(PolicyKey{Direction: 2})
+	if err := p.validate(); err == nil {
+		t.Error("direction 2 accepted")
+	}
+}
+
+func TestIPCacheKey(t *testing.T) {
+	k, err := ipcacheKeyOf(netip.MustParsePrefix("10.1.2.3/16"))
+	if err != nil || k.PrefixLen != 16 || k.Addr != [4]byte{10, 1, 0, 0} {
+		t.Errorf("key %+v, %v: want 10.1.0.0/16", k, err)
+	}
+	if _, err := ipcacheKeyOf(netip.MustParsePrefix("fd00::/64")); err == nil {
+		t.Error("IPv6 prefix accepted")
+	}
+	if _, err := ipcacheKeyOf(netip.Prefix{}); err == nil {
+		t.Error("invalid prefix accepted")
+	}
+}
