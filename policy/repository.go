@@ -1,0 +1,166 @@
+package policy
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+
+	"github.com/ebpfnet/ebpfnet/atomicfile"
+)
+
+// Repository holds the imported rules and a revision that grows with every
+// change, kept in a file so that both survive a restart (the revision lets a
+// caller tell whether an endpoint's policy is current). It is safe for
+// concurrent use.
+type Repository struct {
+	path string
+
+	mu       sync.RWMutex
+	rules    []Rule
+	revision uint64
+}
+
+type repositoryFile struct {
+	Version  int             `json:"version"`
+	Revision uint64          `json:"revision"`
+	Rules    json.RawMessage `json:"rules"`
+}
+
+const repositoryVersion = 1
+
+// NewRepository loads the rules kept in path; a missing file is an empty
+// repository at revision 0. A file that does not parse is an error rather
+// than an empty policy, which would silently open every endpoint.
+func NewRepository(path string) (*Repository, error) {
+	r := &Repository{path: path}
+	data, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return r, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read policy state: %w", err)
+	}
+	var f repositoryFile
+	if err := json.Unmarshal(data, &f); err != nil {
+		return nil, fmt.Errorf("policy state %s is corrupt: %w", path, err)
+	}
+	if f.Version != repositoryVersion {
+		return nil, fmt.Errorf("policy state %s is corrupt: version %d, want %d", path, f.Version, repositoryVersion)
+	}
+	rules, err := Parse(f.Rules)
+	if err != nil {
+		return nil, fmt.Errorf("policy state %s is corrupt: %w", path, err)
+	}
+	r.rules, r.revision = rules, f.Revision
+	return r, nil
+}
+
+// persist writes rules and revision; the caller changes memory only after
+// it succeeds.
+func (r *Repository) persist(rules []Rule, revision uint64) error {
+	if rules == nil {
+		rules = []Rule{}
+	}
+	raw, err := json.Marshal(rules)
+	if err != nil {
+		return fmt.Errorf("encode rules: %w", err)
+	}
+	data, err := json.MarshalIndent(repositoryFile{Version: repositoryVersion, Revision: revision, Rules: raw}, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode policy state: %w", err)
+	}
+	if err := atomicfile.Write(r.path, append(data, '\n'), 0o600); err != nil {
+		return fmt.Errorf("persist policy: %w", err)
+	}
+	return nil
+}
+
+// Import adds rules as Cilium's policy import does: every existing rule
+// whose labels equal (as a set) those of an imported rule is replaced;
+// others stay. Rules without labels never replace anything, because they
+// cannot be told apart. The rules are validated as Parse would; on any
+// error, validation or persistence, nothing changes. It returns the new
+// revision.
+func (r *Repository) Import(rules []Rule) (uint64, error) {
+	if err := Validate(rules); err != nil {
+		return 0, fmt.Errorf("import policy: %w", err)
+	}
+	incoming := map[string]bool{}
+	for _, nr := range rules {
+		if len(nr.Labels) > 0 {
+			incoming[labelSetKey(nr.Labels)] = true
+		}
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var next []Rule
+	for _, old := range r.rules {
+		if len(old.Labels) == 0 || !incoming[labelSetKey(old.Labels)] {
+			next = append(next, old)
+		}
+	}
+	for _, nr := range rules {
+		next = append(next, nr.clone())
+	}
+	if err := r.persist(next, r.revision+1); err != nil {
+		return 0, fmt.Errorf("import policy: %w", err)
+	}
+	r.rules = next
+	r.revision++
+	return r.revision, nil
+}
+
+// DeleteAll removes every rule and returns the new revision.
+func (r *Repository) DeleteAll() (uint64, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err := r.persist(nil, r.revision+1); err != nil {
+		return 0, fmt.Errorf("delete policy: %w", err)
+	}
+	r.rules = nil
+	r.revision++
+	return r.revision, nil
+}
+
+// Rules returns a copy of the current rules, in import order.
+func (r *Repository) Rules() []Rule {
+	rules, _ := r.Snapshot()
+	return rules
+}
+
+// Revision returns the current revision.
+func (r *Repository) Revision() uint64 {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.revision
+}
+
+// Snapshot returns a copy of the rules together with their revision, so a
+// caller can record which revision a compiled policy reflects.
+func (r *Repository) Snapshot() ([]Rule, uint64) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	out := make([]Rule, 0, len(r.rules))
+	for _, rule := range r.rules {
+		out = append(out, rule.clone())
+	}
+	return out, r.revision
+}
+
+// labelSetKey is an order-independent key for a rule's labels; duplicates
+// collapse, as in a set.
+func labelSetKey(ls []RuleLabel) string {
+	set := map[RuleLabel]struct{}{}
+	for _, l := range ls {
+		set[l] = struct{}{}
+	}
+	keys := make([]RuleLabel, 0, len(set))
+	for l := range set {
+		keys = append(keys, l)
+	}
+	sortRuleLabels(keys)
+	data, _ := json.Marshal(keys) // a slice of string structs always encodes
+	return string(data)
+}

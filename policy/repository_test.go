@@ -1,0 +1,137 @@
+package policy
+
+import (
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+func mustParse(t *testing.T, s string) []Rule {
+	t.Helper()
+	rules, err := Parse([]byte(s))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rules
+}
+
+func descriptions(rules []Rule) []string {
+	out := []string{}
+	for _, r := range rules {
+		out = append(out, r.Description)
+	}
+	return out
+}
+
+func TestImportReplacesByLabels(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "policy.json")
+	repo, err := NewRepository(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if repo.Revision() != 0 || len(repo.Rules()) != 0 {
+		t.Fatal("new repository is not empty at revision 0")
+	}
+	rev, err := repo.Import(mustParse(t, `[
+		{"endpointSelector": {}, "description": "a1", "labels": [{"key": "name", "value": "a"}, {"key": "team", "value": "x"}]},
+		{"endpointSelector": {}, "description": "b1", "labels": [{"key": "name", "value": "b"}]},
+		{"endpointSelector": {}, "description": "u1"}]`))
+	if err != nil || rev != 1 {
+		t.Fatalf("Import = %d, %v", rev, err)
+	}
+	// Same label set in another order replaces a1; b1 stays; an unlabeled
+	// rule adds without replacing u1.
+	rev, err = repo.Import(mustParse(t, `[
+		{"endpointSelector": {}, "description": "a2", "labels": [{"key": "team", "value": "x"}, {"key": "name", "value": "a"}]},
+		{"endpointSelector": {}, "description": "c1", "labels": [{"key": "name", "value": "a"}]},
+		{"endpointSelector": {}, "description": "u2"}]`))
+	if err != nil || rev != 2 {
+		t.Fatalf("Import = %d, %v", rev, err)
+	}
+	if got, want := descriptions(repo.Rules()), []string{"b1", "u1", "a2", "c1", "u2"}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("rules = %v, want %v", got, want)
+	}
+
+	// A rule of the caller's, changed after import, does not change ours.
+	rules := repo.Rules()
+	rules[0].Description = "changed"
+	if repo.Rules()[0].Description != "b1" {
+		t.Fatal("Rules() shares memory with the repository")
+	}
+
+	// Persisted: a reload sees the same rules and revision.
+	again, err := NewRepository(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again.Revision() != 2 || !reflect.DeepEqual(again.Rules(), repo.Rules()) {
+		t.Fatalf("reload: revision %d, rules %v", again.Revision(), descriptions(again.Rules()))
+	}
+	rev, err = again.DeleteAll()
+	if err != nil || rev != 3 || len(again.Rules()) != 0 {
+		t.Fatalf("DeleteAll = %d, %v, %d rules", rev, err, len(again.Rules()))
+	}
+	third, err := NewRepository(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if third.Revision() != 3 || len(third.Rules()) != 0 {
+		t.Fatalf("after DeleteAll reload: revision %d, %d rules", third.Revision(), len(third.Rules()))
+	}
+}
+
+func TestImportRefusesInvalidRules(t *testing.T) {
+	repo, err := NewRepository(filepath.Join(t.TempDir(), "policy.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad := []Rule{{Egress: []EgressRule{{ToEntities: []string{"mars"}}}}}
+	if _, err := repo.Import(bad); err == nil || !strings.Contains(err.Error(), `entity "mars"`) {
+		t.Fatalf("err = %v", err)
+	}
+	if repo.Revision() != 0 {
+		t.Fatal("a refused import changed the revision")
+	}
+}
+
+func TestFailedPersistChangesNothing(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "later")
+	repo, err := NewRepository(filepath.Join(dir, "policy.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rules := mustParse(t, designExample)
+	if _, err := repo.Import(rules); err == nil {
+		t.Fatal("import into a missing directory succeeded")
+	}
+	if _, err := repo.DeleteAll(); err == nil {
+		t.Fatal("delete into a missing directory succeeded")
+	}
+	if repo.Revision() != 0 || len(repo.Rules()) != 0 {
+		t.Fatalf("failed writes changed memory: revision %d, %d rules", repo.Revision(), len(repo.Rules()))
+	}
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if rev, err := repo.Import(rules); err != nil || rev != 1 {
+		t.Fatalf("Import = %d, %v", rev, err)
+	}
+}
+
+func TestCorruptPolicyStateIsAnError(t *testing.T) {
+	for name, content := range map[string]string{
+		"garbage": "not json",
+		"version": `{"version": 2, "revision": 1, "rules": []}`,
+		"rules":   `{"version": 1, "revision": 1, "rules": [{"ingress": []}]}`,
+	} {
+		path := filepath.Join(t.TempDir(), "policy.json")
+		if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := NewRepository(path); err == nil || !strings.Contains(err.Error(), "corrupt") {
+			t.Errorf("%s: err = %v", name, err)
+		}
+	}
+}
