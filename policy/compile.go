@@ -26,7 +26,10 @@ const (
 // Identity, to destination Port over Proto, in Direction. Identity 0 means
 // any peer; Port 0 means any port; Proto 0 means any protocol and comes only
 // with Port 0 (an item without toPorts). Port is in host byte order; the
-// datapath converts it for its __be16 field.
+// datapath converts it for its __be16 field. Port 0 with TCP or UDP (a rule
+// port "0" or without a port) means every port of that protocol, so a
+// datapath honouring it must also look up (identity, 0, proto) and
+// (0, 0, proto), besides the exact key and the (…, 0, 0) wildcards.
 type Key struct {
 	Identity  uint32 `json:"identity"`
 	Port      uint16 `json:"port"`
