@@ -77,23 +77,17 @@ static __always_inline int handle_arp(struct __sk_buff *skb)
 #define CB_SRC_IDENTITY 0
 #define CB_CT_STATE 1
 
-/* deliver_local checks the sender's (this endpoint's) egress policy on a new
- * flow, then tail-calls into the receiver's handle_policy, which checks the
- * receiver's ingress policy and redirects into its namespace. */
+/* deliver_local tail-calls into the receiver's handle_policy, which checks
+ * the receiver's ingress policy on a new flow and redirects into its
+ * namespace. The sender's egress check is done. */
 static __always_inline int deliver_local(struct __sk_buff *skb,
 					 const struct endpoint_info *peer,
 					 const struct self_info *self,
-					 struct flow *f)
+					 const struct flow *f, int ct)
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
 	struct iphdr *iph = data + sizeof(struct ethhdr);
-	int ct;
-
-	f->dst_identity = peer->identity;
-	ct = ct_lookup(f);
-	if (ct == CT_NEW && !policy_check(skb, f, self->flags, POLICY_EGRESS))
-		return drop(skb, DROP_POLICY, METRIC_EGRESS, f);
 
 	if ((void *)(iph + 1) > data_end)
 		return drop(skb, DROP_INVALID, METRIC_EGRESS, f);
@@ -110,23 +104,13 @@ static __always_inline int deliver_local(struct __sk_buff *skb,
 	return drop(skb, DROP_MISSED_TAIL_CALL, METRIC_EGRESS, f);
 }
 
-/* to_stack hands a packet for the gateway, the host or the outside to the
- * host stack, after checking a new flow against egress policy with the
- * destination's ipcache identity. */
-static __always_inline int to_stack(struct __sk_buff *skb,
-				    const struct self_info *self,
-				    struct flow *f)
-{
-	if (ct_lookup(f) == CT_NEW) {
-		f->dst_identity = ipcache_identity(f->daddr);
-		if (!policy_check(skb, f, self->flags, POLICY_EGRESS))
-			return drop(skb, DROP_POLICY, METRIC_EGRESS, f);
-		ct_create(f);
-	}
-	count(REASON_TO_STACK, METRIC_EGRESS, skb->len);
-	return TC_ACT_OK;
-}
-
+/* handle_ipv4 checks the container's own packets (source MAC and IP), then
+ * this endpoint's egress policy on a new flow, with the remote identity of
+ * a local peer from its ebpfnet_endpoints entry and of anything else (the
+ * gateway, the host, the outside) from the ipcache. Local peers get the
+ * packet by tail call into their handle_policy; the rest goes to the host
+ * stack, where the flow is recorded now, as nothing on our side checks it
+ * again. */
 static __always_inline int handle_ipv4(struct __sk_buff *skb)
 {
 	void *data = (void *)(long)skb->data;
@@ -137,6 +121,7 @@ static __always_inline int handle_ipv4(struct __sk_buff *skb)
 	struct self_info self;
 	struct flow f = {};
 	__be32 daddr;
+	int ct;
 
 	if ((void *)(iph + 1) > data_end || iph->ihl < 5)
 		return drop(skb, DROP_INVALID, METRIC_EGRESS, &f);
@@ -160,12 +145,21 @@ static __always_inline int handle_ipv4(struct __sk_buff *skb)
 	f.src_identity = self.identity;
 	daddr = f.daddr;
 	peer = bpf_map_lookup_elem(&ebpfnet_endpoints, &daddr);
-	if (!peer)
-		/* Gateway, host, other networks' gateways, the outside. */
-		return to_stack(skb, &self, &f);
-	if (peer->network_id != NETWORK_ID)
+	if (peer && peer->network_id != NETWORK_ID)
 		return drop(skb, DROP_NOT_SAME_NETWORK, METRIC_EGRESS, &f);
-	return deliver_local(skb, peer, &self, &f);
+
+	ct = ct_lookup(&f);
+	if (ct == CT_NEW) {
+		f.dst_identity = peer ? peer->identity : ipcache_identity(daddr);
+		if (!policy_check(skb, &f, self.flags, POLICY_EGRESS))
+			return drop(skb, DROP_POLICY, METRIC_EGRESS, &f);
+	}
+	if (peer)
+		return deliver_local(skb, peer, &self, &f, ct);
+	if (ct == CT_NEW)
+		ct_create(&f);
+	count(REASON_TO_STACK, METRIC_EGRESS, skb->len);
+	return TC_ACT_OK;
 }
 
 SEC("tc")

@@ -10,14 +10,14 @@
 #define EBPFNET_CONNTRACK_H
 
 #include <linux/types.h>
-#include <linux/in.h>
 #include <bpf/bpf_helpers.h>
 #include "flow.h"
 #include "maps.h"
 
+/* A reply is established too: nothing treats it differently, and one
+ * value less keeps the verifier from walking the rest twice. */
 #define CT_NEW 0
 #define CT_ESTABLISHED 1
-#define CT_REPLY 2
 
 #define TCP_FLAG_SYN 0x02
 #define TCP_FLAG_ACK 0x10
@@ -46,11 +46,11 @@ static __always_inline void ct_reverse(const struct flow *f, struct ct_key *k)
 	k->pad[0] = k->pad[1] = k->pad[2] = 0;
 }
 
-/* ct_is_syn: a connection request opens a new flow even over an old entry. */
+/* ct_is_syn: a connection request opens a new flow even over an old entry.
+ * tcp_flags is 0 for anything but TCP, so proto need not be tested. */
 static __always_inline int ct_is_syn(const struct flow *f)
 {
-	return f->proto == IPPROTO_TCP &&
-	       (f->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
+	return (f->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
 }
 
 static __always_inline void ct_touch(struct ct_entry *e)
@@ -61,7 +61,8 @@ static __always_inline void ct_touch(struct ct_entry *e)
 		e->last_seen = now;
 }
 
-/* ct_lookup classifies a packet as CT_NEW, CT_ESTABLISHED or CT_REPLY. */
+/* ct_lookup tells whether a packet opens a flow (CT_NEW) or belongs to one
+ * in either direction (CT_ESTABLISHED). */
 static __always_inline int ct_lookup(const struct flow *f)
 {
 	struct ct_entry *e;
@@ -79,7 +80,7 @@ static __always_inline int ct_lookup(const struct flow *f)
 	e = bpf_map_lookup_elem(&ebpfnet_ct4, &k);
 	if (e) {
 		ct_touch(e);
-		return CT_REPLY;
+		return CT_ESTABLISHED;
 	}
 	return CT_NEW;
 }

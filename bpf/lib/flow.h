@@ -12,9 +12,13 @@ struct flow {
 	 * a reply as dport, so a reply's reverse tuple is its request's. */
 	__be16 sport;
 	__be16 dport;
+	/* The port policy matches: dport for TCP and UDP, else 0 (an echo id
+	 * is no port). Kept apart so that nothing after parsing branches on
+	 * proto: the verifier would then walk the rest of the program once
+	 * per protocol, which makes endpoint creation slower. */
+	__be16 policy_dport;
 	__u8 proto;
-	__u8 tcp_flags;		/* TCP only: byte 13 of the header */
-	__u16 pad;
+	__u8 tcp_flags;		/* TCP only: byte 13 of the header, else 0 */
 	/* Filled in as they become known; 0 in a notification means unknown. */
 	__u32 src_identity;
 	__u32 dst_identity;

@@ -40,12 +40,14 @@ static __always_inline void ipv4_fill_l4(struct __sk_buff *skb,
 		__builtin_memcpy(&f->sport, &tcp[0], sizeof(f->sport));
 		__builtin_memcpy(&f->dport, &tcp[2], sizeof(f->dport));
 		f->tcp_flags = tcp[13];
+		f->policy_dport = f->dport;
 		return;
 	case IPPROTO_UDP:
 		if (bpf_skb_load_bytes(skb, off, ports, sizeof(ports)) < 0)
 			return;
 		f->sport = ports[0];
 		f->dport = ports[1];
+		f->policy_dport = f->dport;
 		return;
 	case IPPROTO_ICMP:
 		if (bpf_skb_load_bytes(skb, off, icmp, sizeof(icmp)) < 0)

@@ -4,7 +4,6 @@
 #define EBPFNET_POLICY_H
 
 #include <linux/types.h>
-#include <linux/in.h>
 #include <bpf/bpf_helpers.h>
 #include "maps.h"
 #include "flow.h"
@@ -40,15 +39,6 @@ static __always_inline int policy_allows(__u32 identity, __be16 dport,
 	key.dport = 0;
 	key.proto = 0;
 	return bpf_map_lookup_elem(&ebpfnet_policy, &key) != 0;
-}
-
-/* policy_port is the port a flow is matched on: only TCP and UDP have one;
- * the ICMP echo id that conntrack keeps in the ports is no port. */
-static __always_inline __be16 policy_port(const struct flow *f)
-{
-	if (f->proto == IPPROTO_TCP || f->proto == IPPROTO_UDP)
-		return f->dport;
-	return 0;
 }
 
 /* What this endpoint is at this moment, from its ebpfnet_endpoints entry. */
@@ -87,30 +77,31 @@ static __always_inline int policy_enforced(__u32 flags, __u8 dir)
 /* policy_check decides whether a new flow may pass this endpoint in dir
  * (the remote identity is f's destination for egress, its source for
  * ingress) and reports the verdict when enforcement is on. Audit mode turns
- * a denial into a reported pass. The caller drops on 0. */
+ * a denial into a reported pass. The caller drops on 0. One notification
+ * site for all verdicts keeps the verifier's work (and endpoint creation)
+ * small. */
 static __always_inline int policy_check(struct __sk_buff *skb,
 					const struct flow *f, __u32 flags,
 					__u8 dir)
 {
 	__u32 remote = dir == POLICY_EGRESS ? f->dst_identity : f->src_identity;
 	__u8 mdir = dir == POLICY_EGRESS ? METRIC_EGRESS : METRIC_INGRESS;
+	__u8 reason = REASON_POLICY, verdict = VERDICT_ALLOWED;
 
 	if (!policy_enforced(flags, dir))
 		return 1;
-	if (policy_allows(remote, policy_port(f), f->proto, dir)) {
-		notify_send(skb, NOTIFY_POLICY_VERDICT, REASON_POLICY,
-			    VERDICT_ALLOWED, mdir, f);
-		return 1;
+	if (!policy_allows(remote, f->policy_dport, f->proto, dir)) {
+		if (flags & EP_F_AUDIT) {
+			reason = REASON_POLICY_AUDIT;
+			verdict = VERDICT_AUDIT;
+			count(reason, mdir, skb->len);
+		} else {
+			reason = DROP_POLICY;
+			verdict = VERDICT_DENIED;
+		}
 	}
-	if (flags & EP_F_AUDIT) {
-		count(REASON_POLICY_AUDIT, mdir, skb->len);
-		notify_send(skb, NOTIFY_POLICY_VERDICT, REASON_POLICY_AUDIT,
-			    VERDICT_AUDIT, mdir, f);
-		return 1;
-	}
-	notify_send(skb, NOTIFY_POLICY_VERDICT, DROP_POLICY, VERDICT_DENIED,
-		    mdir, f);
-	return 0;
+	notify_send(skb, NOTIFY_POLICY_VERDICT, reason, verdict, mdir, f);
+	return verdict != VERDICT_DENIED;
 }
 
 #endif
