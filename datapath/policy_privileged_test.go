@@ -382,3 +382,23 @@ func TestPolicyInitialPolicyAndRestore(t *testing.T) {
 		t.Error("swapped policy not in force")
 	}
 }
+
+// TestPolicyProtocolWithoutPort: a rule "TCP on any port" is the entry
+// (identity, port 0, TCP); it admits every TCP port and nothing else.
+func TestPolicyProtocolWithoutPort(t *testing.T) {
+	e := newTestEnv(t)
+	n := e.network(1)
+	a, b := e.endpoint(n, 80), e.endpoint(n, 81)
+	nsA, nsB := e.container(a), e.container(b)
+	listen(t, nsB, b.IPv4.Addr(), 8080)
+	listen(t, nsB, b.IPv4.Addr(), 9999)
+	e.setPolicy(b, FlagEnforceIngress, PolicyKey{Identity: a.Identity, Proto: protoTCP, Direction: PolicyIngress})
+	for _, port := range []uint16{8080, 9999} {
+		if !canConnect(nsA, b.IPv4.Addr(), port) {
+			t.Errorf("a -> b TCP %d denied by a TCP-any-port entry", port)
+		}
+	}
+	if ping(nsA, b.IPv4.Addr()) {
+		t.Error("a -> b ICMP passed a TCP-only entry")
+	}
+}

@@ -11,12 +11,11 @@
 #include "notify.h"
 #include "ipcache.h"
 
-/* policy_allows answers whether this endpoint accepts traffic with the
- * remote identity on (dport, proto) in the given direction. Entries are tried
- * from most to least specific: exact match, the identity on any port, any
- * identity on the port, then any identity on any port (an "all" entity). */
-static __always_inline int policy_allows(__u32 identity, __be16 dport,
-					 __u8 proto, __u8 dir)
+/* policy_has_identity looks for an entry for one remote identity, from the
+ * most to the least specific port match: the port and protocol, any port of
+ * the protocol (a rule with a protocol and no port), any port at all. */
+static __always_inline int policy_has_identity(__u32 identity, __be16 dport,
+					       __u8 proto, __u8 dir)
 {
 	struct policy_key key = {
 		.identity = identity,
@@ -28,17 +27,21 @@ static __always_inline int policy_allows(__u32 identity, __be16 dport,
 	if (bpf_map_lookup_elem(&ebpfnet_policy, &key))
 		return 1;
 	key.dport = 0;
-	key.proto = 0;
 	if (bpf_map_lookup_elem(&ebpfnet_policy, &key))
 		return 1;
-	key.identity = 0;
-	key.dport = dport;
-	key.proto = proto;
-	if (bpf_map_lookup_elem(&ebpfnet_policy, &key))
-		return 1;
-	key.dport = 0;
 	key.proto = 0;
 	return bpf_map_lookup_elem(&ebpfnet_policy, &key) != 0;
+}
+
+/* policy_allows answers whether this endpoint accepts traffic with the
+ * remote identity on (dport, proto) in the given direction: an entry for
+ * that identity, or one for any identity (0, the "all" entity or a rule
+ * with ports and no peers). */
+static __always_inline int policy_allows(__u32 identity, __be16 dport,
+					 __u8 proto, __u8 dir)
+{
+	return policy_has_identity(identity, dport, proto, dir) ||
+	       policy_has_identity(0, dport, proto, dir);
 }
 
 /* What this endpoint is at this moment, from its ebpfnet_endpoints entry. */
