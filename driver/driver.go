@@ -79,7 +79,7 @@ type Hooks struct {
 	// endpoint's initial policy so the first packet is already judged.
 	Prepare func(ep *datapath.Endpoint, n Network)
 	// Created runs once the endpoint exists.
-	Created func(ep datapath.Endpoint)
+	Created func(ep datapath.Endpoint, n Network)
 	// Deleted runs once the endpoint is gone.
 	Deleted func(ep datapath.Endpoint)
 	// NetworksChanged runs after a network was added or removed.
@@ -304,7 +304,7 @@ func (d *Driver) CreateEndpoint(req *network.CreateEndpointRequest) (*network.Cr
 		return nil, fmt.Errorf("create endpoint %s: %w", short(req.EndpointID), err)
 	}
 	if d.hooks.Created != nil {
-		d.hooks.Created(*ep)
+		d.hooks.Created(*ep, toNetwork(rec))
 	}
 	d.log.WithFields(logrus.Fields{
 		"endpoint": short(req.EndpointID), "epid": ep.ID, "ifname": ep.IfName, "ipv4": ep.IPv4,

@@ -23,6 +23,7 @@ import (
 	"github.com/ebpfnet/ebpfnet/api"
 	"github.com/ebpfnet/ebpfnet/atomicfile"
 	"github.com/ebpfnet/ebpfnet/datapath"
+	"github.com/ebpfnet/ebpfnet/dockerwatch"
 	"github.com/ebpfnet/ebpfnet/driver"
 	"github.com/ebpfnet/ebpfnet/ipam"
 )
@@ -41,7 +42,9 @@ type Config struct {
 	DriverName string
 	// Reconcile asks Docker after start what it still knows and removes
 	// our leftovers; tests that run without Docker turn it off.
-	Reconcile       bool
+	Reconcile bool
+	// WatchDocker follows Docker's events to learn containers' labels.
+	WatchDocker     bool
 	DefaultPools    []netip.Prefix
 	DefaultPoolSize int
 	Version         string
@@ -58,6 +61,7 @@ func DefaultConfig(version string) Config {
 		HostDevice:      "ebpfnet_host",
 		DriverName:      "ebpfnet",
 		Reconcile:       true,
+		WatchDocker:     true,
 		DefaultPools:    []netip.Prefix{netip.MustParsePrefix(ipam.DefaultPoolRange)},
 		DefaultPoolSize: ipam.DefaultPoolPrefixLen,
 		Version:         version,
@@ -72,6 +76,8 @@ type Daemon struct {
 	datapath  *datapath.Datapath
 	ipam      *ipam.Driver
 	driver    *driver.Driver
+	policy    *policyController
+	monitor   *monitorBroker
 	restored  int
 	// startState is what we held before serving, for reconcileWithDocker.
 	startState ownState
@@ -132,11 +138,24 @@ func start(cfg Config, log logrus.FieldLogger) (_ *Daemon, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("start network driver: %w", err)
 	}
+	d.policy, err = newPolicyController(cfg.LibDir, d.datapath, d.driver, log.WithField("subsys", "policy"))
+	if err != nil {
+		return nil, err
+	}
+	d.driver.SetHooks(d.policy.hooks())
+	d.monitor = newMonitorBroker(d.datapath, d.policy.labelsOf, log.WithField("subsys", "monitor"))
 	restored, err := d.datapath.Restore()
 	if err != nil {
 		return nil, fmt.Errorf("restore endpoints: %w", err)
 	}
 	d.restored = len(restored)
+	// Pinned maps kept the datapath's state; make it match what is
+	// persisted now (rules may have been imported by another version).
+	d.policy.syncEndpointAddresses()
+	d.policy.syncHostAddresses()
+	if err := d.policy.regenerateAll(); err != nil {
+		log.WithError(err).Warn("regenerate policy at start")
+	}
 	d.startState = d.snapshotOwnState()
 	log.WithField("endpoints", d.restored).Info("endpoints restored")
 	return d, nil
@@ -163,13 +182,31 @@ func (d *Daemon) serve(ctx context.Context) error {
 	go func() { errs <- apiServer.Serve(apiLn) }()
 	d.log.WithFields(logrus.Fields{"plugin": d.cfg.PluginSocket, "api": d.cfg.APISocket}).Info("serving")
 	reconcileCtx, stopReconcile := context.WithCancel(ctx)
-	reconciled := make(chan struct{})
+	var background sync.WaitGroup
+	background.Add(2)
 	go func() {
-		defer close(reconciled)
+		defer background.Done()
 		if d.cfg.Reconcile && d.reconcileWithDocker(reconcileCtx, d.startState) {
 			d.reconciled.Store(true)
 		}
 	}()
+	go func() {
+		defer background.Done()
+		d.monitor.run(reconcileCtx)
+	}()
+	if d.cfg.WatchDocker {
+		watcher, err := dockerwatch.New(d.log.WithField("subsys", "dockerwatch"))
+		if err != nil {
+			d.log.WithError(err).Warn("no Docker events: containers keep the init identity")
+		} else {
+			background.Add(1)
+			go func() {
+				defer background.Done()
+				defer watcher.Close()
+				watcher.Run(reconcileCtx, d.policy.attach)
+			}()
+		}
+	}
 
 	var serveErr error
 	select {
@@ -181,7 +218,7 @@ func (d *Daemon) serve(ctx context.Context) error {
 	pluginLn.Close()
 	os.Remove(d.cfg.PluginSocket)
 	stopReconcile()
-	<-reconciled
+	background.Wait()
 	inflight.Wait()
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()

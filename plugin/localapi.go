@@ -3,13 +3,17 @@ package plugin
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
+	"sort"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/ebpfnet/ebpfnet/api"
 	"github.com/ebpfnet/ebpfnet/datapath"
+	"github.com/ebpfnet/ebpfnet/policy"
 )
 
 // newLocalAPI serves the CLI's read-only views of the daemon.
@@ -39,6 +43,7 @@ func newLocalAPI(d *Daemon) http.Handler {
 		}
 		writeJSON(w, http.StatusOK, toAPIEndpoint(ep))
 	})
+	policyRoutes(mux, d)
 	return mux
 }
 
@@ -69,7 +74,7 @@ func (d *Daemon) status() api.Status {
 }
 
 func toAPIEndpoint(ep datapath.Endpoint) api.Endpoint {
-	return api.Endpoint{
+	out := api.Endpoint{
 		ID:               ep.ID,
 		ContainerID:      ep.ContainerID,
 		ContainerName:    ep.ContainerName,
@@ -83,14 +88,138 @@ func toAPIEndpoint(ep datapath.Endpoint) api.Endpoint {
 		Identity:         ep.Identity,
 		Labels:           ep.Labels,
 		PolicyMap:        datapath.PolicyMapName(ep.ID),
-		PolicyIngress:    "disabled",
-		PolicyEgress:     "disabled",
+		PolicyEntries:    ep.PolicyEntries,
 		State:            "ready",
 	}
+	out.PolicyIngress, out.PolicyEgress = enforcement(ep.PolicyFlags)
+	return out
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(code)
 	_ = json.NewEncoder(w).Encode(v)
+}
+
+// policyRoutes adds the policy, identity, bpf and monitor views.
+func policyRoutes(mux *http.ServeMux, d *Daemon) {
+	c := d.policy
+	mux.HandleFunc("POST /v1/policy", func(w http.ResponseWriter, r *http.Request) {
+		data, err := io.ReadAll(io.LimitReader(r.Body, 64<<20))
+		if err != nil {
+			writeJSON(w, http.StatusBadRequest, api.Error{Message: "read rules: " + err.Error()})
+			return
+		}
+		rev, err := c.importRules(data)
+		if err != nil {
+			writeJSON(w, http.StatusBadRequest, api.Error{Message: "policy import refused, the policy in force is unchanged: " + err.Error()})
+			return
+		}
+		writeJSON(w, http.StatusOK, api.PolicyRevision{Revision: rev})
+	})
+	mux.HandleFunc("GET /v1/policy", func(w http.ResponseWriter, _ *http.Request) {
+		rules, rev, err := c.rulesJSON()
+		if err != nil {
+			writeJSON(w, http.StatusInternalServerError, api.Error{Message: err.Error()})
+			return
+		}
+		writeJSON(w, http.StatusOK, api.Policy{Revision: rev, Rules: rules})
+	})
+	mux.HandleFunc("DELETE /v1/policy", func(w http.ResponseWriter, _ *http.Request) {
+		rev, err := c.deleteAll()
+		if err != nil {
+			writeJSON(w, http.StatusInternalServerError, api.Error{Message: err.Error()})
+			return
+		}
+		writeJSON(w, http.StatusOK, api.PolicyRevision{Revision: rev})
+	})
+	mux.HandleFunc("GET /v1/identities", func(w http.ResponseWriter, _ *http.Request) {
+		out := []api.Identity{}
+		for _, e := range c.alloc.List() {
+			out = append(out, api.Identity{ID: uint32(e.ID), Labels: c.labelsOf(uint32(e.ID))})
+		}
+		writeJSON(w, http.StatusOK, out)
+	})
+	mux.HandleFunc("GET /v1/bpf/policy/{id}", func(w http.ResponseWriter, r *http.Request) {
+		id, err := strconv.ParseUint(r.PathValue("id"), 10, 16)
+		ep, ok := d.datapath.EndpointByID(uint16(id))
+		if err != nil || !ok {
+			writeJSON(w, http.StatusNotFound, api.Error{Message: fmt.Sprintf("endpoint %q not found", r.PathValue("id"))})
+			return
+		}
+		keys, err := d.datapath.PolicyEntries(ep.ID)
+		if err != nil {
+			writeJSON(w, http.StatusInternalServerError, api.Error{Message: err.Error()})
+			return
+		}
+		out := api.BPFPolicy{Endpoint: ep.ID, PolicyMap: datapath.PolicyMapName(ep.ID), Entries: []api.PolicyEntry{}}
+		out.PolicyIngress, out.PolicyEgress = enforcement(ep.PolicyFlags)
+		for _, k := range keys {
+			pk := fromDatapathKey(k)
+			dir := "ingress"
+			if pk.Direction == policy.DirectionEgress {
+				dir = "egress"
+			}
+			out.Entries = append(out.Entries, api.PolicyEntry{
+				Direction: dir, Identity: pk.Identity, Labels: c.labelsOf(pk.Identity),
+				Port: pk.Port, Protocol: strings.ToUpper(protocolName(pk.Proto)),
+			})
+		}
+		writeJSON(w, http.StatusOK, out)
+	})
+	mux.HandleFunc("GET /v1/bpf/ipcache", func(w http.ResponseWriter, _ *http.Request) {
+		entries, err := d.datapath.IPCache()
+		if err != nil {
+			writeJSON(w, http.StatusInternalServerError, api.Error{Message: err.Error()})
+			return
+		}
+		out := []api.IPCacheEntry{}
+		for p, id := range entries {
+			out = append(out, api.IPCacheEntry{Prefix: p.String(), Identity: id, Labels: c.labelsOf(id)})
+		}
+		sort.Slice(out, func(i, j int) bool { return out[i].Prefix < out[j].Prefix })
+		writeJSON(w, http.StatusOK, out)
+	})
+	mux.HandleFunc("GET /v1/monitor", func(w http.ResponseWriter, r *http.Request) {
+		only := r.URL.Query().Get("type")
+		flusher, ok := w.(http.Flusher)
+		if !ok {
+			writeJSON(w, http.StatusInternalServerError, api.Error{Message: "streaming unsupported"})
+			return
+		}
+		events, cancel := d.monitor.subscribe()
+		defer cancel()
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusOK)
+		flusher.Flush()
+		enc := json.NewEncoder(w)
+		for {
+			select {
+			case <-r.Context().Done():
+				return
+			case ev := <-events:
+				if only != "" && ev.Type != only {
+					continue
+				}
+				if enc.Encode(ev) != nil {
+					return
+				}
+				flusher.Flush()
+			}
+		}
+	})
+}
+
+// enforcement names the policy state per direction from the flags.
+func enforcement(flags uint32) (ingress, egress string) {
+	name := func(on bool) string {
+		if !on {
+			return "disabled"
+		}
+		if flags&datapath.FlagAudit != 0 {
+			return "audit"
+		}
+		return "enabled"
+	}
+	return name(flags&datapath.FlagEnforceIngress != 0), name(flags&datapath.FlagEnforceEgress != 0)
 }

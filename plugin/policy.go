@@ -1,0 +1,358 @@
+package plugin
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"strconv"
+	"sync"
+
+	"github.com/sirupsen/logrus"
+	"github.com/vishvananda/netlink"
+
+	"github.com/ebpfnet/ebpfnet/datapath"
+	"github.com/ebpfnet/ebpfnet/dockerwatch"
+	"github.com/ebpfnet/ebpfnet/driver"
+	"github.com/ebpfnet/ebpfnet/identity"
+	"github.com/ebpfnet/ebpfnet/labels"
+	"github.com/ebpfnet/ebpfnet/policy"
+)
+
+// policyController joins the pure policy packages to the datapath: it
+// gives endpoints identities from their containers' labels, keeps the
+// ipcache, compiles the rules for every endpoint and writes only what
+// changed into its policy map.
+//
+// Lock order: the driver calls the hooks with its own lock held, so the
+// controller never calls into the driver while holding mu.
+type policyController struct {
+	log      logrus.FieldLogger
+	datapath *datapath.Datapath
+	driver   *driver.Driver
+	alloc    *identity.Allocator
+	repo     *policy.Repository
+
+	mu sync.Mutex // serialises regeneration and identity changes
+	// hostAddrs are the ipcache prefixes we hold for the host (gateways
+	// and node addresses), so stale ones can be removed.
+	hostAddrs map[netip.Prefix]bool
+	// generation counts regenerations. An endpoint compiled in Prepare is
+	// not yet among the datapath's endpoints, so a regeneration between
+	// Prepare and Created would miss it: Created compares generations.
+	generation uint64
+	preparedAt map[string]uint64 // Docker endpoint ID -> generation
+}
+
+func newPolicyController(libDir string, dp *datapath.Datapath, drv *driver.Driver, log logrus.FieldLogger) (*policyController, error) {
+	alloc, err := identity.NewAllocator(libDir + "/identities.json")
+	if err != nil {
+		return nil, fmt.Errorf("load identities: %w", err)
+	}
+	repo, err := policy.NewRepository(libDir + "/policy.json")
+	if err != nil {
+		return nil, fmt.Errorf("load policy: %w", err)
+	}
+	return &policyController{log: log, datapath: dp, driver: drv, alloc: alloc, repo: repo, hostAddrs: map[netip.Prefix]bool{}, preparedAt: map[string]uint64{}}, nil
+}
+
+// hooks is what the driver calls around an endpoint's life.
+func (c *policyController) hooks() driver.Hooks {
+	return driver.Hooks{
+		Prepare: func(ep *datapath.Endpoint, n driver.Network) {
+			c.mu.Lock()
+			defer c.mu.Unlock()
+			p, err := c.compile(*ep, n)
+			if err != nil {
+				// Fail closed: deny both ways rather than allow all.
+				c.log.WithError(err).Warn("compile a new endpoint's policy; it starts denying all")
+				p = datapath.EndpointPolicy{IngressEnforced: true, EgressEnforced: true}
+			}
+			ep.InitialPolicy = &p
+			c.preparedAt[ep.DockerEndpointID] = c.generation
+		},
+		Created: func(ep datapath.Endpoint, n driver.Network) {
+			c.catchUp(ep, n)
+			if err := c.datapath.UpsertIPCache(netip.PrefixFrom(ep.IPv4.Addr(), 32), ep.Identity); err != nil {
+				c.log.WithError(err).Warn("ipcache entry of a new endpoint")
+			}
+		},
+		Deleted: func(ep datapath.Endpoint) {
+			if err := c.datapath.DeleteIPCache(netip.PrefixFrom(ep.IPv4.Addr(), 32)); err != nil {
+				c.log.WithError(err).Warn("remove a deleted endpoint's ipcache entry")
+			}
+		},
+		NetworksChanged: func() {
+			// Called under the driver's lock: the network list comes later,
+			// from a goroutine that may take it.
+			go c.syncHostAddresses()
+		},
+	}
+}
+
+// compile computes ep's datapath policy. An endpoint still in init is
+// enforced both ways as soon as any rule exists (only rules naming
+// reserved:init allow it anything): it never has an allow-all window.
+// Called with mu held.
+func (c *policyController) compile(ep datapath.Endpoint, n driver.Network) (datapath.EndpointPolicy, error) {
+	mode, err := policy.ParseMode(n.Options[driver.OptionPolicyEnforcement])
+	if err != nil {
+		return datapath.EndpointPolicy{}, err
+	}
+	audit, _ := strconv.ParseBool(n.Options[driver.OptionPolicyAudit])
+	rules := c.repo.Rules()
+	id := identity.ID(ep.Identity)
+	own := policy.Endpoint{Identity: id, Labels: labels.FromDocker(ep.Labels)}
+	if id == identity.Init {
+		own.Labels = labels.FromLabels(labels.Init())
+		if mode == policy.ModeDefault && len(rules) > 0 {
+			mode = policy.ModeAlways
+		}
+	}
+	compiled, err := policy.Compile(rules, own, c.alloc.All(), mode)
+	if err != nil {
+		return datapath.EndpointPolicy{}, err
+	}
+	out := datapath.EndpointPolicy{
+		IngressEnforced: compiled.IngressEnforced,
+		EgressEnforced:  compiled.EgressEnforced,
+		Audit:           audit,
+		Entries:         make(map[datapath.PolicyKey]struct{}, len(compiled.Entries)),
+	}
+	for k := range compiled.Entries {
+		out.Entries[toDatapathKey(k)] = struct{}{}
+	}
+	return out, nil
+}
+
+func toDatapathKey(k policy.Key) datapath.PolicyKey {
+	var port [2]byte
+	binary.BigEndian.PutUint16(port[:], k.Port)
+	return datapath.PolicyKey{
+		Identity:  k.Identity,
+		DPort:     binary.NativeEndian.Uint16(port[:]), // network order in memory
+		Proto:     k.Proto,
+		Direction: k.Direction,
+	}
+}
+
+func fromDatapathKey(k datapath.PolicyKey) policy.Key {
+	var port [2]byte
+	binary.NativeEndian.PutUint16(port[:], k.DPort)
+	return policy.Key{Identity: k.Identity, Port: binary.BigEndian.Uint16(port[:]), Proto: k.Proto, Direction: k.Direction}
+}
+
+// catchUp applies the current policy to a just-created endpoint when a
+// regeneration ran after its policy was compiled in Prepare.
+func (c *policyController) catchUp(ep datapath.Endpoint, n driver.Network) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	gen, ok := c.preparedAt[ep.DockerEndpointID]
+	delete(c.preparedAt, ep.DockerEndpointID)
+	if !ok || gen == c.generation {
+		return
+	}
+	p, err := c.compile(ep, n)
+	if err != nil {
+		p = datapath.EndpointPolicy{IngressEnforced: true, EgressEnforced: true}
+	}
+	if _, _, err := c.datapath.ApplyPolicy(ep.ID, p); err != nil {
+		c.log.WithError(err).WithField("epid", ep.ID).Warn("apply policy to a new endpoint")
+	}
+}
+
+// regenerateAll recompiles every endpoint and writes what changed.
+func (c *policyController) regenerateAll() error {
+	networks := map[string]driver.Network{}
+	for _, n := range c.driver.Networks() {
+		networks[n.ID] = n
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.generation++
+	var firstErr error
+	added, removed := 0, 0
+	for _, ep := range c.datapath.Endpoints() {
+		n, ok := networks[ep.DockerNetworkID]
+		if !ok {
+			continue
+		}
+		p, err := c.compile(ep, n)
+		if err != nil {
+			p = datapath.EndpointPolicy{IngressEnforced: true, EgressEnforced: true}
+			c.log.WithError(err).WithField("epid", ep.ID).Warn("compile policy; the endpoint denies all")
+		}
+		a, r, err := c.datapath.ApplyPolicy(ep.ID, p)
+		added, removed = added+a, removed+r
+		if err != nil && firstErr == nil {
+			firstErr = fmt.Errorf("apply policy to endpoint %d: %w", ep.ID, err)
+		}
+	}
+	c.log.WithFields(logrus.Fields{"added": added, "removed": removed, "revision": c.repo.Revision()}).Debug("policy regenerated")
+	return firstErr
+}
+
+// attach gives the endpoint of a container that joined a network its real
+// identity. It reports false when it cannot tell which endpoint is meant.
+func (c *policyController) attach(a dockerwatch.Attachment) bool {
+	ep, ok := c.matchEndpoint(a)
+	if !ok {
+		return false
+	}
+	if ep.ID == 0 {
+		return true // not ours, or already known
+	}
+	ls := labels.FromDocker(a.Container.Labels)
+	id, err := c.alloc.Allocate(ls)
+	if err != nil {
+		c.log.WithError(err).WithField("epid", ep.ID).Warn("allocate identity; the endpoint stays init")
+		return true
+	}
+	if identity.ID(ep.Identity) != id || ep.ContainerID != a.Container.ID {
+		c.mu.Lock()
+		err = c.datapath.SetEndpointIdentity(ep.ID, uint32(id), a.Container.ID, a.Container.Name, a.Container.Labels)
+		c.mu.Unlock()
+		if err != nil {
+			c.log.WithError(err).WithField("epid", ep.ID).Warn("set endpoint identity")
+			return true
+		}
+		if err := c.datapath.UpsertIPCache(netip.PrefixFrom(ep.IPv4.Addr(), 32), uint32(id)); err != nil {
+			c.log.WithError(err).Warn("ipcache entry of an endpoint")
+		}
+		c.log.WithFields(logrus.Fields{"epid": ep.ID, "container": a.Container.Name, "identity": uint32(id), "labels": ls.String()}).Info("endpoint identity")
+	}
+	if err := c.regenerateAll(); err != nil {
+		c.log.WithError(err).Warn("regenerate policy after an identity change")
+	}
+	return true
+}
+
+// matchEndpoint finds the endpoint an attachment is about. Without an
+// endpoint ID, the one endpoint of that network that has no container yet
+// is it; two such endpoints are ambiguous (ok false). ID 0 means none.
+func (c *policyController) matchEndpoint(a dockerwatch.Attachment) (datapath.Endpoint, bool) {
+	if a.EndpointID != "" {
+		ep, _ := c.datapath.Endpoint(a.EndpointID)
+		return ep, true
+	}
+	var pending []datapath.Endpoint
+	for _, ep := range c.datapath.Endpoints() {
+		if ep.DockerNetworkID != a.NetworkID {
+			continue
+		}
+		if ep.ContainerID == a.Container.ID {
+			return ep, true
+		}
+		if ep.ContainerID == "" {
+			pending = append(pending, ep)
+		}
+	}
+	switch len(pending) {
+	case 0:
+		return datapath.Endpoint{}, true
+	case 1:
+		return pending[0], true
+	}
+	return datapath.Endpoint{}, false
+}
+
+// importRules validates and adds rules, allocates identities for their
+// CIDRs and regenerates every endpoint. A file with any error changes
+// nothing.
+func (c *policyController) importRules(data []byte) (uint64, error) {
+	rules, err := policy.Parse(data)
+	if err != nil {
+		return 0, err
+	}
+	for _, p := range policy.CIDRs(rules) {
+		id, err := c.alloc.AllocateCIDR(p)
+		if err != nil {
+			return 0, fmt.Errorf("identity for %s: %w", p, err)
+		}
+		if err := c.datapath.UpsertIPCache(p, uint32(id)); err != nil {
+			return 0, fmt.Errorf("ipcache entry for %s: %w", p, err)
+		}
+	}
+	rev, err := c.repo.Import(rules)
+	if err != nil {
+		return 0, err
+	}
+	return rev, c.regenerateAll()
+}
+
+func (c *policyController) deleteAll() (uint64, error) {
+	rev, err := c.repo.DeleteAll()
+	if err != nil {
+		return 0, err
+	}
+	return rev, c.regenerateAll()
+}
+
+// rulesJSON returns the rules in force, in Cilium's format.
+func (c *policyController) rulesJSON() (json.RawMessage, uint64, error) {
+	rules, rev := c.repo.Snapshot()
+	if rules == nil {
+		rules = []policy.Rule{}
+	}
+	data, err := json.Marshal(rules)
+	return data, rev, err
+}
+
+// labelsOf resolves an identity to its labels for display.
+func (c *policyController) labelsOf(id uint32) []string {
+	if id == 0 {
+		return []string{"reserved:all"}
+	}
+	ls, ok := c.alloc.Lookup(identity.ID(id))
+	if !ok {
+		return []string{"unknown"}
+	}
+	var out []string
+	for _, l := range ls.Sorted() {
+		out = append(out, l.String())
+	}
+	return out
+}
+
+// syncHostAddresses maps the node's own addresses and every network's
+// gateway to the host identity in the ipcache, and forgets stale ones.
+func (c *policyController) syncHostAddresses() {
+	want := map[netip.Prefix]bool{}
+	for _, n := range c.driver.Networks() {
+		if gw, err := netip.ParseAddr(n.Gateway); err == nil {
+			want[netip.PrefixFrom(gw, 32)] = true
+		}
+	}
+	if addrs, err := netlink.AddrList(nil, netlink.FAMILY_V4); err == nil {
+		for _, a := range addrs {
+			if ip, ok := netip.AddrFromSlice(a.IP.To4()); ok {
+				want[netip.PrefixFrom(ip, 32)] = true
+			}
+		}
+	} else {
+		c.log.WithError(err).Warn("list node addresses for the ipcache")
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for p := range want {
+		if err := c.datapath.UpsertIPCache(p, uint32(identity.Host)); err != nil {
+			c.log.WithError(err).WithField("prefix", p).Warn("ipcache host entry")
+		}
+	}
+	for p := range c.hostAddrs {
+		if !want[p] {
+			_ = c.datapath.DeleteIPCache(p)
+		}
+	}
+	c.hostAddrs = want
+}
+
+// syncEndpointAddresses puts every endpoint's address in the ipcache
+// (after a restart the entries are pinned, but a record may be newer).
+func (c *policyController) syncEndpointAddresses() {
+	for _, ep := range c.datapath.Endpoints() {
+		if err := c.datapath.UpsertIPCache(netip.PrefixFrom(ep.IPv4.Addr(), 32), ep.Identity); err != nil {
+			c.log.WithError(err).WithField("epid", ep.ID).Warn("ipcache entry of a restored endpoint")
+		}
+	}
+}
