@@ -43,7 +43,7 @@ type daemon struct {
 
 // requireEnvironment fails (in CI) or skips when the e2e prerequisites are
 // missing: root, dockerd, the test image and the binary.
-func requireEnvironment(t *testing.T) string {
+func requireEnvironment(t testing.TB) string {
 	t.Helper()
 	testutil.RequireRoot(t)
 	testutil.RequireCommand(t, "docker", "ip", "bpftool")
@@ -67,7 +67,7 @@ func requireEnvironment(t *testing.T) string {
 // daemon is stopped with SIGTERM when the test ends, after the containers
 // and networks the test made: those cleanups were registered later and run
 // first, while the daemon can still answer Docker.
-func startDaemon(t *testing.T, binary string, args ...string) *daemon {
+func startDaemon(t testing.TB, binary string, args ...string) *daemon {
 	t.Helper()
 	d := &daemon{t: t, binary: binary, args: args}
 	d.start()
@@ -110,7 +110,7 @@ func (d *daemon) start() {
 // interrupted earlier run left, once per test binary: they would hold the
 // subnets the tests use. It needs a running daemon, since Docker asks the
 // plugin to delete its networks.
-func removeStaleTestObjects(t *testing.T) {
+func removeStaleTestObjects(t testing.TB) {
 	staleOnce.Do(func() {
 		if ids, _ := tryRun("docker", "ps", "-aq", "--filter", "name=e2e-"); ids != "" {
 			_, _ = tryRun("docker", append([]string{"rm", "-f"}, strings.Fields(ids)...)...)
@@ -196,7 +196,7 @@ func tryRun(name string, args ...string) (string, error) {
 
 // network creates a Docker network with the ebpfnet drivers and removes it
 // when the test ends. It returns the network's ID.
-func network(t *testing.T, name string, args ...string) string {
+func network(t testing.TB, name string, args ...string) string {
 	t.Helper()
 	_, _ = tryRun("docker", "network", "rm", name)
 	full := append([]string{"network", "create", "-d", "ebpfnet", "--ipam-driver", "ebpfnet"}, args...)
@@ -211,7 +211,7 @@ func network(t *testing.T, name string, args ...string) string {
 
 // container starts a detached container and removes it when the test ends.
 // It returns the container's ID.
-func container(t *testing.T, name string, args ...string) string {
+func container(t testing.TB, name string, args ...string) string {
 	t.Helper()
 	_, _ = tryRun("docker", "rm", "-f", name)
 	full := append([]string{"run", "-d", "--name", name}, args...)
@@ -235,7 +235,7 @@ func sleeper(t *testing.T, name, net string, extra ...string) string {
 }
 
 // containerIP returns the container's address on the named network.
-func containerIP(t *testing.T, name, net string) string {
+func containerIP(t testing.TB, name, net string) string {
 	t.Helper()
 	return run(t, "docker", "inspect", "-f", fmt.Sprintf("{{(index .NetworkSettings.Networks %q).IPAddress}}", net), name)
 }
@@ -252,7 +252,7 @@ func ping(from, to string) error {
 }
 
 // endpoints asks the daemon for its endpoints.
-func endpoints(t *testing.T) []api.Endpoint {
+func endpoints(t testing.TB) []api.Endpoint {
 	t.Helper()
 	out := run(t, *binaryFlag, "endpoint", "list", "-o", "json")
 	var eps []api.Endpoint
