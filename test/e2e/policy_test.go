@@ -245,3 +245,65 @@ func TestNewContainerIsUnderPolicyFromItsFirstPacket(t *testing.T) {
 		t.Errorf("a client without a rule got through: %q", out)
 	}
 }
+
+// TestEnforcementModesAndAudit: per network, always denies what no rule
+// allows even with no rules, never ignores the rules, and audit reports
+// what it would deny but drops nothing.
+func TestEnforcementModesAndAudit(t *testing.T) {
+	bin := requireEnvironment(t)
+	startDaemon(t, bin)
+	run(t, bin, "policy", "delete", "--all")
+	t.Cleanup(func() { _, _ = tryRun(bin, "policy", "delete", "--all") })
+	network(t, "e2e-always", "--subnet", "10.243.0.0/24", "-o", "ebpfnet.policy-enforcement=always")
+	network(t, "e2e-never", "--subnet", "10.243.1.0/24", "-o", "ebpfnet.policy-enforcement=never")
+	network(t, "e2e-audit", "--subnet", "10.243.2.0/24", "-o", "ebpfnet.policy-audit=true")
+	for _, n := range []string{"always", "never", "audit"} {
+		httpd(t, "e2e-"+n+"-srv", "e2e-"+n, "--label", "id=app1")
+		sleeper(t, "e2e-"+n+"-cli", "e2e-"+n, "--label", "id=app3")
+	}
+	ip := func(n string) string { return containerIP(t, "e2e-"+n+"-srv", "e2e-"+n) }
+	waitIdentity := func(name string) {
+		eventually(t, 10*time.Second, name+" gets its identity", func() error {
+			for _, ep := range endpoints(t) {
+				if ep.ContainerName == name && ep.Identity >= 256 {
+					return nil
+				}
+			}
+			return fmt.Errorf("not yet")
+		})
+	}
+	for _, n := range []string{"always", "never", "audit"} {
+		waitIdentity("e2e-" + n + "-srv")
+		waitIdentity("e2e-" + n + "-cli")
+	}
+	if err := httpGet("e2e-always-cli", ip("always")); err == nil {
+		t.Error("policy-enforcement=always with no rules let traffic through")
+	}
+	if err := httpGet("e2e-never-cli", ip("never")); err != nil {
+		t.Errorf("policy-enforcement=never, no rules: %v", err)
+	}
+
+	monitor := startMonitor(t, bin)
+	importRules(t, bin, l3Rule) // app1 accepts only app2; the clients are app3
+	if err := httpGet("e2e-never-cli", ip("never")); err != nil {
+		t.Errorf("policy-enforcement=never ignored no rule? app3 -> app1: %v", err)
+	}
+	if err := httpGet("e2e-audit-cli", ip("audit")); err != nil {
+		t.Errorf("audit mode dropped app3 -> app1: %v", err)
+	}
+	eventually(t, 5*time.Second, "audit verdict in the monitor", func() error {
+		if _, ok := monitor.find(func(ev api.MonitorEvent) bool {
+			return ev.Type == "policy-verdict" && ev.Verdict == "audit" && hasLabel(ev.SrcLabels, "container:id=app3")
+		}); !ok {
+			return fmt.Errorf("none among %v", monitor.types())
+		}
+		return nil
+	})
+	var eps []api.Endpoint
+	_ = json.Unmarshal([]byte(run(t, bin, "endpoint", "list", "-o", "json")), &eps)
+	for _, ep := range eps {
+		if ep.ContainerName == "e2e-audit-srv" && ep.PolicyIngress != "audit" {
+			t.Errorf("audit endpoint shows ingress %q, want audit", ep.PolicyIngress)
+		}
+	}
+}
