@@ -3,7 +3,6 @@ package ipam
 import (
 	"net/netip"
 	"testing"
-	"time"
 )
 
 func TestAllocateNextSkipsTakenAndWraps(t *testing.T) {
@@ -32,8 +31,8 @@ func TestAllocateNextSkipsTakenAndWraps(t *testing.T) {
 func TestAllocateNextOnSlash8DoesNotScanThePool(t *testing.T) {
 	p := newPool(LocalAddressSpace, netip.MustParsePrefix("10.0.0.0/8"), netip.Prefix{})
 	// Each call wraps from the end of the range; a search proportional to
-	// the pool (16M addresses) would take minutes for this loop.
-	start := time.Now()
+	// the pool (16M addresses) would make this loop run for hours and hit
+	// the test timeout, so no clock is read here.
 	for i := range 2000 {
 		p.last = netip.MustParseAddr("10.255.255.254")
 		got, _, err := p.allocateNext()
@@ -43,9 +42,6 @@ func TestAllocateNextOnSlash8DoesNotScanThePool(t *testing.T) {
 		if want := addrFrom(u32(netip.MustParseAddr("10.0.0.1")) + uint32(i)); got != want {
 			t.Fatalf("allocation %d = %s, want %s", i, got, want)
 		}
-	}
-	if el := time.Since(start); el > 5*time.Second {
-		t.Fatalf("2000 allocations on a /8 took %s", el)
 	}
 }
 
