@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ebpfnet/ebpfnet/api"
 )
 
 // TestContainersTalkThroughTheirOwnPrograms is the first slice as a user
@@ -197,10 +199,20 @@ func TestDaemonRestartKeepsContainersTalking(t *testing.T) {
 	bin := requireEnvironment(t)
 	d := startDaemon(t, bin)
 	network(t, "e2e-restart", "--subnet", "10.235.0.0/24")
-	httpd(t, "e2e-r1", "e2e-restart")
-	sleeper(t, "e2e-r2", "e2e-restart")
+	httpd(t, "e2e-r1", "e2e-restart", "--label", "id=r1")
+	sleeper(t, "e2e-r2", "e2e-restart", "--label", "id=r2")
 	r1 := containerIP(t, "e2e-r1", "e2e-restart")
-	before := endpoints(t)
+	// Identities are learnt from Docker's events, asynchronously.
+	var before []api.Endpoint
+	eventually(t, 10*time.Second, "both containers get their identities", func() error {
+		before = endpoints(t)
+		for _, ep := range before {
+			if ep.Identity < 256 {
+				return fmt.Errorf("endpoint %d still has identity %d", ep.ID, ep.Identity)
+			}
+		}
+		return nil
+	})
 
 	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGKILL} {
 		d.stop(sig)
@@ -217,7 +229,8 @@ func TestDaemonRestartKeepsContainersTalking(t *testing.T) {
 			t.Fatalf("after %v and restart: %d endpoints listed, want %d", sig, len(after), len(before))
 		}
 		for i := range before {
-			if after[i].ID != before[i].ID || after[i].IPv4 != before[i].IPv4 || after[i].IfName != before[i].IfName {
+			if after[i].ID != before[i].ID || after[i].IPv4 != before[i].IPv4 || after[i].IfName != before[i].IfName ||
+				after[i].Identity != before[i].Identity || after[i].Labels["id"] != before[i].Labels["id"] {
 				t.Errorf("after %v: endpoint %+v restored as %+v", sig, before[i], after[i])
 			}
 		}
