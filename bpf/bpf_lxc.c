@@ -29,6 +29,7 @@
 #include <bpf/bpf_endian.h>
 
 #include "lib/config.h"
+#include "lib/global.h"
 #include "lib/eth.h"
 #include "lib/arp.h"
 #include "lib/maps.h"
@@ -113,24 +114,18 @@ static __always_inline int deliver_local(struct __sk_buff *skb,
  * again. */
 static __always_inline int handle_ipv4(struct __sk_buff *skb)
 {
-	void *data = (void *)(long)skb->data;
-	void *data_end = (void *)(long)skb->data_end;
-	struct ethhdr *eth = data;
-	struct iphdr *iph = data + sizeof(*eth);
+	void *data, *data_end;
+	struct ethhdr *eth;
 	struct endpoint_info *peer;
 	struct self_info self;
 	struct flow f = {};
 	__be32 daddr;
 	int ct;
 
-	if ((void *)(iph + 1) > data_end || iph->ihl < 5)
+	if (flow_parse_ipv4(skb, &f))
 		return drop(skb, DROP_INVALID, METRIC_EGRESS, &f);
-	f.saddr = iph->saddr;
-	f.daddr = iph->daddr;
-	f.proto = iph->protocol;
-	ipv4_fill_l4(skb, iph, &f);
 
-	/* Pointers may be stale after the helper above; re-derive. */
+	/* No packet pointer survives a call (lib/global.h); re-derive. */
 	data = (void *)(long)skb->data;
 	data_end = (void *)(long)skb->data_end;
 	eth = data;
@@ -190,21 +185,16 @@ int from_container(struct __sk_buff *skb)
 SEC("tc")
 int handle_policy(struct __sk_buff *skb)
 {
-	void *data = (void *)(long)skb->data;
-	void *data_end = (void *)(long)skb->data_end;
-	struct ethhdr *eth = data;
-	struct iphdr *iph = data + sizeof(*eth);
+	void *data, *data_end;
+	struct ethhdr *eth;
+	struct iphdr *iph;
 	struct self_info self;
 	struct flow f = {
 		.src_identity = skb->cb[CB_SRC_IDENTITY],
 	};
 
-	if ((void *)(iph + 1) > data_end || iph->ihl < 5)
+	if (flow_parse_ipv4(skb, &f))
 		return drop(skb, DROP_INVALID, METRIC_INGRESS, &f);
-	f.saddr = iph->saddr;
-	f.daddr = iph->daddr;
-	f.proto = iph->protocol;
-	ipv4_fill_l4(skb, iph, &f);
 
 	if (skb->cb[CB_CT_STATE] == CT_NEW) {
 		endpoint_self(&self);
@@ -214,7 +204,7 @@ int handle_policy(struct __sk_buff *skb)
 		ct_create(&f);
 	}
 
-	/* Pointers may be stale after the helper above; re-derive. */
+	/* No packet pointer survives a call (lib/global.h); derive them now. */
 	data = (void *)(long)skb->data;
 	data_end = (void *)(long)skb->data_end;
 	eth = data;
@@ -242,18 +232,13 @@ int to_container(struct __sk_buff *skb)
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
 	struct ethhdr *eth = data;
-	struct iphdr *iph = data + sizeof(*eth);
 	struct self_info self;
 	struct flow f = {};
 
 	if ((void *)(eth + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP))
 		goto pass;
-	if ((void *)(iph + 1) > data_end || iph->ihl < 5)
+	if (flow_parse_ipv4(skb, &f))
 		return drop(skb, DROP_INVALID, METRIC_INGRESS, &f);
-	f.saddr = iph->saddr;
-	f.daddr = iph->daddr;
-	f.proto = iph->protocol;
-	ipv4_fill_l4(skb, iph, &f);
 
 	if (ct_lookup(&f) == CT_NEW) {
 		endpoint_self(&self);

@@ -3,11 +3,11 @@ package datapath
 import "fmt"
 
 // Reason is the verdict a program records in ebpfnet_metrics and drop
-// notifications. It mirrors the enum in bpf/lib/drop.h: values below 128 are
+// notifications. It mirrors the enum in bpf/lib/reason.h: values below 128 are
 // not drops, 128 and above are.
 type Reason uint8
 
-// Verdict reasons; keep in sync with bpf/lib/drop.h.
+// Verdict reasons; keep in sync with bpf/lib/reason.h.
 const (
 	ReasonForwarded    Reason = 0 // delivered to a local peer by redirect
 	ReasonToStack      Reason = 1 // handed to the host stack
@@ -29,7 +29,7 @@ const (
 // IsDrop reports whether the reason stands for a dropped packet.
 func (r Reason) IsDrop() bool { return r >= firstDropReason }
 
-// Name gives the enum name of bpf/lib/drop.h, e.g. DROP_POLICY.
+// Name gives the enum name of bpf/lib/reason.h, e.g. DROP_POLICY.
 func (r Reason) Name() string {
 	switch r {
 	case ReasonForwarded:

@@ -11,6 +11,7 @@
 
 #include <linux/types.h>
 #include <bpf/bpf_helpers.h>
+#include "global.h"
 #include "flow.h"
 #include "maps.h"
 
@@ -62,38 +63,40 @@ static __always_inline void ct_touch(struct ct_entry *e)
 }
 
 /* ct_lookup tells whether a packet opens a flow (CT_NEW) or belongs to one
- * in either direction (CT_ESTABLISHED). */
-static __always_inline int ct_lookup(const struct flow *f)
+ * in either direction (CT_ESTABLISHED). Global (lib/global.h). */
+__global_func int ct_lookup(const struct flow *f)
 {
 	struct ct_entry *e;
 	struct ct_key k;
 
-	if (ct_is_syn(f))
+	if (!f || ct_is_syn(f))
 		return CT_NEW;
 	ct_tuple(f, &k);
 	e = bpf_map_lookup_elem(&ebpfnet_ct4, &k);
-	if (e) {
-		ct_touch(e);
-		return CT_ESTABLISHED;
+	if (!e) {
+		ct_reverse(f, &k);
+		e = bpf_map_lookup_elem(&ebpfnet_ct4, &k);
+		if (!e)
+			return CT_NEW;
 	}
-	ct_reverse(f, &k);
-	e = bpf_map_lookup_elem(&ebpfnet_ct4, &k);
-	if (e) {
-		ct_touch(e);
-		return CT_ESTABLISHED;
-	}
-	return CT_NEW;
+	ct_touch(e);
+	return CT_ESTABLISHED;
 }
 
 /* ct_create records an allowed new flow. Failure (an update racing on a
- * full table) is not fatal: the flow passes, and its replies meet policy. */
-static __always_inline void ct_create(const struct flow *f)
+ * full table) is not fatal: the flow passes, and its replies meet policy.
+ * Global (lib/global.h). Returns 0. */
+__global_func int ct_create(const struct flow *f)
 {
-	struct ct_entry e = { .last_seen = bpf_ktime_get_ns() };
+	struct ct_entry e = {};
 	struct ct_key k;
 
+	if (!f)
+		return 0;
+	e.last_seen = bpf_ktime_get_ns();
 	ct_tuple(f, &k);
 	bpf_map_update_elem(&ebpfnet_ct4, &k, &e, BPF_ANY);
+	return 0;
 }
 
 #endif

@@ -1,4 +1,4 @@
-/* IPv4 helpers: L4 port extraction and TTL decrement. */
+/* IPv4 helpers: parsing into struct flow, TTL decrement. */
 #ifndef EBPFNET_IPV4_H
 #define EBPFNET_IPV4_H
 
@@ -9,7 +9,9 @@
 #include <linux/in.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
+#include "global.h"
 #include "flow.h"
+#include "reason.h"
 
 #define IP_MF 0x2000
 #define IP_OFFSET 0x1fff
@@ -58,6 +60,30 @@ static __always_inline void ipv4_fill_l4(struct __sk_buff *skb,
 			__builtin_memcpy(&f->dport, &icmp[4], sizeof(f->dport));
 		return;
 	}
+}
+
+/* flow_parse_ipv4 fills f's addresses, protocol and L4 fields from the IPv4
+ * packet in skb, behind an Ethernet header. It returns 0, or DROP_INVALID
+ * for a truncated header or a bad IHL, and then writes nothing. Identities
+ * are left alone. Fields the packet does not have (ports of a fragment)
+ * are 0. Global (lib/global.h): every program parses, and the
+ * protocol branches stay in here instead of multiplying the caller's
+ * states. */
+__global_func int flow_parse_ipv4(struct __sk_buff *skb, struct flow *f)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct iphdr *iph = data + ETH_HLEN;
+
+	if (!f || (void *)(iph + 1) > data_end || iph->ihl < 5)
+		return DROP_INVALID;
+	f->saddr = iph->saddr;
+	f->daddr = iph->daddr;
+	f->proto = iph->protocol;
+	f->sport = f->dport = f->policy_dport = 0;
+	f->tcp_flags = 0;
+	ipv4_fill_l4(skb, iph, f);
+	return 0;
 }
 
 /* ipv4_dec_ttl lowers the TTL by one and patches the header checksum

@@ -7,8 +7,10 @@
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 #include "config.h"
+#include "global.h"
 #include "flow.h"
 #include "maps.h"
+#include "reason.h"
 
 #define NOTIFY_DROP 1
 #define NOTIFY_POLICY_VERDICT 2
@@ -37,20 +39,39 @@ struct notify {
 	__u32 len;
 };
 
-/* notify_send reports one event. A full ring buffer (no reader keeping up)
- * loses the event; the packet's fate does not depend on it. */
-static __always_inline void notify_send(struct __sk_buff *skb, __u8 type,
-					__u8 reason, __u8 verdict, __u8 dir,
-					const struct flow *f)
+/* verdict_of: a reason says which verdict an event carries. Drops that are
+ * not a policy decision have none. */
+static __always_inline __u8 verdict_of(__u32 reason)
+{
+	switch (reason) {
+	case REASON_POLICY:
+		return VERDICT_ALLOWED;
+	case REASON_POLICY_AUDIT:
+		return VERDICT_AUDIT;
+	case DROP_POLICY:
+		return VERDICT_DENIED;
+	default:
+		return VERDICT_NONE;
+	}
+}
+
+/* notify_send reports one event, of type NOTIFY_*, for reason (lib/reason.h)
+ * in dir (METRIC_*). It is the only writer of events. A full ring buffer (no
+ * reader keeping up) loses the event; the packet's fate does not depend on
+ * it. Global (lib/global.h). Returns 0. */
+__global_func int notify_send(struct __sk_buff *skb, __u32 type, __u32 reason,
+			      __u32 dir, const struct flow *f)
 {
 	struct notify *n;
 
+	if (!f)
+		return 0;
 	n = bpf_ringbuf_reserve(&ebpfnet_events, sizeof(*n), 0);
 	if (!n)
-		return;
+		return 0;
 	n->type = type;
 	n->reason = reason;
-	n->verdict = verdict;
+	n->verdict = verdict_of(reason);
 	n->dir = dir;
 	n->epid = LXC_ID;
 	n->saddr = f->saddr;
@@ -64,6 +85,7 @@ static __always_inline void notify_send(struct __sk_buff *skb, __u8 type,
 	n->ifindex = skb->ifindex;
 	n->len = skb->len;
 	bpf_ringbuf_submit(n, 0);
+	return 0;
 }
 
 #endif

@@ -5,6 +5,7 @@
 
 #include <linux/types.h>
 #include <bpf/bpf_helpers.h>
+#include "global.h"
 #include "maps.h"
 #include "flow.h"
 #include "drop.h"
@@ -70,7 +71,7 @@ static __always_inline void endpoint_self(struct self_info *s)
 }
 
 /* policy_enforced tells whether flags ask for enforcement in dir. */
-static __always_inline int policy_enforced(__u32 flags, __u8 dir)
+static __always_inline int policy_enforced(__u32 flags, __u32 dir)
 {
 	if (dir == POLICY_INGRESS)
 		return flags & EP_F_ENFORCE_INGRESS;
@@ -78,33 +79,30 @@ static __always_inline int policy_enforced(__u32 flags, __u8 dir)
 }
 
 /* policy_check decides whether a new flow may pass this endpoint in dir
- * (the remote identity is f's destination for egress, its source for
- * ingress) and reports the verdict when enforcement is on. Audit mode turns
- * a denial into a reported pass. The caller drops on 0. One notification
- * site for all verdicts keeps the verifier's work (and endpoint creation)
- * small. */
-static __always_inline int policy_check(struct __sk_buff *skb,
-					const struct flow *f, __u32 flags,
-					__u8 dir)
+ * (POLICY_*; the remote identity is f's destination for egress, its source
+ * for ingress), given the endpoint's flags, and reports the verdict when
+ * enforcement is on. Audit mode turns a denial into a reported pass. The
+ * caller drops on 0. Global (lib/global.h). */
+__global_func int policy_check(struct __sk_buff *skb, const struct flow *f,
+			       __u32 flags, __u32 dir)
 {
-	__u32 remote = dir == POLICY_EGRESS ? f->dst_identity : f->src_identity;
-	__u8 mdir = dir == POLICY_EGRESS ? METRIC_EGRESS : METRIC_INGRESS;
-	__u8 reason = REASON_POLICY, verdict = VERDICT_ALLOWED;
+	__u32 remote, mdir, reason = REASON_POLICY;
 
+	if (!f)
+		return 0;
 	if (!policy_enforced(flags, dir))
 		return 1;
+	remote = dir == POLICY_EGRESS ? f->dst_identity : f->src_identity;
+	mdir = dir == POLICY_EGRESS ? METRIC_EGRESS : METRIC_INGRESS;
 	if (!policy_allows(remote, f->policy_dport, f->proto, dir)) {
+		reason = DROP_POLICY;
 		if (flags & EP_F_AUDIT) {
 			reason = REASON_POLICY_AUDIT;
-			verdict = VERDICT_AUDIT;
 			count(reason, mdir, skb->len);
-		} else {
-			reason = DROP_POLICY;
-			verdict = VERDICT_DENIED;
 		}
 	}
-	notify_send(skb, NOTIFY_POLICY_VERDICT, reason, verdict, mdir, f);
-	return verdict != VERDICT_DENIED;
+	notify_send(skb, NOTIFY_POLICY_VERDICT, reason, mdir, f);
+	return reason != DROP_POLICY;
 }
 
 #endif
