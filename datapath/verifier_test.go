@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"regexp"
 	"testing"
+	"time"
 
 	"github.com/cilium/ebpf"
 
@@ -11,16 +12,13 @@ import (
 	"github.com/ebpfnet/ebpfnet/testutil"
 )
 
-// TestVerifierStats loads one endpoint's programs against private, unpinned
-// maps and logs what the verifier did for each: the instructions it
-// processed and the states it kept. Verification is most of an endpoint's
-// bring-up time (BenchmarkCreateEndpoint), so watch these numbers when
-// changing bpf/.
-func TestVerifierStats(t *testing.T) {
-	testutil.RequireRoot(t)
+// endpointSpecForTest is one endpoint's collection with every map unpinned,
+// so that loading it touches nothing of a running daemon.
+func endpointSpecForTest(tb testing.TB) *ebpf.CollectionSpec {
+	tb.Helper()
 	tmpl, err := parseTemplate(bpf.LXCTemplate)
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	obj, err := tmpl.instantiate(endpointConstants{
 		IPv4:      netip.MustParseAddr("10.251.0.2"),
@@ -31,17 +29,27 @@ func TestVerifierStats(t *testing.T) {
 		IfIndex:   1,
 	})
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	spec, err := tmpl.specFor(obj)
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	spec = spec.Copy()
 	for _, m := range spec.Maps {
 		m.Pinning = ebpf.PinNone
 	}
-	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{
+	return spec
+}
+
+// TestVerifierStats loads one endpoint's programs and logs what the
+// verifier did for each: the instructions it processed, the states it
+// kept and the time it took. Verification is most of an endpoint's
+// bring-up (BenchmarkCreateEndpoint); watch these numbers when changing
+// bpf/.
+func TestVerifierStats(t *testing.T) {
+	testutil.RequireRoot(t)
+	coll, err := ebpf.NewCollectionWithOptions(endpointSpecForTest(t), ebpf.CollectionOptions{
 		Programs: ebpf.ProgramOptions{LogLevel: ebpf.LogLevelStats},
 	})
 	if err != nil {
@@ -58,7 +66,39 @@ func TestVerifierStats(t *testing.T) {
 		}
 		n, _ := info.VerifiedInstructions()
 		total += n
-		t.Logf("%-15s verified_insns %6d  %s", name, n, stats.FindString(p.VerifierLog))
+		t.Logf("%-15s verified_insns %5d; %s", name, n, stats.FindString(p.VerifierLog))
 	}
 	t.Logf("total verified_insns %d", total)
+}
+
+// BenchmarkLoadPrograms measures loading one endpoint's programs alone
+// (verification and JIT, with the .rodata map), against maps created once,
+// and reports the median and 99th percentile.
+func BenchmarkLoadPrograms(b *testing.B) {
+	testutil.RequireRoot(b)
+	spec := endpointSpecForTest(b)
+	maps, err := ebpf.NewCollection(&ebpf.CollectionSpec{Maps: spec.Maps, ByteOrder: spec.ByteOrder})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer maps.Close()
+	repl := make(map[string]*ebpf.Map)
+	for name, m := range maps.Maps {
+		if name != rodataSection {
+			repl[name] = m
+		}
+	}
+	durations := make([]time.Duration, 0, b.N)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		start := time.Now()
+		coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: repl})
+		if err != nil {
+			b.Fatalf("load: %+v", err)
+		}
+		durations = append(durations, time.Since(start))
+		coll.Close()
+	}
+	b.StopTimer()
+	reportPercentiles(b, durations)
 }
