@@ -3,6 +3,8 @@ package main
 import (
 	"fmt"
 	"net/netip"
+	"path/filepath"
+	"strings"
 
 	"github.com/sirupsen/logrus"
 	"github.com/spf13/cobra"
@@ -33,6 +35,10 @@ func newDaemonCommand() *cobra.Command {
 				}
 				cfg.DefaultPools = append(cfg.DefaultPools, prefix.Masked())
 			}
+			if cfg.DriverName == "" {
+				// Docker names a legacy plugin after its socket file.
+				cfg.DriverName = strings.TrimSuffix(filepath.Base(cfg.PluginSocket), ".sock")
+			}
 			if cfg.DefaultPoolSize < 8 || cfg.DefaultPoolSize > 30 {
 				return fmt.Errorf("--default-pool-size %d: must be from 8 to 30", cfg.DefaultPoolSize)
 			}
@@ -53,5 +59,7 @@ func newDaemonCommand() *cobra.Command {
 	f.StringVar(&cfg.LibDir, "lib-dir", cfg.LibDir, "persisted networks, pools and addresses")
 	f.StringVar(&cfg.PinDir, "bpf-dir", cfg.PinDir, "bpffs directory for pinned maps and links")
 	f.StringVar(&cfg.HostDevice, "host-device", cfg.HostDevice, "dummy device that carries the gateway addresses")
+	cfg.DriverName = ""
+	f.StringVar(&cfg.DriverName, "driver-name", envOr("EBPFNET_DRIVER_NAME", ""), "name Docker knows the plugin by (default: the plugin socket's name without .sock)")
 	return cmd
 }
