@@ -1,0 +1,244 @@
+package external
+
+import (
+	"errors"
+	"net/netip"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/sirupsen/logrus"
+)
+
+// fakeTables keeps rules as "table chain spec" lines.
+type fakeTables struct {
+	chains map[string][]string // "table/chain" -> rules
+}
+
+func newFakeTables() *fakeTables { return &fakeTables{chains: map[string][]string{}} }
+
+func (f *fakeTables) ChainExists(table, chain string) (bool, error) {
+	_, ok := f.chains[table+"/"+chain]
+	return ok, nil
+}
+func (f *fakeTables) ClearChain(table, chain string) error {
+	f.chains[table+"/"+chain] = []string{}
+	return nil
+}
+func (f *fakeTables) ClearAndDeleteChain(table, chain string) error {
+	delete(f.chains, table+"/"+chain)
+	return nil
+}
+func (f *fakeTables) AppendUnique(table, chain string, spec ...string) error {
+	k, r := table+"/"+chain, strings.Join(spec, " ")
+	for _, have := range f.chains[k] {
+		if have == r {
+			return nil
+		}
+	}
+	f.chains[k] = append(f.chains[k], r)
+	return nil
+}
+func (f *fakeTables) DeleteIfExists(table, chain string, spec ...string) error {
+	k, r := table+"/"+chain, strings.Join(spec, " ")
+	for i, have := range f.chains[k] {
+		if have == r {
+			f.chains[k] = append(f.chains[k][:i], f.chains[k][i+1:]...)
+			return nil
+		}
+	}
+	return nil
+}
+func (f *fakeTables) List(table, chain string) ([]string, error) {
+	var out []string
+	for _, r := range f.chains[table+"/"+chain] {
+		out = append(out, "-A "+chain+" "+r)
+	}
+	return out, nil
+}
+
+func (f *fakeTables) count(chain string) int {
+	n := 0
+	for k, rules := range f.chains {
+		if strings.HasSuffix(k, "/"+chain) {
+			n += len(rules)
+		}
+	}
+	return n
+}
+
+func newTestManager(t *testing.T, tables *fakeTables, busy map[uint16]bool) *Manager {
+	t.Helper()
+	m, err := New(Config{
+		StatePath: filepath.Join(t.TempDir(), "external.json"),
+		Log:       logrus.New(),
+		Tables:    tables,
+		Sysctl:    func(string, string) error { return nil },
+		CanBind: func(_ uint8, _ netip.Addr, port uint16) error {
+			if busy[port] {
+				return errors.New("address already in use")
+			}
+			return nil
+		},
+		EphemeralRange: func() (uint16, uint16) { return 40000, 40002 },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+var testNet = Network{ID: "net1", Subnet: netip.MustParsePrefix("10.9.0.0/24"), Gateway: netip.MustParseAddr("10.9.0.1"), Masquerade: true}
+
+func TestParseBindingsKeepsIPv4AndChecks(t *testing.T) {
+	opts := map[string]interface{}{OptionPortMap: []interface{}{
+		map[string]interface{}{"Proto": 6.0, "IP": "", "Port": 80.0, "HostIP": "", "HostPort": 8080.0, "HostPortEnd": 8080.0},
+		map[string]interface{}{"Proto": 17.0, "Port": 53.0, "HostIP": "127.0.0.1", "HostPort": 0.0},
+		map[string]interface{}{"Proto": 6.0, "Port": 80.0, "HostIP": "::", "HostPort": 8080.0},
+	}}
+	b, err := ParseBindings(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(b) != 2 || b[0].HostPort != 8080 || b[1].Proto != ProtoUDP || b[1].hostIP() != netip.MustParseAddr("127.0.0.1") {
+		t.Fatalf("bindings %+v", b)
+	}
+	bad := map[string]interface{}{OptionPortMap: []interface{}{map[string]interface{}{"Proto": 132.0, "Port": 80.0}}}
+	if _, err := ParseBindings(bad); err == nil || !strings.Contains(err.Error(), "tcp and udp") {
+		t.Errorf("sctp binding: %v", err)
+	}
+}
+
+func TestProgramRevokeAndLastNetworkRemovesChains(t *testing.T) {
+	tables := newFakeTables()
+	m := newTestManager(t, tables, nil)
+	if err := m.AddNetwork(testNet); err != nil {
+		t.Fatal(err)
+	}
+	if got := tables.count(ChainPostrouting); got != 3 {
+		t.Errorf("%d POSTROUTING rules, want hairpin, node and masquerade", got)
+	}
+	ip := netip.MustParseAddr("10.9.0.2")
+	maps, err := m.Program("net1", "ep1", "lxc1", ip, []Binding{
+		{Proto: ProtoTCP, Port: 80, HostPort: 8080},
+		{Proto: ProtoUDP, Port: 53, HostPort: 0},
+		{Proto: ProtoTCP, Port: 81, HostPort: 9000, HostPortEnd: 9005},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(maps) != 3 || maps[1].HostPort != 40000 || maps[2].HostPort != 9000 {
+		t.Fatalf("mappings %v", maps)
+	}
+	if got := tables.count(ChainDNAT); got != 3 {
+		t.Errorf("%d DNAT rules, want 3", got)
+	}
+	// The same port again, on any address, is refused; another protocol is fine.
+	if _, err := m.Program("net1", "ep2", "lxc2", netip.MustParseAddr("10.9.0.3"), []Binding{{Proto: ProtoTCP, Port: 80, HostIP: "127.0.0.1", HostPort: 8080}}); err == nil || !strings.Contains(err.Error(), "already allocated") {
+		t.Errorf("taken port: %v", err)
+	}
+	if _, err := m.Program("net1", "ep3", "lxc3", netip.MustParseAddr("10.9.0.4"), []Binding{{Proto: ProtoUDP, Port: 80, HostPort: 8080}}); err != nil {
+		t.Errorf("udp 8080 beside tcp 8080: %v", err)
+	}
+	if err := m.Revoke("ep1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Revoke("ep1"); err != nil {
+		t.Fatalf("second revoke: %v", err)
+	}
+	if got := tables.count(ChainDNAT); got != 1 {
+		t.Errorf("%d DNAT rules after revoke, want ep3's", got)
+	}
+	if err := m.RemoveNetwork("net1"); err != nil {
+		t.Fatal(err)
+	}
+	for k, rules := range tables.chains {
+		if strings.Contains(k, "EBPFNET") {
+			t.Errorf("chain %s left after the last network", k)
+		}
+		for _, r := range rules {
+			if strings.Contains(r, "EBPFNET") {
+				t.Errorf("jump left in %s: %s", k, r)
+			}
+		}
+	}
+}
+
+func TestBusyAndDockerPortsAreRefused(t *testing.T) {
+	tables := newFakeTables()
+	tables.chains["nat/DOCKER"] = []string{"! -i docker0 -p tcp -m tcp --dport 7000 -j DNAT --to-destination 172.17.0.2:80"}
+	m := newTestManager(t, tables, map[uint16]bool{7001: true, 40000: true})
+	if err := m.AddNetwork(testNet); err != nil {
+		t.Fatal(err)
+	}
+	ip := netip.MustParseAddr("10.9.0.2")
+	if _, err := m.Program("net1", "ep1", "lxc1", ip, []Binding{{Proto: ProtoTCP, Port: 80, HostPort: 7000}}); err == nil || !strings.Contains(err.Error(), "7000") {
+		t.Errorf("Docker's port: %v", err)
+	}
+	if _, err := m.Program("net1", "ep1", "lxc1", ip, []Binding{{Proto: ProtoTCP, Port: 80, HostPort: 7001}}); err == nil || !strings.Contains(err.Error(), "in use") {
+		t.Errorf("bound port: %v", err)
+	}
+	maps, err := m.Program("net1", "ep1", "lxc1", ip, []Binding{{Proto: ProtoTCP, Port: 80}})
+	if err != nil || maps[0].HostPort != 40001 {
+		t.Errorf("ephemeral port past a busy one: %v %v", maps, err)
+	}
+	if got := tables.count(ChainDNAT); got != 1 {
+		t.Errorf("%d DNAT rules, want only the granted one", got)
+	}
+}
+
+func TestRestoreKeepsLiveEndpointsOnly(t *testing.T) {
+	tables := newFakeTables()
+	m := newTestManager(t, tables, nil)
+	if err := m.AddNetwork(testNet); err != nil {
+		t.Fatal(err)
+	}
+	for _, ep := range []string{"live", "gone"} {
+		if _, err := m.Program("net1", ep, "lxc"+ep, netip.MustParseAddr("10.9.0.2"), []Binding{{Proto: ProtoTCP, Port: 80}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A restart: a new manager from the same state, rules flushed and rebuilt.
+	tables.chains["nat/"+ChainDNAT] = append(tables.chains["nat/"+ChainDNAT], "stale rule")
+	m2, err := New(m.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m2.Restore([]Network{testNet}, map[string]bool{"live": true}); err != nil {
+		t.Fatal(err)
+	}
+	if got := m2.Mappings(); len(got) != 1 || len(got["live"]) != 1 {
+		t.Errorf("mappings after restore: %v", got)
+	}
+	if got := tables.count(ChainDNAT); got != 1 {
+		t.Errorf("%d DNAT rules after restore, want the live endpoint's: %v", got, tables.chains["nat/"+ChainDNAT])
+	}
+	// No network left: everything goes.
+	if err := m2.Restore(nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	if ok, _ := tables.ChainExists("nat", ChainDNAT); ok {
+		t.Error("chains kept with no network")
+	}
+}
+
+func TestInternalNetworkDropsAndPublishesNothing(t *testing.T) {
+	tables := newFakeTables()
+	m := newTestManager(t, tables, nil)
+	n := testNet
+	n.Internal, n.Masquerade = true, false
+	if err := m.AddNetwork(n); err != nil {
+		t.Fatal(err)
+	}
+	if got := tables.count(ChainPostrouting); got != 0 {
+		t.Errorf("%d POSTROUTING rules for an internal network", got)
+	}
+	for _, r := range tables.chains["filter/"+ChainForward] {
+		if !strings.HasSuffix(r, "-j DROP") {
+			t.Errorf("internal network forward rule %q, want only drops", r)
+		}
+	}
+	if _, err := m.Program(n.ID, "ep", "lxc", netip.MustParseAddr("10.9.0.2"), []Binding{{Proto: ProtoTCP, Port: 80}}); err == nil {
+		t.Error("published a port of an internal network")
+	}
+}

@@ -1,0 +1,130 @@
+package external
+
+import (
+	"fmt"
+	"net/netip"
+	"strconv"
+)
+
+// Our chains. Each built-in chain jumps to ours once; every rule of ours
+// lives in ours, so removing ebpfnet is flushing and deleting these and the
+// jumps, and Docker's chains (DOCKER, DOCKER-USER, ...) are never touched.
+const (
+	tableNAT    = "nat"
+	tableFilter = "filter"
+
+	ChainDNAT        = "EBPFNET-DNAT" // published ports; from PREROUTING and OUTPUT
+	ChainPostrouting = "EBPFNET-POSTROUTING"
+	ChainForward     = "EBPFNET-FORWARD"
+	ChainInput       = "EBPFNET-INPUT"
+
+	// lxcDevices matches every endpoint's host-side veth (DESIGN.md names
+	// them lxc + 12 hex digits).
+	lxcDevices = "lxc+"
+)
+
+type rule struct {
+	table, chain string
+	spec         []string
+}
+
+func (r rule) String() string { return fmt.Sprintf("-t %s -A %s %v", r.table, r.chain, r.spec) }
+
+// chains lists our chains with their table.
+var chains = []rule{
+	{table: tableNAT, chain: ChainDNAT},
+	{table: tableNAT, chain: ChainPostrouting},
+	{table: tableFilter, chain: ChainForward},
+	{table: tableFilter, chain: ChainInput},
+}
+
+// jumps are the rules in the built-in chains that lead to ours. DNAT only
+// for local destinations, as Docker does, so forwarded traffic to other
+// hosts never meets our port rules. OUTPUT includes 127.0.0.0/8 (Docker
+// leaves it to docker-proxy): that is how the node reaches a published
+// port on 127.0.0.1 without a proxy.
+var jumps = []rule{
+	{tableNAT, "PREROUTING", []string{"-m", "addrtype", "--dst-type", "LOCAL", "-j", ChainDNAT}},
+	{tableNAT, "OUTPUT", []string{"-m", "addrtype", "--dst-type", "LOCAL", "-j", ChainDNAT}},
+	{tableNAT, "POSTROUTING", []string{"-j", ChainPostrouting}},
+	{tableFilter, "FORWARD", []string{"-j", ChainForward}},
+	{tableFilter, "INPUT", []string{"-j", ChainInput}},
+}
+
+// globalRules are there while any network is. route_localnet (needed on an
+// endpoint's veth for 127.0.0.1 mappings) would also let a container send
+// to the node's 127.0.0.1 services; only the replies of our own DNAT may
+// come in with such a destination (the guard kube-proxy added for
+// CVE-2020-8558).
+var globalRules = []rule{
+	{tableFilter, ChainInput, []string{"-i", lxcDevices, "-d", "127.0.0.0/8",
+		"-m", "conntrack", "!", "--ctstate", "RELATED,ESTABLISHED,DNAT",
+		"-m", "comment", "--comment", "ebpfnet: no martian loopback from containers", "-j", "DROP"}},
+}
+
+// Network is what we need to know of an ebpfnet network.
+type Network struct {
+	ID         string       `json:"id"`
+	Subnet     netip.Prefix `json:"subnet"`
+	Gateway    netip.Addr   `json:"gateway"`
+	Internal   bool         `json:"internal,omitempty"`
+	Masquerade bool         `json:"masquerade"`
+}
+
+func comment(kind, id string) []string {
+	if len(id) > 12 {
+		id = id[:12]
+	}
+	return []string{"-m", "comment", "--comment", "ebpfnet " + kind + " " + id}
+}
+
+// networkRules are a network's own rules, in order.
+func networkRules(n Network) []rule {
+	s, gw := n.Subnet.String(), n.Gateway.String()
+	c := comment("net", n.ID)
+	with := func(table, chain string, spec ...string) rule {
+		return rule{table, chain, append(append([]string{}, c...), spec...)}
+	}
+	if n.Internal {
+		// No path off the node, either way. The node itself still reaches
+		// the containers (INPUT/OUTPUT, not FORWARD), as with the bridge.
+		return []rule{
+			with(tableFilter, ChainForward, "-s", s, "-j", "DROP"),
+			with(tableFilter, ChainForward, "-d", s, "-j", "DROP"),
+		}
+	}
+	out := []rule{
+		// A container reaching a published port of its own network through
+		// the node (hairpin): without SNAT the reply would go straight back
+		// container to container and miss the un-DNAT. The gateway is the
+		// source the bridge would show, and it is host in the ipcache.
+		with(tableNAT, ChainPostrouting, "-s", s, "-d", s, "-m", "conntrack", "--ctstate", "DNAT", "-j", "SNAT", "--to-source", gw),
+		// The node reaching a published port, 127.0.0.1 included: a
+		// loopback source cannot go out of a veth, and the container has
+		// no route back to it anyway.
+		with(tableNAT, ChainPostrouting, "-d", s, "-m", "addrtype", "--src-type", "LOCAL", "-m", "conntrack", "--ctstate", "DNAT", "-j", "SNAT", "--to-source", gw),
+	}
+	if n.Masquerade {
+		out = append(out, with(tableNAT, ChainPostrouting, "-s", s, "!", "-o", lxcDevices, "-j", "MASQUERADE"))
+	}
+	// FORWARD's policy is DROP wherever Docker runs. Out: anything from the
+	// subnet that leaves by another interface than an endpoint's veth
+	// (other ebpfnet networks are kept apart by the datapath itself). In:
+	// replies, and new flows only to published ports (DNAT).
+	return append(out,
+		with(tableFilter, ChainForward, "-s", s, "!", "-o", lxcDevices, "-j", "ACCEPT"),
+		with(tableFilter, ChainForward, "-d", s, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED,DNAT", "-j", "ACCEPT"),
+	)
+}
+
+// mappingRule is the DNAT rule of one published port.
+func mappingRule(endpointID string, m Mapping) rule {
+	spec := []string{"-p", protoName(m.Proto)}
+	if !m.HostIP.IsUnspecified() {
+		spec = append(spec, "-d", m.HostIP.String())
+	}
+	spec = append(spec, "--dport", strconv.Itoa(int(m.HostPort)))
+	spec = append(spec, comment("ep", endpointID)...)
+	spec = append(spec, "-j", "DNAT", "--to-destination", netip.AddrPortFrom(m.ContainerIP, m.ContainerPort).String())
+	return rule{tableNAT, ChainDNAT, spec}
+}
