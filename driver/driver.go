@@ -17,6 +17,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/ebpfnet/ebpfnet/datapath"
+	"github.com/ebpfnet/ebpfnet/external"
 	"github.com/ebpfnet/ebpfnet/identity"
 )
 
@@ -28,6 +29,16 @@ type Datapath interface {
 	CreateEndpoint(*datapath.Endpoint) error
 	DeleteEndpoint(dockerEndpointID string) error
 	Endpoint(dockerEndpointID string) (datapath.Endpoint, bool)
+}
+
+// External is the way off and onto the node: masquerade, --internal
+// isolation and published ports. *external.Manager implements it; nil means
+// none (unit tests, and daemons that do not want it).
+type External interface {
+	AddNetwork(external.Network) error
+	RemoveNetwork(networkID string) error
+	Program(networkID, endpointID, ifName string, ip netip.Addr, bindings []external.Binding) ([]external.Mapping, error)
+	Revoke(endpointID string) error
 }
 
 // Option keys that Docker puts in CreateNetwork's Options.
@@ -63,6 +74,14 @@ func knownOptions() map[string]func(string) error {
 			}
 			return fmt.Errorf("%s=%q: want default, always or never", OptionPolicyEnforcement, v)
 		},
+		// The bridge driver's masquerade switch, under its own name: not an
+		// ebpfnet.* key, so it is checked here rather than refused.
+		external.OptionMasquerade: func(v string) error {
+			if _, err := strconv.ParseBool(v); err != nil {
+				return fmt.Errorf("%s=%q: want true or false", external.OptionMasquerade, v)
+			}
+			return nil
+		},
 		OptionPolicyAudit: func(v string) error {
 			if _, err := strconv.ParseBool(v); err != nil {
 				return fmt.Errorf("%s=%q: want true or false", OptionPolicyAudit, v)
@@ -91,6 +110,7 @@ type Driver struct {
 	log      logrus.FieldLogger
 	datapath Datapath
 	hooks    Hooks
+	external External
 
 	mu       sync.Mutex // serialises every change to networks and endpoints
 	networks *networkStore
@@ -119,6 +139,14 @@ func (d *Driver) SetHooks(h Hooks) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.hooks = h
+}
+
+// SetExternal installs the NAT and port publishing side; call it before
+// serving Docker.
+func (d *Driver) SetExternal(e External) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.external = e
 }
 
 // NetworkByID returns one network.
@@ -213,10 +241,24 @@ func (d *Driver) CreateNetwork(req *network.CreateNetworkRequest) error {
 	if err := d.datapath.AddNetwork(rec.Datapath); err != nil {
 		return fmt.Errorf("create network %s: %w", short(req.NetworkID), err)
 	}
-	if err := d.networks.put(rec); err != nil {
+	undoPlumbing := func() {
 		if undo := d.datapath.RemoveNetwork(rec.Datapath); undo != nil {
-			d.log.WithError(undo).Warn("undo network plumbing after failed persist")
+			d.log.WithError(undo).Warn("undo network plumbing after a failed create")
 		}
+	}
+	if d.external != nil {
+		if err := d.external.AddNetwork(ExternalNetwork(rec.ID, rec.Datapath, rec.Internal, rec.Options)); err != nil {
+			undoPlumbing()
+			return fmt.Errorf("create network %s: external connectivity: %w", short(req.NetworkID), err)
+		}
+	}
+	if err := d.networks.put(rec); err != nil {
+		if d.external != nil {
+			if undo := d.external.RemoveNetwork(rec.ID); undo != nil {
+				d.log.WithError(undo).Warn("undo external connectivity after failed persist")
+			}
+		}
+		undoPlumbing()
 		return fmt.Errorf("create network %s: %w", short(req.NetworkID), err)
 	}
 	d.log.WithFields(logrus.Fields{"network": short(req.NetworkID), "subnet": subnet, "gateway": gateway, "index": index}).Info("network created")
@@ -234,6 +276,11 @@ func (d *Driver) DeleteNetwork(req *network.DeleteNetworkRequest) error {
 	rec, ok := d.networks.get(req.NetworkID)
 	if !ok {
 		return nil
+	}
+	if d.external != nil {
+		if err := d.external.RemoveNetwork(rec.ID); err != nil {
+			return fmt.Errorf("delete network %s: external connectivity: %w", short(req.NetworkID), err)
+		}
 	}
 	if err := d.datapath.RemoveNetwork(rec.Datapath); err != nil {
 		return fmt.Errorf("delete network %s: %w", short(req.NetworkID), err)
@@ -373,14 +420,58 @@ func (d *Driver) DiscoverNew(*network.DiscoveryNotification) error { return nil 
 // DiscoverDelete is for multi-host discovery, which a local driver ignores.
 func (d *Driver) DiscoverDelete(*network.DiscoveryNotification) error { return nil }
 
-// ProgramExternalConnectivity is where published ports will go.
-func (d *Driver) ProgramExternalConnectivity(*network.ProgramExternalConnectivityRequest) error {
+// ProgramExternalConnectivity publishes the container's ports (-p, -P).
+// Docker calls it for the endpoint that gives the container its default
+// gateway, after Join. The remote driver API answers only an error, so a
+// port we choose (-P, -p PORT, a host port range) cannot be told back to
+// Docker: the daemon log and `iptables -t nat -S EBPFNET-DNAT` show it.
+func (d *Driver) ProgramExternalConnectivity(req *network.ProgramExternalConnectivityRequest) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.external == nil {
+		return nil
+	}
+	bindings, err := external.ParseBindings(req.Options)
+	if err != nil {
+		return fmt.Errorf("publish ports: %w", err)
+	}
+	if len(bindings) == 0 {
+		return nil
+	}
+	ep, ok := d.datapath.Endpoint(req.EndpointID)
+	if !ok {
+		return fmt.Errorf("publish ports: unknown endpoint %s", short(req.EndpointID))
+	}
+	if _, err := d.external.Program(req.NetworkID, req.EndpointID, ep.IfName, ep.IPv4.Addr(), bindings); err != nil {
+		return fmt.Errorf("publish ports: %w", err)
+	}
 	return nil
 }
 
-// RevokeExternalConnectivity undoes ProgramExternalConnectivity.
-func (d *Driver) RevokeExternalConnectivity(*network.RevokeExternalConnectivityRequest) error {
+// RevokeExternalConnectivity removes the container's published ports.
+// DeleteEndpoint removes them too (through the daemon's Deleted hook), for
+// the endpoints Docker forgets to revoke.
+func (d *Driver) RevokeExternalConnectivity(req *network.RevokeExternalConnectivityRequest) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.external == nil {
+		return nil
+	}
+	if err := d.external.Revoke(req.EndpointID); err != nil {
+		return fmt.Errorf("revoke published ports: %w", err)
+	}
 	return nil
+}
+
+// ExternalNetwork is what the external side needs of a network. Masquerade
+// is on unless the bridge driver's option turns it off, as on Docker's
+// bridge.
+func ExternalNetwork(id string, n datapath.Network, internal bool, options map[string]string) external.Network {
+	masquerade := true
+	if v, ok := options[external.OptionMasquerade]; ok {
+		masquerade, _ = strconv.ParseBool(v) // checked by knownOptions
+	}
+	return external.Network{ID: id, Subnet: n.Subnet, Gateway: n.Gateway, Internal: internal, Masquerade: masquerade && !internal}
 }
 
 func parseIPAMData(data *network.IPAMData) (netip.Prefix, netip.Addr, error) {
@@ -424,12 +515,12 @@ func parseNetworkOptions(opts map[string]interface{}) (map[string]string, bool, 
 		if k == optionInternal {
 			internal = internal || truthy(v)
 		}
-		if strings.HasPrefix(k, optionPrefix) {
-			check, ok := known[k]
-			if !ok {
-				unknown = append(unknown, k)
-				continue
-			}
+		check, ok := known[k]
+		if !ok && strings.HasPrefix(k, optionPrefix) {
+			unknown = append(unknown, k)
+			continue
+		}
+		if ok {
 			if err := check(s); err != nil {
 				return nil, false, err
 			}

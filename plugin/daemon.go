@@ -25,6 +25,7 @@ import (
 	"github.com/ebpfnet/ebpfnet/datapath"
 	"github.com/ebpfnet/ebpfnet/dockerwatch"
 	"github.com/ebpfnet/ebpfnet/driver"
+	"github.com/ebpfnet/ebpfnet/external"
 	"github.com/ebpfnet/ebpfnet/ipam"
 )
 
@@ -44,7 +45,11 @@ type Config struct {
 	// our leftovers; tests that run without Docker turn it off.
 	Reconcile bool
 	// WatchDocker follows Docker's events to learn containers' labels.
-	WatchDocker     bool
+	WatchDocker bool
+	// External programs masquerade, --internal isolation and published
+	// ports in iptables chains of the node (EBPFNET-*). Off in tests that
+	// run beside a production daemon: the chains are node-wide.
+	External        bool
 	DefaultPools    []netip.Prefix
 	DefaultPoolSize int
 	Version         string
@@ -62,6 +67,7 @@ func DefaultConfig(version string) Config {
 		DriverName:      "ebpfnet",
 		Reconcile:       true,
 		WatchDocker:     true,
+		External:        true,
 		DefaultPools:    []netip.Prefix{netip.MustParsePrefix(ipam.DefaultPoolRange)},
 		DefaultPoolSize: ipam.DefaultPoolPrefixLen,
 		Version:         version,
@@ -77,6 +83,7 @@ type Daemon struct {
 	ipam      *ipam.Driver
 	driver    *driver.Driver
 	policy    *policyController
+	external  *external.Manager
 	monitor   *monitorBroker
 	restored  int
 	// startState is what we held before serving, for reconcileWithDocker.
@@ -142,13 +149,41 @@ func start(cfg Config, log logrus.FieldLogger) (_ *Daemon, err error) {
 	if err != nil {
 		return nil, err
 	}
-	d.driver.SetHooks(d.policy.hooks())
+	hooks := d.policy.hooks()
+	if cfg.External {
+		ext, err := external.New(external.Config{
+			StatePath: filepath.Join(cfg.LibDir, "external.json"), Log: log.WithField("subsys", "external"),
+		})
+		if err != nil {
+			return nil, fmt.Errorf("start external connectivity: %w", err)
+		}
+		d.external = ext
+		d.driver.SetExternal(ext)
+		// Docker revokes published ports on leave, but not for an endpoint
+		// removed while we were down (reconcile deletes it): every delete
+		// revokes too.
+		deleted := hooks.Deleted
+		hooks.Deleted = func(ep datapath.Endpoint) {
+			if deleted != nil {
+				deleted(ep)
+			}
+			if err := d.external.Revoke(ep.DockerEndpointID); err != nil {
+				log.WithError(err).Warn("revoke a deleted endpoint's published ports")
+			}
+		}
+	}
+	d.driver.SetHooks(hooks)
 	d.monitor = newMonitorBroker(d.datapath, d.policy.labelsOf, log.WithField("subsys", "monitor"))
 	restored, err := d.datapath.Restore()
 	if err != nil {
 		return nil, fmt.Errorf("restore endpoints: %w", err)
 	}
 	d.restored = len(restored)
+	if d.external != nil {
+		if err := d.restoreExternal(); err != nil {
+			return nil, err
+		}
+	}
 	// Pinned maps kept the datapath's state; make it match what is
 	// persisted now (rules may have been imported by another version).
 	d.policy.syncEndpointAddresses()
@@ -227,6 +262,32 @@ func (d *Daemon) serve(ctx context.Context) error {
 	d.log.Info("stopped; container datapaths stay in place")
 	if serveErr != nil && !errors.Is(serveErr, net.ErrClosed) && !errors.Is(serveErr, http.ErrServerClosed) {
 		return fmt.Errorf("serve: %w", serveErr)
+	}
+	return nil
+}
+
+// restoreExternal rebuilds our iptables chains for the persisted networks
+// and the endpoints that survived; published ports of endpoints that went
+// while the daemon was down go with them.
+func (d *Daemon) restoreExternal() error {
+	var nets []external.Network
+	for _, n := range d.driver.Networks() {
+		subnet, err := netip.ParsePrefix(n.Subnet)
+		if err != nil {
+			return fmt.Errorf("restore external connectivity: network %s subnet: %w", n.ID, err)
+		}
+		gw, err := netip.ParseAddr(n.Gateway)
+		if err != nil {
+			return fmt.Errorf("restore external connectivity: network %s gateway: %w", n.ID, err)
+		}
+		nets = append(nets, driver.ExternalNetwork(n.ID, datapath.Network{Index: n.Index, Subnet: subnet, Gateway: gw}, n.Internal, n.Options))
+	}
+	alive := map[string]bool{}
+	for _, ep := range d.datapath.Endpoints() {
+		alive[ep.DockerEndpointID] = true
+	}
+	if err := d.external.Restore(nets, alive); err != nil {
+		return fmt.Errorf("restore external connectivity: %w", err)
 	}
 	return nil
 }
