@@ -42,6 +42,9 @@ type Config struct {
 	CanBind func(proto uint8, ip netip.Addr, port uint16) error
 	// EphemeralRange is where HostPort 0 is allocated; tests replace it.
 	EphemeralRange func() (lo, hi uint16)
+	// ChainPrefix names our chains; DefaultChainPrefix when empty. A daemon
+	// beside the production one must use another.
+	ChainPrefix string
 }
 
 // Manager owns our iptables chains and the published ports. Its state is
@@ -51,6 +54,7 @@ type Config struct {
 type Manager struct {
 	cfg Config
 	log logrus.FieldLogger
+	nm  names
 
 	mu sync.Mutex
 	st state
@@ -88,7 +92,14 @@ func New(cfg Config) (*Manager, error) {
 	if cfg.EphemeralRange == nil {
 		cfg.EphemeralRange = ephemeralRange
 	}
-	m := &Manager{cfg: cfg, log: cfg.Log, st: state{Networks: map[string]Network{}, Endpoints: map[string]endpointState{}}}
+	if cfg.ChainPrefix == "" {
+		cfg.ChainPrefix = DefaultChainPrefix
+	}
+	if len(cfg.ChainPrefix) > 16 {
+		// iptables chain names end at 28 characters; "-POSTROUTING" is 12.
+		return nil, fmt.Errorf("chain prefix %q: at most 16 characters", cfg.ChainPrefix)
+	}
+	m := &Manager{cfg: cfg, log: cfg.Log, nm: chainNames(cfg.ChainPrefix), st: state{Networks: map[string]Network{}, Endpoints: map[string]endpointState{}}}
 	data, err := os.ReadFile(cfg.StatePath)
 	switch {
 	case errors.Is(err, os.ErrNotExist):
@@ -135,13 +146,13 @@ func (m *Manager) Restore(networks []Network, endpoints map[string]bool) error {
 		return err
 	}
 	for _, n := range m.sortedNetworks() {
-		if err := m.appendAll(networkRules(n)); err != nil {
+		if err := m.appendAll(m.nm.networkRules(n)); err != nil {
 			return err
 		}
 	}
 	for id, ep := range m.st.Endpoints {
 		for _, mp := range ep.Mappings {
-			if err := m.appendAll([]rule{mappingRule(id, mp)}); err != nil {
+			if err := m.appendAll([]rule{m.nm.mappingRule(id, mp)}); err != nil {
 				return err
 			}
 		}
@@ -159,8 +170,8 @@ func (m *Manager) AddNetwork(n Network) error {
 	if err := m.ensureChains(false); err != nil {
 		return err
 	}
-	if err := m.appendAll(networkRules(n)); err != nil {
-		m.deleteAll(networkRules(n))
+	if err := m.appendAll(m.nm.networkRules(n)); err != nil {
+		m.deleteAll(m.nm.networkRules(n))
 		return err
 	}
 	m.st.Networks[n.ID] = n
@@ -181,7 +192,7 @@ func (m *Manager) RemoveNetwork(id string) error {
 				}
 			}
 		}
-		if err := m.deleteAll(networkRules(n)); err != nil {
+		if err := m.deleteAll(m.nm.networkRules(n)); err != nil {
 			return err
 		}
 		delete(m.st.Networks, id)
@@ -235,7 +246,7 @@ func (m *Manager) Program(networkID, endpointID, ifName string, ip netip.Addr, b
 	}
 	var rules []rule
 	for _, mp := range chosen {
-		rules = append(rules, mappingRule(endpointID, mp))
+		rules = append(rules, m.nm.mappingRule(endpointID, mp))
 	}
 	if err := m.appendAll(rules); err != nil {
 		m.deleteAll(rules)
@@ -283,7 +294,7 @@ func (m *Manager) revokeLocked(endpointID string) error {
 	ep := m.st.Endpoints[endpointID]
 	var rules []rule
 	for _, mp := range ep.Mappings {
-		rules = append(rules, mappingRule(endpointID, mp))
+		rules = append(rules, m.nm.mappingRule(endpointID, mp))
 	}
 	if err := m.deleteAll(rules); err != nil {
 		return fmt.Errorf("revoke published ports of %s: %w", short(endpointID), err)
@@ -390,7 +401,7 @@ func parseDockerRules(lines []string) []Mapping {
 // ensureChains creates our chains and jumps; flush empties them first
 // (Restore refills them from the state).
 func (m *Manager) ensureChains(flush bool) error {
-	for _, c := range chains {
+	for _, c := range m.nm.chains() {
 		exists, err := m.cfg.Tables.ChainExists(c.table, c.chain)
 		if err != nil {
 			return fmt.Errorf("look up chain %s: %w", c.chain, err)
@@ -402,10 +413,10 @@ func (m *Manager) ensureChains(flush bool) error {
 			}
 		}
 	}
-	if err := m.appendAll(jumps); err != nil {
+	if err := m.appendAll(m.nm.jumps()); err != nil {
 		return err
 	}
-	if err := m.appendAll(globalRules); err != nil {
+	if err := m.appendAll(m.nm.globalRules()); err != nil {
 		return err
 	}
 	// Forwarding is what carries containers' traffic off the node; Docker
@@ -418,10 +429,10 @@ func (m *Manager) ensureChains(flush bool) error {
 
 // removeChains removes the jumps, then our chains. Idempotent.
 func (m *Manager) removeChains() error {
-	if err := m.deleteAll(jumps); err != nil {
+	if err := m.deleteAll(m.nm.jumps()); err != nil {
 		return err
 	}
-	for _, c := range chains {
+	for _, c := range m.nm.chains() {
 		exists, err := m.cfg.Tables.ChainExists(c.table, c.chain)
 		if err != nil {
 			return fmt.Errorf("look up chain %s: %w", c.chain, err)
@@ -467,7 +478,7 @@ func (m *Manager) deleteAll(rules []rule) error {
 // chainGone says whether r lives in or jumps to one of our chains that is
 // not there.
 func (m *Manager) chainGone(r rule) (bool, error) {
-	for _, c := range chains {
+	for _, c := range m.nm.chains() {
 		if c.table != r.table {
 			continue
 		}

@@ -115,7 +115,7 @@ func TestProgramRevokeAndLastNetworkRemovesChains(t *testing.T) {
 	if err := m.AddNetwork(testNet); err != nil {
 		t.Fatal(err)
 	}
-	if got := tables.count(ChainPostrouting); got != 3 {
+	if got := tables.count("EBPFNET-POSTROUTING"); got != 3 {
 		t.Errorf("%d POSTROUTING rules, want hairpin, node and masquerade", got)
 	}
 	ip := netip.MustParseAddr("10.9.0.2")
@@ -130,7 +130,7 @@ func TestProgramRevokeAndLastNetworkRemovesChains(t *testing.T) {
 	if len(maps) != 3 || maps[1].HostPort != 40000 || maps[2].HostPort != 9000 {
 		t.Fatalf("mappings %v", maps)
 	}
-	if got := tables.count(ChainDNAT); got != 3 {
+	if got := tables.count("EBPFNET-DNAT"); got != 3 {
 		t.Errorf("%d DNAT rules, want 3", got)
 	}
 	// The same port again, on any address, is refused; another protocol is fine.
@@ -146,7 +146,7 @@ func TestProgramRevokeAndLastNetworkRemovesChains(t *testing.T) {
 	if err := m.Revoke("ep1"); err != nil {
 		t.Fatalf("second revoke: %v", err)
 	}
-	if got := tables.count(ChainDNAT); got != 1 {
+	if got := tables.count("EBPFNET-DNAT"); got != 1 {
 		t.Errorf("%d DNAT rules after revoke, want ep3's", got)
 	}
 	if err := m.RemoveNetwork("net1"); err != nil {
@@ -182,7 +182,7 @@ func TestBusyAndDockerPortsAreRefused(t *testing.T) {
 	if err != nil || maps[0].HostPort != 40001 {
 		t.Errorf("ephemeral port past a busy one: %v %v", maps, err)
 	}
-	if got := tables.count(ChainDNAT); got != 1 {
+	if got := tables.count("EBPFNET-DNAT"); got != 1 {
 		t.Errorf("%d DNAT rules, want only the granted one", got)
 	}
 }
@@ -199,7 +199,7 @@ func TestRestoreKeepsLiveEndpointsOnly(t *testing.T) {
 		}
 	}
 	// A restart: a new manager from the same state, rules flushed and rebuilt.
-	tables.chains["nat/"+ChainDNAT] = append(tables.chains["nat/"+ChainDNAT], "stale rule")
+	tables.chains["nat/EBPFNET-DNAT"] = append(tables.chains["nat/EBPFNET-DNAT"], "stale rule")
 	m2, err := New(m.cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -210,14 +210,14 @@ func TestRestoreKeepsLiveEndpointsOnly(t *testing.T) {
 	if got := m2.Mappings(); len(got) != 1 || len(got["live"]) != 1 {
 		t.Errorf("mappings after restore: %v", got)
 	}
-	if got := tables.count(ChainDNAT); got != 1 {
-		t.Errorf("%d DNAT rules after restore, want the live endpoint's: %v", got, tables.chains["nat/"+ChainDNAT])
+	if got := tables.count("EBPFNET-DNAT"); got != 1 {
+		t.Errorf("%d DNAT rules after restore, want the live endpoint's: %v", got, tables.chains["nat/EBPFNET-DNAT"])
 	}
 	// No network left: everything goes.
 	if err := m2.Restore(nil, nil); err != nil {
 		t.Fatal(err)
 	}
-	if ok, _ := tables.ChainExists("nat", ChainDNAT); ok {
+	if ok, _ := tables.ChainExists("nat", "EBPFNET-DNAT"); ok {
 		t.Error("chains kept with no network")
 	}
 }
@@ -230,15 +230,41 @@ func TestInternalNetworkDropsAndPublishesNothing(t *testing.T) {
 	if err := m.AddNetwork(n); err != nil {
 		t.Fatal(err)
 	}
-	if got := tables.count(ChainPostrouting); got != 0 {
+	if got := tables.count("EBPFNET-POSTROUTING"); got != 0 {
 		t.Errorf("%d POSTROUTING rules for an internal network", got)
 	}
-	for _, r := range tables.chains["filter/"+ChainForward] {
+	for _, r := range tables.chains["filter/EBPFNET-FORWARD"] {
 		if !strings.HasSuffix(r, "-j DROP") {
 			t.Errorf("internal network forward rule %q, want only drops", r)
 		}
 	}
 	if _, err := m.Program(n.ID, "ep", "lxc", netip.MustParseAddr("10.9.0.2"), []Binding{{Proto: ProtoTCP, Port: 80}}); err == nil {
 		t.Error("published a port of an internal network")
+	}
+}
+
+func TestTwoPrefixesLeaveEachOtherAlone(t *testing.T) {
+	tables := newFakeTables()
+	prod := newTestManager(t, tables, nil)
+	cfg := prod.cfg
+	cfg.StatePath = filepath.Join(t.TempDir(), "other.json")
+	cfg.ChainPrefix = "EBPFNET-1a2b3c"
+	other, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := prod.AddNetwork(testNet); err != nil {
+		t.Fatal(err)
+	}
+	// The other daemon starts with no network: it removes only its own.
+	if err := other.Restore(nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	if ok, _ := tables.ChainExists("nat", "EBPFNET-DNAT"); !ok || tables.count("EBPFNET-POSTROUTING") != 3 {
+		t.Errorf("a second prefix's restore removed the first's chains: %v", tables.chains)
+	}
+	cfg.ChainPrefix = "EBPFNET-too-long-a-name"
+	if _, err := New(cfg); err == nil {
+		t.Error("a prefix too long for iptables chain names was accepted")
 	}
 }

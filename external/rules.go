@@ -9,14 +9,16 @@ import (
 // Our chains. Each built-in chain jumps to ours once; every rule of ours
 // lives in ours, so removing ebpfnet is flushing and deleting these and the
 // jumps, and Docker's chains (DOCKER, DOCKER-USER, ...) are never touched.
+// The production daemon's chains are EBPFNET-DNAT (published ports; from
+// PREROUTING and OUTPUT), EBPFNET-POSTROUTING, EBPFNET-FORWARD and
+// EBPFNET-INPUT; a second daemon on other paths (a benchmark's) uses
+// another prefix, so that neither removes the other's chains.
 const (
 	tableNAT    = "nat"
 	tableFilter = "filter"
 
-	ChainDNAT        = "EBPFNET-DNAT" // published ports; from PREROUTING and OUTPUT
-	ChainPostrouting = "EBPFNET-POSTROUTING"
-	ChainForward     = "EBPFNET-FORWARD"
-	ChainInput       = "EBPFNET-INPUT"
+	// DefaultChainPrefix names the production daemon's chains.
+	DefaultChainPrefix = "EBPFNET"
 
 	// lxcDevices matches every endpoint's host-side veth (DESIGN.md names
 	// them lxc + 12 hex digits).
@@ -30,12 +32,23 @@ type rule struct {
 
 func (r rule) String() string { return fmt.Sprintf("-t %s -A %s %v", r.table, r.chain, r.spec) }
 
+// names are one manager's chain names.
+type names struct {
+	dnat, postrouting, forward, input string
+}
+
+func chainNames(prefix string) names {
+	return names{prefix + "-DNAT", prefix + "-POSTROUTING", prefix + "-FORWARD", prefix + "-INPUT"}
+}
+
 // chains lists our chains with their table.
-var chains = []rule{
-	{table: tableNAT, chain: ChainDNAT},
-	{table: tableNAT, chain: ChainPostrouting},
-	{table: tableFilter, chain: ChainForward},
-	{table: tableFilter, chain: ChainInput},
+func (nm names) chains() []rule {
+	return []rule{
+		{table: tableNAT, chain: nm.dnat},
+		{table: tableNAT, chain: nm.postrouting},
+		{table: tableFilter, chain: nm.forward},
+		{table: tableFilter, chain: nm.input},
+	}
 }
 
 // jumps are the rules in the built-in chains that lead to ours. DNAT only
@@ -43,12 +56,14 @@ var chains = []rule{
 // hosts never meets our port rules. OUTPUT includes 127.0.0.0/8 (Docker
 // leaves it to docker-proxy): that is how the node reaches a published
 // port on 127.0.0.1 without a proxy.
-var jumps = []rule{
-	{tableNAT, "PREROUTING", []string{"-m", "addrtype", "--dst-type", "LOCAL", "-j", ChainDNAT}},
-	{tableNAT, "OUTPUT", []string{"-m", "addrtype", "--dst-type", "LOCAL", "-j", ChainDNAT}},
-	{tableNAT, "POSTROUTING", []string{"-j", ChainPostrouting}},
-	{tableFilter, "FORWARD", []string{"-j", ChainForward}},
-	{tableFilter, "INPUT", []string{"-j", ChainInput}},
+func (nm names) jumps() []rule {
+	return []rule{
+		{tableNAT, "PREROUTING", []string{"-m", "addrtype", "--dst-type", "LOCAL", "-j", nm.dnat}},
+		{tableNAT, "OUTPUT", []string{"-m", "addrtype", "--dst-type", "LOCAL", "-j", nm.dnat}},
+		{tableNAT, "POSTROUTING", []string{"-j", nm.postrouting}},
+		{tableFilter, "FORWARD", []string{"-j", nm.forward}},
+		{tableFilter, "INPUT", []string{"-j", nm.input}},
+	}
 }
 
 // globalRules are there while any network is. route_localnet (needed on an
@@ -56,10 +71,12 @@ var jumps = []rule{
 // to the node's 127.0.0.1 services; only the replies of our own DNAT may
 // come in with such a destination (the guard kube-proxy added for
 // CVE-2020-8558).
-var globalRules = []rule{
-	{tableFilter, ChainInput, []string{"-i", lxcDevices, "-d", "127.0.0.0/8",
-		"-m", "conntrack", "!", "--ctstate", "RELATED,ESTABLISHED,DNAT",
-		"-m", "comment", "--comment", "ebpfnet: no martian loopback from containers", "-j", "DROP"}},
+func (nm names) globalRules() []rule {
+	return []rule{
+		{tableFilter, nm.input, []string{"-i", lxcDevices, "-d", "127.0.0.0/8",
+			"-m", "conntrack", "!", "--ctstate", "RELATED,ESTABLISHED,DNAT",
+			"-m", "comment", "--comment", "ebpfnet: no martian loopback from containers", "-j", "DROP"}},
+	}
 }
 
 // Network is what we need to know of an ebpfnet network.
@@ -79,7 +96,7 @@ func comment(kind, id string) []string {
 }
 
 // networkRules are a network's own rules, in order.
-func networkRules(n Network) []rule {
+func (nm names) networkRules(n Network) []rule {
 	s, gw := n.Subnet.String(), n.Gateway.String()
 	c := comment("net", n.ID)
 	with := func(table, chain string, spec ...string) rule {
@@ -89,8 +106,8 @@ func networkRules(n Network) []rule {
 		// No path off the node, either way. The node itself still reaches
 		// the containers (INPUT/OUTPUT, not FORWARD), as with the bridge.
 		return []rule{
-			with(tableFilter, ChainForward, "-s", s, "-j", "DROP"),
-			with(tableFilter, ChainForward, "-d", s, "-j", "DROP"),
+			with(tableFilter, nm.forward, "-s", s, "-j", "DROP"),
+			with(tableFilter, nm.forward, "-d", s, "-j", "DROP"),
 		}
 	}
 	out := []rule{
@@ -98,27 +115,27 @@ func networkRules(n Network) []rule {
 		// the node (hairpin): without SNAT the reply would go straight back
 		// container to container and miss the un-DNAT. The gateway is the
 		// source the bridge would show, and it is host in the ipcache.
-		with(tableNAT, ChainPostrouting, "-s", s, "-d", s, "-m", "conntrack", "--ctstate", "DNAT", "-j", "SNAT", "--to-source", gw),
+		with(tableNAT, nm.postrouting, "-s", s, "-d", s, "-m", "conntrack", "--ctstate", "DNAT", "-j", "SNAT", "--to-source", gw),
 		// The node reaching a published port, 127.0.0.1 included: a
 		// loopback source cannot go out of a veth, and the container has
 		// no route back to it anyway.
-		with(tableNAT, ChainPostrouting, "-d", s, "-m", "addrtype", "--src-type", "LOCAL", "-m", "conntrack", "--ctstate", "DNAT", "-j", "SNAT", "--to-source", gw),
+		with(tableNAT, nm.postrouting, "-d", s, "-m", "addrtype", "--src-type", "LOCAL", "-m", "conntrack", "--ctstate", "DNAT", "-j", "SNAT", "--to-source", gw),
 	}
 	if n.Masquerade {
-		out = append(out, with(tableNAT, ChainPostrouting, "-s", s, "!", "-o", lxcDevices, "-j", "MASQUERADE"))
+		out = append(out, with(tableNAT, nm.postrouting, "-s", s, "!", "-o", lxcDevices, "-j", "MASQUERADE"))
 	}
 	// FORWARD's policy is DROP wherever Docker runs. Out: anything from the
 	// subnet that leaves by another interface than an endpoint's veth
 	// (other ebpfnet networks are kept apart by the datapath itself). In:
 	// replies, and new flows only to published ports (DNAT).
 	return append(out,
-		with(tableFilter, ChainForward, "-s", s, "!", "-o", lxcDevices, "-j", "ACCEPT"),
-		with(tableFilter, ChainForward, "-d", s, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED,DNAT", "-j", "ACCEPT"),
+		with(tableFilter, nm.forward, "-s", s, "!", "-o", lxcDevices, "-j", "ACCEPT"),
+		with(tableFilter, nm.forward, "-d", s, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED,DNAT", "-j", "ACCEPT"),
 	)
 }
 
 // mappingRule is the DNAT rule of one published port.
-func mappingRule(endpointID string, m Mapping) rule {
+func (nm names) mappingRule(endpointID string, m Mapping) rule {
 	spec := []string{"-p", protoName(m.Proto)}
 	if !m.HostIP.IsUnspecified() {
 		spec = append(spec, "-d", m.HostIP.String())
@@ -126,5 +143,5 @@ func mappingRule(endpointID string, m Mapping) rule {
 	spec = append(spec, "--dport", strconv.Itoa(int(m.HostPort)))
 	spec = append(spec, comment("ep", endpointID)...)
 	spec = append(spec, "-j", "DNAT", "--to-destination", netip.AddrPortFrom(m.ContainerIP, m.ContainerPort).String())
-	return rule{tableNAT, ChainDNAT, spec}
+	return rule{tableNAT, nm.dnat, spec}
 }

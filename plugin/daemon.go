@@ -6,6 +6,8 @@ package plugin
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -152,7 +154,9 @@ func start(cfg Config, log logrus.FieldLogger) (_ *Daemon, err error) {
 	hooks := d.policy.hooks()
 	if cfg.External {
 		ext, err := external.New(external.Config{
-			StatePath: filepath.Join(cfg.LibDir, "external.json"), Log: log.WithField("subsys", "external"),
+			StatePath:   filepath.Join(cfg.LibDir, "external.json"),
+			Log:         log.WithField("subsys", "external"),
+			ChainPrefix: chainPrefix(cfg.DriverName),
 		})
 		if err != nil {
 			return nil, fmt.Errorf("start external connectivity: %w", err)
@@ -264,6 +268,18 @@ func (d *Daemon) serve(ctx context.Context) error {
 		return fmt.Errorf("serve: %w", serveErr)
 	}
 	return nil
+}
+
+// chainPrefix names our iptables chains. The production daemon's are
+// EBPFNET-*; a daemon serving another plugin name (a benchmark's, beside the
+// production one) gets chains of its own, so that neither flushes or
+// deletes the other's. A hash keeps any name within iptables' 28 characters.
+func chainPrefix(driverName string) string {
+	if driverName == "" || driverName == "ebpfnet" {
+		return external.DefaultChainPrefix
+	}
+	sum := sha256.Sum256([]byte(driverName))
+	return external.DefaultChainPrefix + "-" + hex.EncodeToString(sum[:3])
 }
 
 // restoreExternal rebuilds our iptables chains for the persisted networks
