@@ -262,6 +262,16 @@ func TestExternalMasqueradeAndPublishedPorts(t *testing.T) {
 		return nil
 	})
 
+	// A host IP of choice: 127.0.0.1 only, so the node reaches it and the
+	// outside host does not.
+	httpd(t, "e2e-ext-lo", "e2e-ext", "-p", "127.0.0.1:18082:80")
+	if page, err := tryRun("busybox", "timeout", "4", "busybox", "wget", "-q", "-O", "-", "http://127.0.0.1:18082/"); err != nil || !strings.Contains(page, "hello from ebpfnet") {
+		t.Errorf("node -> 127.0.0.1:18082 (published on 127.0.0.1 only): %q, %v", page, err)
+	}
+	if page, err := out.get("http://" + nodeOnOut + ":18082/"); err == nil {
+		t.Errorf("outside reached a port published on 127.0.0.1 only: %q", page)
+	}
+
 	// A host port range: the first free port of it; -P: one of the
 	// ephemeral range. Docker cannot learn which from a remote driver, so
 	// the test reads our rules, as a user would.
@@ -324,7 +334,7 @@ func TestExternalMasqueradeAndPublishedPorts(t *testing.T) {
 
 	// Nothing left behind: each container's rules go with it, the network's
 	// with the network, and our chains with the last network.
-	for _, name := range []string{"e2e-ext-web", "e2e-ext-udp", "e2e-ext-range", "e2e-ext-all"} {
+	for _, name := range []string{"e2e-ext-web", "e2e-ext-udp", "e2e-ext-lo", "e2e-ext-range", "e2e-ext-all"} {
 		run(t, "docker", "rm", "-f", name)
 	}
 	if rules := dnatRules(t); strings.Contains(rules, "-j DNAT") {
