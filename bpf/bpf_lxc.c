@@ -25,6 +25,7 @@
 #include <linux/ip.h>
 #include <linux/in.h>
 #include <linux/pkt_cls.h>
+#include <linux/if_packet.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
@@ -40,8 +41,12 @@
 #include "lib/policy.h"
 
 /* handle_arp answers the container's ARP requests for any address but its
- * own with NODE_MAC: every destination, peer or gateway, is reached through
- * the host veth. ARP that claims someone else's MAC or IP is spoofing. */
+ * own: a container of the same network is at its own MAC, so packets to it
+ * arrive addressed to the receiver already and local delivery rewrites
+ * nothing (a write would copy every cloned TCP packet); everything else, the
+ * gateway first, is at NODE_MAC, the host veth. Every answer comes from
+ * here, and every packet still goes through this program. ARP that claims
+ * someone else's MAC or IP is spoofing. */
 static __always_inline int handle_arp(struct __sk_buff *skb)
 {
 	void *data = (void *)(long)skb->data;
@@ -62,7 +67,13 @@ static __always_inline int handle_arp(struct __sk_buff *skb)
 		return drop(skb, DROP_INVALID_SIP, METRIC_EGRESS, &f);
 
 	if (arp->op == bpf_htons(ARP_OP_REQUEST) && f.daddr != LXC_IPV4) {
-		arp_make_reply(eth, arp);
+		__be32 target = f.daddr;
+		struct endpoint_info *peer = bpf_map_lookup_elem(&ebpfnet_endpoints, &target);
+
+		if (peer && peer->network_id == NETWORK_ID)
+			arp_make_reply(eth, arp, peer->lxc_mac);
+		else
+			arp_make_reply(eth, arp, NODE_MAC);
 		count(REASON_ARP_REPLY, METRIC_EGRESS, skb->len);
 		/* Out of the same veth: its peer is the container. */
 		return bpf_redirect(skb->ifindex, 0);
@@ -92,11 +103,6 @@ static __always_inline int deliver_local(struct __sk_buff *skb,
 
 	if ((void *)(iph + 1) > data_end)
 		return drop(skb, DROP_INVALID, METRIC_EGRESS, f);
-	/* Let the host stack own expiry: it sends the ICMP error. */
-	if (iph->ttl <= 1) {
-		count(REASON_TO_STACK, METRIC_EGRESS, skb->len);
-		return TC_ACT_OK;
-	}
 	skb->cb[CB_SRC_IDENTITY] = self->identity;
 	skb->cb[CB_CT_STATE] = ct;
 	bpf_tail_call(skb, &ebpfnet_policy_calls, peer->epid);
@@ -153,6 +159,18 @@ static __always_inline int handle_ipv4(struct __sk_buff *skb)
 		return deliver_local(skb, peer, &self, &f, ct);
 	if (ct == CT_NEW)
 		ct_create(&f);
+	/* A container that still holds the MAC of a peer that has gone sends
+	 * to it; the host only takes frames addressed to NODE_MAC. */
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return drop(skb, DROP_INVALID, METRIC_EGRESS, &f);
+	if (!mac_eq(eth->h_dest, NODE_MAC)) {
+		mac_copy(eth->h_dest, NODE_MAC);
+		/* The veth classified the frame before we ran: not for us. */
+		bpf_skb_change_type(skb, PACKET_HOST);
+	}
 	count(REASON_TO_STACK, METRIC_EGRESS, skb->len);
 	return TC_ACT_OK;
 }
@@ -211,10 +229,12 @@ int handle_policy(struct __sk_buff *skb)
 	iph = data + sizeof(*eth);
 	if ((void *)(iph + 1) > data_end)
 		return drop(skb, DROP_INVALID, METRIC_INGRESS, &f);
-	ipv4_dec_ttl(iph);
-	/* The container sees the packet as coming from its gateway MAC. */
-	mac_copy(eth->h_dest, LXC_MAC);
-	mac_copy(eth->h_source, NODE_MAC);
+	/* Containers of one network are one L2 segment, as on Docker's bridge:
+	 * the frame arrives as the sender built it, TTL untouched. Only a
+	 * sender whose ARP entry is older than this endpoint (its address was
+	 * reused) needs its destination MAC put right. */
+	if (!mac_eq(eth->h_dest, LXC_MAC))
+		mac_copy(eth->h_dest, LXC_MAC);
 
 	count(REASON_FORWARDED, METRIC_INGRESS, skb->len);
 	return bpf_redirect_peer(LXC_IFINDEX, 0);

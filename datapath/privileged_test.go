@@ -276,6 +276,24 @@ func TestDatapathLocalDelivery(t *testing.T) {
 	if got := e.metric(ReasonForwarded, DirIngress); got < fwd+4 {
 		t.Errorf("forwarded by redirect: %d -> %d, want at least 4 more", fwd, got)
 	}
+	// A peer of the same network is answered with its own MAC, so local
+	// delivery writes nothing into the packet.
+	if neigh := run(t, "ip", "-n", nsA, "neigh", "show", b.IPv4.Addr().String()); !strings.Contains(neigh, b.LXCMAC.String()) {
+		t.Errorf("peer neighbour in container is %q, want the peer's MAC %s", neigh, b.LXCMAC)
+	}
+	// A stale entry (the address was reused by another endpoint) and a
+	// peer MAC used for a non-endpoint address still get through.
+	run(t, "ip", "-n", nsA, "neigh", "replace", b.IPv4.Addr().String(), "lladdr", "02:00:00:00:00:99", "dev", "eth0", "nud", "permanent")
+	if !ping(nsA, b.IPv4.Addr()) {
+		t.Error("container -> container with a stale neighbour entry: no reply")
+	}
+	run(t, "ip", "-n", nsA, "neigh", "replace", n.Gateway.String(), "lladdr", b.LXCMAC.String(), "dev", "eth0", "nud", "permanent")
+	if !ping(nsA, n.Gateway) {
+		t.Error("container -> gateway with a stale neighbour entry: no reply")
+	}
+	run(t, "ip", "-n", nsA, "neigh", "del", b.IPv4.Addr().String(), "dev", "eth0")
+	run(t, "ip", "-n", nsA, "neigh", "del", n.Gateway.String(), "dev", "eth0")
+
 	// The redirect bypasses the host stack: the receiver's host veth must
 	// not have sent the ping and the TCP exchange (at least 6 packets).
 	// The kernel's own IPv6 chatter on a new link may add one or two.

@@ -44,19 +44,20 @@ static __always_inline int arp_is_eth_ipv4(const struct arp_eth_ipv4 *arp)
 	       arp->hln == MAC_LEN && arp->pln == 4;
 }
 
-/* arp_make_reply turns a request into the answer "target is at NODE_MAC",
- * in place, so the packet can be sent straight back to the container. */
+/* arp_make_reply turns a request into the answer "target is at mac", in
+ * place, so the packet can be sent straight back to the container. */
 static __always_inline void arp_make_reply(struct ethhdr *eth,
-					   struct arp_eth_ipv4 *arp)
+					   struct arp_eth_ipv4 *arp,
+					   const volatile __u8 *mac)
 {
 	__be32 sender = arp_ip(arp->spa);
 	__be32 target = arp_ip(arp->tpa);
 
 	__builtin_memcpy(eth->h_dest, arp->sha, MAC_LEN);
-	mac_copy(eth->h_source, NODE_MAC);
+	mac_copy(eth->h_source, mac);
 	arp->op = bpf_htons(ARP_OP_REPLY);
 	__builtin_memcpy(arp->tha, arp->sha, MAC_LEN);
-	mac_copy(arp->sha, NODE_MAC);
+	mac_copy(arp->sha, mac);
 	arp_set_ip(arp->spa, target);
 	arp_set_ip(arp->tpa, sender);
 }

@@ -1,4 +1,4 @@
-/* IPv4 helpers: parsing into struct flow, TTL decrement. */
+/* IPv4 helpers: parsing into struct flow. */
 #ifndef EBPFNET_IPV4_H
 #define EBPFNET_IPV4_H
 
@@ -84,17 +84,6 @@ __global_func int flow_parse_ipv4(struct __sk_buff *skb, struct flow *f)
 	f->tcp_flags = 0;
 	ipv4_fill_l4(skb, iph, f);
 	return 0;
-}
-
-/* ipv4_dec_ttl lowers the TTL by one and patches the header checksum
- * incrementally: TTL is the high byte of its 16-bit word, so the one's
- * complement sum grows by 0x0100 in network order. */
-static __always_inline void ipv4_dec_ttl(struct iphdr *iph)
-{
-	__u32 sum = (__u32)iph->check + (__u32)bpf_htons(0x0100);
-
-	iph->check = (__sum16)(sum + (sum >= 0xffff));
-	iph->ttl--;
 }
 
 #endif
