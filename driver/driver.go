@@ -95,10 +95,10 @@ func knownOptions() map[string]func(string) error {
 // driver knowing policy. Each may be nil. They run under the driver's lock.
 type Hooks struct {
 	// Prepare runs before the datapath builds the endpoint; it may set the
-	// endpoint's initial policy so the first packet is already judged.
-	Prepare func(ep *datapath.Endpoint, n Network)
-	// Created runs once the endpoint exists.
-	Created func(ep datapath.Endpoint, n Network)
+	// endpoint's initial policy so the first packet is already judged. The
+	// function it returns, if any, runs once the endpoint exists; a failed
+	// creation never calls it, so it holds nothing to clean up.
+	Prepare func(ep *datapath.Endpoint, n Network) (created func(datapath.Endpoint))
 	// Deleted runs once the endpoint is gone.
 	Deleted func(ep datapath.Endpoint)
 	// NetworksChanged runs after a network was added or removed.
@@ -344,14 +344,15 @@ func (d *Driver) CreateEndpoint(req *network.CreateEndpointRequest) (*network.Cr
 		Network:          rec.Datapath,
 		Identity:         uint32(identity.Init),
 	}
+	var created func(datapath.Endpoint)
 	if d.hooks.Prepare != nil {
-		d.hooks.Prepare(ep, toNetwork(rec))
+		created = d.hooks.Prepare(ep, toNetwork(rec))
 	}
 	if err := d.datapath.CreateEndpoint(ep); err != nil {
 		return nil, fmt.Errorf("create endpoint %s: %w", short(req.EndpointID), err)
 	}
-	if d.hooks.Created != nil {
-		d.hooks.Created(*ep, toNetwork(rec))
+	if created != nil {
+		created(*ep)
 	}
 	d.log.WithFields(logrus.Fields{
 		"endpoint": short(req.EndpointID), "epid": ep.ID, "ifname": ep.IfName, "ipv4": ep.IPv4,

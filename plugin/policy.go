@@ -38,10 +38,9 @@ type policyController struct {
 	// and node addresses), so stale ones can be removed.
 	hostAddrs map[netip.Prefix]bool
 	// generation counts regenerations. An endpoint compiled in Prepare is
-	// not yet among the datapath's endpoints, so a regeneration between
-	// Prepare and Created would miss it: Created compares generations.
+	// not yet among the datapath's endpoints, so a regeneration before it
+	// exists would miss it: its creation compares generations.
 	generation uint64
-	preparedAt map[string]uint64 // Docker endpoint ID -> generation
 }
 
 func newPolicyController(libDir string, dp *datapath.Datapath, drv *driver.Driver, log logrus.FieldLogger) (*policyController, error) {
@@ -53,13 +52,13 @@ func newPolicyController(libDir string, dp *datapath.Datapath, drv *driver.Drive
 	if err != nil {
 		return nil, fmt.Errorf("load policy: %w", err)
 	}
-	return &policyController{log: log, datapath: dp, driver: drv, alloc: alloc, repo: repo, hostAddrs: map[netip.Prefix]bool{}, preparedAt: map[string]uint64{}}, nil
+	return &policyController{log: log, datapath: dp, driver: drv, alloc: alloc, repo: repo, hostAddrs: map[netip.Prefix]bool{}}, nil
 }
 
 // hooks is what the driver calls around an endpoint's life.
 func (c *policyController) hooks() driver.Hooks {
 	return driver.Hooks{
-		Prepare: func(ep *datapath.Endpoint, n driver.Network) {
+		Prepare: func(ep *datapath.Endpoint, n driver.Network) func(datapath.Endpoint) {
 			c.mu.Lock()
 			defer c.mu.Unlock()
 			p, err := c.compile(*ep, n)
@@ -69,12 +68,12 @@ func (c *policyController) hooks() driver.Hooks {
 				p = datapath.EndpointPolicy{IngressEnforced: true, EgressEnforced: true}
 			}
 			ep.InitialPolicy = &p
-			c.preparedAt[ep.DockerEndpointID] = c.generation
-		},
-		Created: func(ep datapath.Endpoint, n driver.Network) {
-			c.catchUp(ep, n)
-			if err := c.datapath.UpsertIPCache(netip.PrefixFrom(ep.IPv4.Addr(), 32), ep.Identity); err != nil {
-				c.log.WithError(err).Warn("ipcache entry of a new endpoint")
+			compiledAt := c.generation
+			return func(created datapath.Endpoint) {
+				c.catchUp(created, n, compiledAt)
+				if err := c.datapath.UpsertIPCache(netip.PrefixFrom(created.IPv4.Addr(), 32), created.Identity); err != nil {
+					c.log.WithError(err).Warn("ipcache entry of a new endpoint")
+				}
 			}
 		},
 		Deleted: func(ep datapath.Endpoint) {
@@ -143,13 +142,11 @@ func fromDatapathKey(k datapath.PolicyKey) policy.Key {
 }
 
 // catchUp applies the current policy to a just-created endpoint when a
-// regeneration ran after its policy was compiled in Prepare.
-func (c *policyController) catchUp(ep datapath.Endpoint, n driver.Network) {
+// regeneration ran after its policy was compiled (at generation compiledAt).
+func (c *policyController) catchUp(ep datapath.Endpoint, n driver.Network, compiledAt uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	gen, ok := c.preparedAt[ep.DockerEndpointID]
-	delete(c.preparedAt, ep.DockerEndpointID)
-	if !ok || gen == c.generation {
+	if compiledAt == c.generation {
 		return
 	}
 	p, err := c.compile(ep, n)
