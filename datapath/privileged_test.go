@@ -27,7 +27,7 @@ import (
 // state directory, host device, networks and namespaces, all removed on
 // cleanup.
 type testEnv struct {
-	t      *testing.T
+	t      testing.TB
 	suffix string
 	cfg    Config
 	dp     *Datapath
@@ -41,7 +41,7 @@ func randHex(t testing.TB, n int) string {
 	return hex.EncodeToString(b)
 }
 
-func newTestEnv(t *testing.T) *testEnv {
+func newTestEnv(t testing.TB) *testEnv {
 	t.Helper()
 	testutil.RequireRoot(t)
 	testutil.RequireCommand(t, "ip", "busybox")
