@@ -127,7 +127,7 @@ func (d *Daemon) reconcileWithDocker(ctx context.Context, own ownState) bool {
 	var state dockerState
 	for attempt := 0; ; attempt++ {
 		callCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		state, err = readDockerState(callCtx, cli, d.cfg.DriverName)
+		state, err = readDockerState(callCtx, cli, d.cfg.DriverName, own.networks)
 		cancel()
 		if err == nil {
 			break
@@ -171,27 +171,28 @@ func (d *Daemon) applyCleanup(plan cleanupPlan, log logrus.FieldLogger) {
 
 // readDockerState lists the networks that use our network or IPAM driver
 // and what Docker holds in them.
-func readDockerState(ctx context.Context, cli *dockerclient.Client, driverName string) (dockerState, error) {
+func readDockerState(ctx context.Context, cli *dockerclient.Client, configuredName string, ownNetworks []string) (dockerState, error) {
 	state := dockerState{networks: map[string]bool{}, endpoints: map[string]bool{}, inUse: map[netip.Prefix]map[netip.Addr]bool{}}
 	list, err := cli.NetworkList(ctx, dockernetwork.ListOptions{})
 	if err != nil {
 		return state, fmt.Errorf("list Docker networks: %w", err)
 	}
+	ours := driverNames(configuredName, list, ownNetworks)
 	for _, summary := range list {
-		if summary.Driver != driverName && summary.IPAM.Driver != driverName {
+		if !ours[summary.Driver] && !ours[summary.IPAM.Driver] {
 			continue
 		}
 		n, err := cli.NetworkInspect(ctx, summary.ID, dockernetwork.InspectOptions{})
 		if err != nil {
 			return state, fmt.Errorf("inspect Docker network %s: %w", summary.Name, err)
 		}
-		if n.Driver == driverName {
+		if ours[n.Driver] {
 			state.networks[n.ID] = true
 		}
 		for _, ep := range n.Containers {
 			state.endpoints[ep.EndpointID] = true
 		}
-		if n.IPAM.Driver != driverName {
+		if !ours[n.IPAM.Driver] {
 			continue
 		}
 		for _, cfg := range n.IPAM.Config {
@@ -228,4 +229,29 @@ func shortID(id string) string {
 		return id[:12]
 	}
 	return id
+}
+
+// driverNames are the names Docker knows our drivers by. The configured name
+// is the legacy plugin's (its socket's); a managed plugin is known by the
+// reference the user typed (ebpfnet/ebpfnet:v1, or without the tag), which
+// only Docker knows, so the networks we created tell us. Without this, a
+// managed plugin would take every one of its networks for forgotten.
+func driverNames(configured string, list []dockernetwork.Summary, ownNetworks []string) map[string]bool {
+	names := map[string]bool{configured: true}
+	own := map[string]bool{}
+	for _, id := range ownNetworks {
+		own[id] = true
+	}
+	for _, n := range list {
+		if !own[n.ID] {
+			continue
+		}
+		names[n.Driver] = true
+		// Our IPAM serves our own networks under the same name; another
+		// IPAM driver (Docker's "default") is not ours.
+		if n.IPAM.Driver == n.Driver {
+			names[n.IPAM.Driver] = true
+		}
+	}
+	return names
 }

@@ -4,6 +4,8 @@ import (
 	"net/netip"
 	"reflect"
 	"testing"
+
+	dockernetwork "github.com/docker/docker/api/types/network"
 )
 
 func TestPlanCleanupRemovesOnlyWhatDockerForgot(t *testing.T) {
@@ -48,5 +50,24 @@ func TestPlanCleanupWithEverythingKnownIsEmpty(t *testing.T) {
 	own := ownState{endpoints: []string{"e"}, networks: []string{"n"}, pools: []ipamPool{{id: "p", subnet: subnet, addresses: []netip.Addr{gw}}}}
 	if plan := planCleanup(docker, own); !plan.empty() {
 		t.Fatalf("plan = %+v, want nothing to do", plan)
+	}
+}
+
+func TestDriverNamesLearnsTheManagedPluginReference(t *testing.T) {
+	list := []dockernetwork.Summary{
+		{ID: "n1", Driver: "127.0.0.1:5000/ebpfnet:v1", IPAM: dockernetwork.IPAM{Driver: "127.0.0.1:5000/ebpfnet:v1"}},
+		{ID: "n2", Driver: "ebpfnet/ebpfnet", IPAM: dockernetwork.IPAM{Driver: "default"}},
+		{ID: "other", Driver: "bridge", IPAM: dockernetwork.IPAM{Driver: "default"}},
+		{ID: "stranger", Driver: "someone/else:latest", IPAM: dockernetwork.IPAM{Driver: "someone/else:latest"}},
+	}
+	got := driverNames("ebpfnet", list, []string{"n1", "n2", "gone"})
+	want := map[string]bool{"ebpfnet": true, "127.0.0.1:5000/ebpfnet:v1": true, "ebpfnet/ebpfnet": true}
+	if len(got) != len(want) {
+		t.Fatalf("driver names = %v, want %v", got, want)
+	}
+	for name := range want {
+		if !got[name] {
+			t.Errorf("driver names = %v: %q missing", got, name)
+		}
 	}
 }
