@@ -85,7 +85,8 @@ static __always_inline int handle_arp(struct __sk_buff *skb)
 
 /* skb->cb slots through which the sender hands the receiver's
  * handle_policy its identity and its conntrack verdict; cb survives the tail
- * call, and the sender always writes both. */
+ * call, and the sender always writes both. The identity is 0 (unknown) on
+ * an established flow, where nothing reads it. */
 #define CB_SRC_IDENTITY 0
 #define CB_CT_STATE 1
 
@@ -142,15 +143,21 @@ static __always_inline int handle_ipv4(struct __sk_buff *skb)
 	if (f.saddr != LXC_IPV4)
 		return drop(skb, DROP_INVALID_SIP, METRIC_EGRESS, &f);
 
-	endpoint_self(&self);
-	f.src_identity = self.identity;
 	daddr = f.daddr;
 	peer = bpf_map_lookup_elem(&ebpfnet_endpoints, &daddr);
-	if (peer && peer->network_id != NETWORK_ID)
+	if (peer && peer->network_id != NETWORK_ID) {
+		endpoint_self(&self);
+		f.src_identity = self.identity;
 		return drop(skb, DROP_NOT_SAME_NETWORK, METRIC_EGRESS, &f);
+	}
 
+	/* An established flow needs neither identity: only a new one reads
+	 * this endpoint's entry and the remote's. */
+	self.identity = 0;
 	ct = ct_lookup(&f);
 	if (ct == CT_NEW) {
+		endpoint_self(&self);
+		f.src_identity = self.identity;
 		f.dst_identity = peer ? peer->identity : ipcache_identity(daddr);
 		if (!policy_check(skb, &f, self.flags, POLICY_EGRESS))
 			return drop(skb, DROP_POLICY, METRIC_EGRESS, &f);
@@ -211,10 +218,11 @@ int handle_policy(struct __sk_buff *skb)
 		.src_identity = skb->cb[CB_SRC_IDENTITY],
 	};
 
-	if (flow_parse_ipv4(skb, &f))
-		return drop(skb, DROP_INVALID, METRIC_INGRESS, &f);
-
+	/* The sender parsed this very packet; only a new flow needs the
+	 * tuple again, for policy and conntrack. */
 	if (skb->cb[CB_CT_STATE] == CT_NEW) {
+		if (flow_parse_ipv4(skb, &f))
+			return drop(skb, DROP_INVALID, METRIC_INGRESS, &f);
 		endpoint_self(&self);
 		f.dst_identity = self.identity;
 		if (!policy_check(skb, &f, self.flags, POLICY_INGRESS))

@@ -37,6 +37,10 @@ const (
 	policyMapKName = "ebpfnet_policy"
 )
 
+// disposableMaps are the shared maps whose contents may be lost when an
+// upgrade changes their layout: counters, which Prometheus takes as a reset.
+var disposableMaps = map[string]bool{MetricsMapName: true}
+
 // Datapath owns the kernel side of every endpoint on the node. All methods
 // are safe for concurrent use.
 type Datapath struct {
@@ -114,6 +118,15 @@ func New(cfg Config, log logrus.FieldLogger) (*Datapath, error) {
 			return nil, fmt.Errorf("template lacks map %s", name)
 		}
 		m, err := ebpf.NewMapWithOptions(ms, ebpf.MapOptions{PinPath: cfg.PinDir})
+		if errors.Is(err, ebpf.ErrMapIncompatible) && disposableMaps[name] {
+			// Pinned by an older version with another layout. The
+			// programs still attached keep the old map until Restore
+			// reloads them; a new one takes over the pin.
+			log.WithField("map", name).Warn("pinned map has an older layout, replacing it")
+			if err = removePin(filepath.Join(cfg.PinDir, name)); err == nil {
+				m, err = ebpf.NewMapWithOptions(ms, ebpf.MapOptions{PinPath: cfg.PinDir})
+			}
+		}
 		if err != nil {
 			d.closeMaps()
 			return nil, fmt.Errorf("open or create pinned map %s in %s: %w", name, cfg.PinDir, err)

@@ -92,7 +92,9 @@ type PolicyEntry struct {
 	Pad   uint32
 }
 
-// MetricKey mirrors struct metrics_key.
+// MetricKey is a metric's reason and direction. ebpfnet_metrics is a per-CPU
+// array with one slot per key (metricSlot); the padding is what the key
+// was when the map was a hash, kept for callers' composite literals.
 type MetricKey struct {
 	Reason Reason
 	Dir    Direction
@@ -105,19 +107,41 @@ type MetricValue struct {
 	Bytes   uint64
 }
 
-// readMetrics sums the per-CPU counters of every key.
+// metricSlot is metrics_slot of bpf/lib/drop.h: reason * 2, plus one for
+// egress (METRICS_SLOTS, 512, holds every reason).
+func metricSlot(k MetricKey) uint32 {
+	s := uint32(k.Reason) << 1
+	if k.Dir == DirEgress {
+		s |= 1
+	}
+	return s
+}
+
+// metricKeyOf is the key of a slot.
+func metricKeyOf(slot uint32) MetricKey {
+	k := MetricKey{Reason: Reason(slot >> 1), Dir: DirIngress}
+	if slot&1 != 0 {
+		k.Dir = DirEgress
+	}
+	return k
+}
+
+// readMetrics sums the per-CPU counters of every slot. A slot no packet has
+// been counted in is left out, as a hash never held its key.
 func readMetrics(m *ebpf.Map) (map[MetricKey]MetricValue, error) {
 	out := map[MetricKey]MetricValue{}
-	var key MetricKey
+	var slot uint32
 	var perCPU []MetricValue
 	it := m.Iterate()
-	for it.Next(&key, &perCPU) {
+	for it.Next(&slot, &perCPU) {
 		var sum MetricValue
 		for _, v := range perCPU {
 			sum.Packets += v.Packets
 			sum.Bytes += v.Bytes
 		}
-		out[MetricKey{Reason: key.Reason, Dir: key.Dir}] = sum
+		if sum.Packets != 0 {
+			out[metricKeyOf(slot)] = sum
+		}
 	}
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("iterate %s: %w", MetricsMapName, err)

@@ -34,6 +34,10 @@ func (d *Datapath) Restore() ([]Endpoint, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Flows keyed by an earlier version get their current key before
+	// the programs that look it up replace the old ones, and once more
+	// after, for flows the old programs opened meanwhile.
+	d.orderConntrackOrWarn()
 	var errs []error
 	for _, id := range ids {
 		if _, ok := d.eps[id]; ok {
@@ -43,6 +47,7 @@ func (d *Datapath) Restore() ([]Endpoint, error) {
 			errs = append(errs, err)
 		}
 	}
+	d.orderConntrackOrWarn()
 	if err := d.removeOrphanPins(); err != nil {
 		errs = append(errs, err)
 	}
@@ -52,6 +57,14 @@ func (d *Datapath) Restore() ([]Endpoint, error) {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out, errors.Join(errs...)
+}
+
+// orderConntrackOrWarn: a flow that misses its new key only meets policy
+// again, so a failure is no reason to fail the restore.
+func (d *Datapath) orderConntrackOrWarn() {
+	if err := d.orderConntrack(); err != nil {
+		d.log.WithError(err).Warn("established flows of an earlier version may meet policy again")
+	}
 }
 
 func (d *Datapath) restoreOne(id uint16) error {

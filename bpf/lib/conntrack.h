@@ -1,11 +1,15 @@
 /* Connection tracking: only the first packet of a flow meets policy.
  *
- * One node-wide table of tuples in the direction of the flow's first
- * packet. A packet whose own tuple is there belongs to an established flow;
- * one whose reverse tuple is there is a reply. Entries live until the LRU
- * evicts them: there is no FIN/RST tracking, but a TCP SYN without ACK is
+ * One node-wide table of flows, each under one key for both directions: its
+ * tuple with the lower (address, port) end first (ct_key_of), so every
+ * packet, a reply too, needs a single lookup. An entry lives until the LRU
+ * evicts it: there is no FIN/RST tracking, but a TCP SYN without ACK is
  * always a new flow, so a reused tuple meets policy again. The last-seen
- * time is for a future garbage collector. */
+ * time is for a future garbage collector.
+ *
+ * Earlier versions keyed a flow by the tuple of its first packet and looked
+ * a reply up twice; datapath/conntrack.go rewrites such keys on restore, so
+ * established flows survive an upgrade. */
 #ifndef EBPFNET_CONNTRACK_H
 #define EBPFNET_CONNTRACK_H
 
@@ -27,24 +31,36 @@
  * entry's cache line between CPUs for nothing a GC needs. */
 #define CT_REFRESH_NS 1000000000ULL
 
-static __always_inline void ct_tuple(const struct flow *f, struct ct_key *k)
+/* ct_key_of fills k with f's tuple, ends ordered: the (address, port) that
+ * compares lower, as the integers the CPU loads, goes first. For ICMP echo
+ * the id is the requester's port (lib/flow.h), so a request and its reply
+ * share a key. datapath/conntrack.go orders keys the same way. */
+static __always_inline void ct_key_of(const struct flow *f, struct ct_key *k)
 {
-	k->saddr = f->saddr;
-	k->daddr = f->daddr;
-	k->sport = f->sport;
-	k->dport = f->dport;
+	__u32 sa = f->saddr, da = f->daddr;
+	__u16 sp = f->sport, dp = f->dport;
+
 	k->proto = f->proto;
 	k->pad[0] = k->pad[1] = k->pad[2] = 0;
+	if (sa < da || (sa == da && sp <= dp)) {
+		k->saddr = sa;
+		k->daddr = da;
+		k->sport = sp;
+		k->dport = dp;
+	} else {
+		k->saddr = da;
+		k->daddr = sa;
+		k->sport = dp;
+		k->dport = sp;
+	}
 }
 
-static __always_inline void ct_reverse(const struct flow *f, struct ct_key *k)
+/* ct_now is the time last_seen counts in: CLOCK_MONOTONIC at tick
+ * granularity, which is plenty for a refresh once a second and costs no
+ * clock read. */
+static __always_inline __u64 ct_now(void)
 {
-	k->saddr = f->daddr;
-	k->daddr = f->saddr;
-	k->sport = f->dport;
-	k->dport = f->sport;
-	k->proto = f->proto;
-	k->pad[0] = k->pad[1] = k->pad[2] = 0;
+	return bpf_ktime_get_coarse_ns();
 }
 
 /* ct_is_syn: a connection request opens a new flow even over an old entry.
@@ -56,7 +72,7 @@ static __always_inline int ct_is_syn(const struct flow *f)
 
 static __always_inline void ct_touch(struct ct_entry *e)
 {
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now = ct_now();
 
 	if (now - e->last_seen > CT_REFRESH_NS)
 		e->last_seen = now;
@@ -71,14 +87,10 @@ __global_func int ct_lookup(const struct flow *f)
 
 	if (!f || ct_is_syn(f))
 		return CT_NEW;
-	ct_tuple(f, &k);
+	ct_key_of(f, &k);
 	e = bpf_map_lookup_elem(&ebpfnet_ct4, &k);
-	if (!e) {
-		ct_reverse(f, &k);
-		e = bpf_map_lookup_elem(&ebpfnet_ct4, &k);
-		if (!e)
-			return CT_NEW;
-	}
+	if (!e)
+		return CT_NEW;
 	ct_touch(e);
 	return CT_ESTABLISHED;
 }
@@ -93,8 +105,8 @@ __global_func int ct_create(const struct flow *f)
 
 	if (!f)
 		return 0;
-	e.last_seen = bpf_ktime_get_ns();
-	ct_tuple(f, &k);
+	e.last_seen = ct_now();
+	ct_key_of(f, &k);
 	bpf_map_update_elem(&ebpfnet_ct4, &k, &e, BPF_ANY);
 	return 0;
 }

@@ -12,22 +12,22 @@
 #include "reason.h"
 #include "notify.h"
 
+/* metrics_slot is the ebpfnet_metrics index of reason in dir. */
+static __always_inline __u32 metrics_slot(__u32 reason, __u32 dir)
+{
+	return (reason & 0xff) << 1 | (dir == METRIC_EGRESS);
+}
+
 /* count adds a packet of len bytes to the metric of reason in dir.
  * Global (lib/global.h). Returns 0. */
 __global_func int count(__u32 reason, __u32 dir, __u32 len)
 {
-	struct metrics_key key = { .reason = reason, .dir = dir };
-	struct metrics_value *val, zero = {};
+	__u32 slot = metrics_slot(reason, dir);
+	struct metrics_value *val;
 
-	val = bpf_map_lookup_elem(&ebpfnet_metrics, &key);
-	if (!val) {
-		/* First packet of this kind: create the slot. A concurrent
-		 * creator on another CPU makes NOEXIST fail, which is fine. */
-		bpf_map_update_elem(&ebpfnet_metrics, &key, &zero, BPF_NOEXIST);
-		val = bpf_map_lookup_elem(&ebpfnet_metrics, &key);
-		if (!val)
-			return 0;
-	}
+	val = bpf_map_lookup_elem(&ebpfnet_metrics, &slot);
+	if (!val)
+		return 0;
 	/* Per-CPU values: no other CPU writes this slot. */
 	val->packets++;
 	val->bytes += len;

@@ -12,7 +12,6 @@
 
 #define ENDPOINTS_MAX 65536
 #define POLICY_ENTRIES_MAX 16384
-#define METRICS_MAX 1024
 #define EVENTS_BYTES (256 * 1024)
 #define IPCACHE_MAX 16384
 #define CT_MAX 65536
@@ -108,8 +107,9 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } ebpfnet_ipcache SEC(".maps");
 
-/* Conntrack (lib/conntrack.h): the tuple of a flow's first packet. For ICMP
- * echo the echo id takes the place of a port. */
+/* Conntrack (lib/conntrack.h): a flow's tuple, the end with the lower
+ * (address, port) first, the same key for both directions. For ICMP echo
+ * the echo id takes the place of the requester's port. */
 struct ct_key {
 	__be32 saddr;
 	__be32 daddr;
@@ -120,7 +120,7 @@ struct ct_key {
 };
 
 struct ct_entry {
-	__u64 last_seen;	/* bpf_ktime_get_ns, for garbage collection */
+	__u64 last_seen;	/* CLOCK_MONOTONIC ns (coarse), for garbage collection */
 };
 
 /* LRU: a full table evicts the least recently used flow instead of
@@ -137,11 +137,13 @@ struct {
 #define METRIC_INGRESS 1
 #define METRIC_EGRESS 2
 
-struct metrics_key {
-	__u8 reason;
-	__u8 dir;
-	__u16 pad;
-};
+/* Metrics: packets and bytes per reason (lib/reason.h, a byte) and
+ * direction, in a per-CPU array indexed by metrics_slot (lib/drop.h):
+ * reason * 2, plus one for egress. An array lookup is a bounds check and an
+ * address computation that the JIT inlines; the per-CPU hash it replaces
+ * hashed a key on every packet. The Go side (datapath/maps.go) reads the
+ * slots back into (reason, direction) keys. */
+#define METRICS_SLOTS 512
 
 struct metrics_value {
 	__u64 packets;
@@ -149,10 +151,10 @@ struct metrics_value {
 };
 
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
-	__type(key, struct metrics_key);
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
 	__type(value, struct metrics_value);
-	__uint(max_entries, METRICS_MAX);
+	__uint(max_entries, METRICS_SLOTS);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } ebpfnet_metrics SEC(".maps");
 
