@@ -15,6 +15,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -28,7 +29,9 @@ import (
 	"github.com/ebpfnet/ebpfnet/dockerwatch"
 	"github.com/ebpfnet/ebpfnet/driver"
 	"github.com/ebpfnet/ebpfnet/external"
+	"github.com/ebpfnet/ebpfnet/identity"
 	"github.com/ebpfnet/ebpfnet/ipam"
+	"github.com/ebpfnet/ebpfnet/metrics"
 )
 
 // Config is everything `ebpfnet daemon` can be told. Defaults are the
@@ -55,6 +58,9 @@ type Config struct {
 	DefaultPools    []netip.Prefix
 	DefaultPoolSize int
 	Version         string
+	// MetricsAddr is the host:port Prometheus metrics are served on, at
+	// /metrics; empty turns them off.
+	MetricsAddr string
 }
 
 // DefaultConfig returns the production paths.
@@ -92,6 +98,11 @@ type Daemon struct {
 	startState ownState
 	reconciled atomic.Bool
 	lock       *os.File
+	// metrics and metricsLn are set when Config.MetricsAddr is: the
+	// listener is opened in start, so a bad address fails the start, and
+	// served from serve.
+	metrics   *metrics.Metrics
+	metricsLn net.Listener
 }
 
 // Run starts the daemon and serves until ctx is cancelled.
@@ -118,6 +129,18 @@ func start(cfg Config, log logrus.FieldLogger) (_ *Daemon, err error) {
 	}
 	if d.lock, err = lockExclusive(filepath.Join(filepath.Dir(cfg.APISocket), "daemon.lock")); err != nil {
 		return nil, err
+	}
+	// Before anything slow: a typo in the address should not cost a
+	// datapath start to find out.
+	if cfg.MetricsAddr != "" {
+		if d.metricsLn, err = net.Listen("tcp", cfg.MetricsAddr); err != nil {
+			return nil, fmt.Errorf("listen for Prometheus metrics on %q: %w", cfg.MetricsAddr, err)
+		}
+		// The source is read only at scrape time, and scrapes begin in
+		// serve, once start has filled every field it reads.
+		if d.metrics, err = metrics.New(daemonMetrics{d}); err != nil {
+			return nil, err
+		}
 	}
 	// A kill -9 during a write leaves a temporary file beside the state; the
 	// state itself is intact (rename is atomic), so the temporary just goes.
@@ -204,7 +227,11 @@ func start(cfg Config, log logrus.FieldLogger) (_ *Daemon, err error) {
 // in flight: a half-answered CreateEndpoint is worse than a slow stop.
 func (d *Daemon) serve(ctx context.Context) error {
 	var inflight sync.WaitGroup
-	docker := newDockerAPI(d.driver, d.ipam, d.log.WithField("subsys", "docker-api"), &inflight)
+	var observe callObserver // a nil *metrics.Metrics would not be a nil interface
+	if d.metrics != nil {
+		observe = d.metrics
+	}
+	docker := newDockerAPI(d.driver, d.ipam, d.log.WithField("subsys", "docker-api"), &inflight, observe)
 	pluginLn, err := listenUnix(d.cfg.PluginSocket, 0o600)
 	if err != nil {
 		return err
@@ -216,9 +243,18 @@ func (d *Daemon) serve(ctx context.Context) error {
 	}
 	apiServer := &http.Server{Handler: newLocalAPI(d), ReadHeaderTimeout: 10 * time.Second}
 
-	errs := make(chan error, 2)
+	errs := make(chan error, 3)
 	go func() { errs <- docker.handler.Serve(pluginLn) }()
 	go func() { errs <- apiServer.Serve(apiLn) }()
+	var metricsServer *http.Server
+	if d.metricsLn != nil {
+		metricsServer = &http.Server{
+			Handler:           d.metrics.Handler(d.log.WithField("subsys", "metrics")),
+			ReadHeaderTimeout: 10 * time.Second,
+		}
+		go func() { errs <- metricsServer.Serve(d.metricsLn) }()
+		d.log.WithField("url", "http://"+d.metricsLn.Addr().String()+metrics.Path).Info("serving Prometheus metrics")
+	}
 	d.log.WithFields(logrus.Fields{"plugin": d.cfg.PluginSocket, "api": d.cfg.APISocket}).Info("serving")
 	reconcileCtx, stopReconcile := context.WithCancel(ctx)
 	var background sync.WaitGroup
@@ -263,6 +299,11 @@ func (d *Daemon) serve(ctx context.Context) error {
 	defer cancel()
 	_ = apiServer.Shutdown(shutdownCtx)
 	os.Remove(d.cfg.APISocket)
+	// Metrics go last, so the stop itself can be watched; Shutdown closes
+	// the listener, so the port is free once serve returns.
+	if metricsServer != nil {
+		_ = metricsServer.Shutdown(shutdownCtx)
+	}
 	d.log.Info("stopped; container datapaths stay in place")
 	if serveErr != nil && !errors.Is(serveErr, net.ErrClosed) && !errors.Is(serveErr, http.ErrServerClosed) {
 		return fmt.Errorf("serve: %w", serveErr)
@@ -309,6 +350,10 @@ func (d *Daemon) restoreExternal() error {
 }
 
 func (d *Daemon) close() {
+	if d.metricsLn != nil {
+		// Already closed when serve ran; this is for a failed start.
+		_ = d.metricsLn.Close()
+	}
 	if d.datapath != nil {
 		if err := d.datapath.Close(); err != nil {
 			d.log.WithError(err).Warn("close datapath")
@@ -364,4 +409,81 @@ func ensureBPFFS(dir string) error {
 		return fmt.Errorf("mount bpffs at %s: %w", dir, err)
 	}
 	return nil
+}
+
+// daemonMetrics shows the daemon's state to the metrics package; every
+// method reads it afresh, at scrape time.
+type daemonMetrics struct{ d *Daemon }
+
+// EndpointsByState counts endpoints. One exists in the datapath only once
+// built, so it is ready, or waiting for its identity while its container's
+// labels have not arrived (it is at init, denied as soon as rules exist).
+func (m daemonMetrics) EndpointsByState() map[string]int {
+	out := map[string]int{}
+	for _, ep := range m.d.datapath.Endpoints() {
+		state := metrics.StateReady
+		if identity.ID(ep.Identity) == identity.Init {
+			state = metrics.StateWaitingForIdentity
+		}
+		out[state]++
+	}
+	return out
+}
+
+// IdentitiesByType counts the identities policy knows, reserved included.
+func (m daemonMetrics) IdentitiesByType() map[string]int {
+	out := map[string]int{}
+	for id := range m.d.policy.alloc.All() {
+		switch id.Kind() {
+		case identity.KindReserved:
+			out[metrics.IdentityReserved]++
+		case identity.KindAllocated:
+			out[metrics.IdentityAllocated]++
+		case identity.KindCIDR:
+			out[metrics.IdentityCIDR]++
+		default:
+			out["invalid"]++
+		}
+	}
+	return out
+}
+
+func (m daemonMetrics) PolicyRevision() uint64 { return m.d.policy.repo.Revision() }
+
+func (m daemonMetrics) Verdicts() ([]metrics.Verdict, error) {
+	counters, err := m.d.datapath.Metrics()
+	if err != nil {
+		return nil, err
+	}
+	return verdictsOf(counters), nil
+}
+
+// verdictsOf names the datapath's counters as Cilium's metrics do (reason
+// "Policy denied", direction "INGRESS") and says which counter each feeds.
+// A packet's fate is counted once: forwarded to a peer, to the stack, or
+// answered (ARP), or dropped. An audit is a verdict on a packet whose fate
+// is counted as well. REASON_POLICY is only ever an event, never counted.
+func verdictsOf(counters map[datapath.MetricKey]datapath.MetricValue) []metrics.Verdict {
+	out := make([]metrics.Verdict, 0, len(counters))
+	for k, v := range counters {
+		var kind metrics.VerdictKind
+		switch {
+		case k.Reason.IsDrop():
+			kind = metrics.Drop
+		case k.Reason == datapath.ReasonForwarded, k.Reason == datapath.ReasonToStack, k.Reason == datapath.ReasonARPReply:
+			kind = metrics.Forward
+		case k.Reason == datapath.ReasonPolicyAudit:
+			kind = metrics.Audit
+		default:
+			continue
+		}
+		out = append(out, metrics.Verdict{
+			Kind:      kind,
+			Reason:    k.Reason.String(),
+			Direction: strings.ToUpper(k.Dir.String()),
+			Packets:   v.Packets,
+			Bytes:     v.Bytes,
+		})
+	}
+	return out
 }

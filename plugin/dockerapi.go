@@ -24,7 +24,19 @@ type dockerAPI struct {
 	log      logrus.FieldLogger
 	inflight *sync.WaitGroup
 	handler  sdk.Handler
+	observe  callObserver
 }
+
+// callObserver records how long each Docker call took and whether it was
+// answered with an error; the daemon's metrics implement it.
+type callObserver interface {
+	ObserveDockerCall(call string, failed bool, took time.Duration)
+}
+
+// noObserver stands in when metrics are off, so route need not check.
+type noObserver struct{}
+
+func (noObserver) ObserveDockerCall(string, bool, time.Duration) {}
 
 // errorResponse carries a failure to Docker. The network driver reads Err;
 // the IPAM client reads Error from the body and Err from an HTTP 500, so we
@@ -48,8 +60,13 @@ type gwAllocCheckResponse struct {
 	SkipIPv6 bool
 }
 
-func newDockerAPI(drv network.Driver, ipd ipam.Ipam, log logrus.FieldLogger, inflight *sync.WaitGroup) *dockerAPI {
-	a := &dockerAPI{log: log, inflight: inflight, handler: sdk.NewHandler(manifest)}
+// newDockerAPI serves drv and ipd; observe (nil for none) learns every
+// call's duration.
+func newDockerAPI(drv network.Driver, ipd ipam.Ipam, log logrus.FieldLogger, inflight *sync.WaitGroup, observe callObserver) *dockerAPI {
+	if observe == nil {
+		observe = noObserver{}
+	}
+	a := &dockerAPI{log: log, inflight: inflight, handler: sdk.NewHandler(manifest), observe: observe}
 	a.registerNetwork(drv)
 	a.registerIPAM(ipd)
 	return a
@@ -98,8 +115,8 @@ func (a *dockerAPI) registerIPAM(d ipam.Ipam) {
 func empty(err error) (any, error) { return struct{}{}, err }
 
 // route registers one Docker call: decode the request, call, encode the
-// answer or the error, and log how long it took. Requests in flight are
-// counted so that shutdown can wait for them.
+// answer or the error, and log and observe how long it took. Requests in
+// flight are counted so that shutdown can wait for them.
 func route[Req any](a *dockerAPI, h sdk.Handler, path string, call func(*Req) (any, error)) {
 	h.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {
 		a.inflight.Add(1)
@@ -108,12 +125,15 @@ func route[Req any](a *dockerAPI, h sdk.Handler, path string, call func(*Req) (a
 		req := new(Req)
 		// Some calls (GetCapabilities) arrive with an empty body or "null".
 		if err := json.NewDecoder(r.Body).Decode(req); err != nil && !errors.Is(err, io.EOF) {
+			a.observe.ObserveDockerCall(path, true, time.Since(start))
 			a.log.WithError(err).WithField("call", path).Warn("undecodable request")
 			sdk.EncodeResponse(w, errorResponse{Err: "decode request: " + err.Error()}, true)
 			return
 		}
 		resp, err := call(req)
-		log := a.log.WithFields(logrus.Fields{"call": path, "took": time.Since(start).Round(time.Microsecond)})
+		took := time.Since(start)
+		a.observe.ObserveDockerCall(path, err != nil, took)
+		log := a.log.WithFields(logrus.Fields{"call": path, "took": took.Round(time.Microsecond)})
 		if err != nil {
 			log.WithError(err).Warn("call failed")
 			sdk.EncodeResponse(w, errorResponse{Err: err.Error(), Error: err.Error()}, true)

@@ -59,6 +59,7 @@ func newDaemonCommand() *cobra.Command {
 	f.StringVar(&cfg.LibDir, "lib-dir", cfg.LibDir, "persisted networks, pools and addresses")
 	f.StringVar(&cfg.PinDir, "bpf-dir", cfg.PinDir, "bpffs directory for pinned maps and links")
 	f.StringVar(&cfg.HostDevice, "host-device", cfg.HostDevice, "dummy device that carries the gateway addresses")
+	f.StringVar(&cfg.MetricsAddr, "metrics-addr", envOr("EBPFNET_METRICS_ADDR", ""), "serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9962 (default off; env EBPFNET_METRICS_ADDR)")
 	cfg.DriverName = ""
 	f.StringVar(&cfg.DriverName, "driver-name", envOr("EBPFNET_DRIVER_NAME", ""), "name Docker knows the plugin by (default: the plugin socket's name without .sock)")
 	return cmd
