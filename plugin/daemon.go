@@ -32,6 +32,7 @@ import (
 	"github.com/ebpfnet/ebpfnet/identity"
 	"github.com/ebpfnet/ebpfnet/ipam"
 	"github.com/ebpfnet/ebpfnet/metrics"
+	"github.com/ebpfnet/ebpfnet/procsys"
 )
 
 // Config is everything `ebpfnet daemon` can be told. Defaults are the
@@ -149,6 +150,13 @@ func start(cfg Config, log logrus.FieldLogger) (_ *Daemon, err error) {
 	}
 	if err := ensureBPFFS(filepath.Dir(cfg.PinDir)); err != nil {
 		return nil, err
+	}
+	// A managed plugin gets /proc/sys read-only; the sysctls we write
+	// (rp_filter, route_localnet, ip_forward) are the host's own.
+	if remounted, err := procsys.EnsureWritable(); err != nil {
+		return nil, err
+	} else if remounted {
+		log.Info("remounted /proc/sys read-write in the plugin's mount namespace")
 	}
 	d.datapath, err = datapath.New(datapath.Config{
 		StateDir: cfg.StateDir, PinDir: cfg.PinDir, HostDevice: cfg.HostDevice, Version: cfg.Version,

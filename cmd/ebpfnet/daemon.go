@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"strings"
 
@@ -22,6 +23,9 @@ func newDaemonCommand() *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log := logrus.New()
+			// Docker logs a managed plugin's stderr as errors and its
+			// stdout as info; systemd's journal takes either.
+			log.SetOutput(os.Stdout)
 			level, err := logrus.ParseLevel(logLevel)
 			if err != nil {
 				return fmt.Errorf("--log-level: %w", err)
