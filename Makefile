@@ -9,7 +9,8 @@ BIN       := bin/ebpfnet
 PURE_PKGS := ./atomicfile/ ./identity/ ./labels/ ./policy/ ./ipam/ ./driver/ ./external/ ./api/ ./dockerwatch/ ./metrics/ ./cmd/...
 STATICCHECK ?= $(shell $(GO) env GOPATH)/bin/staticcheck
 
-.PHONY: all build bpf bpf-check lint test test-unit test-privileged e2e bench clean
+.PHONY: all build bpf bpf-check lint test test-unit test-privileged e2e bench clean \
+	plugin-rootfs plugin plugin-push install uninstall
 
 all: build
 
@@ -47,6 +48,43 @@ test: lint bpf-check test-unit test-privileged e2e
 
 bench: build
 	./bench/run
+
+# The managed plugin. PLUGIN is the local name; plugin-push publishes the
+# same rootfs as $(REGISTRY)/ebpfnet:$(PLUGIN_TAG), the reference users give
+# to `docker plugin install`.
+PLUGIN     ?= ebpfnet/ebpfnet
+PLUGIN_TAG ?= $(VERSION)
+PLUGIN_DIR := bin/plugin
+
+# bin/plugin: config.json and the rootfs exported from the Dockerfile's image.
+plugin-rootfs: build
+	rm -rf bin/plugin-rootfs $(PLUGIN_DIR)
+	mkdir -p bin/plugin-rootfs/usr/sbin bin/plugin-rootfs/tmp $(PLUGIN_DIR)/rootfs
+	cp $(BIN) bin/plugin-rootfs/ebpfnet
+	for t in iptables iptables-save iptables-restore ip6tables ip6tables-save ip6tables-restore; do \
+		ln -s /ebpfnet bin/plugin-rootfs/usr/sbin/$$t; done
+	mkdir -p bin/plugin-rootfs/run bin/plugin-rootfs/var && ln -s ../run bin/plugin-rootfs/var/run
+	docker build -q -t ebpfnet-plugin-rootfs:$(PLUGIN_TAG) . >/dev/null
+	id=$$(docker create ebpfnet-plugin-rootfs:$(PLUGIN_TAG)) && \
+		docker export $$id | tar -x -C $(PLUGIN_DIR)/rootfs; rc=$$?; docker rm $$id >/dev/null; exit $$rc
+	docker rmi ebpfnet-plugin-rootfs:$(PLUGIN_TAG) >/dev/null
+	cp config.json $(PLUGIN_DIR)/config.json
+
+# Creates and enables $(PLUGIN):$(PLUGIN_TAG), replacing an older one of
+# that name. The host directories the plugin mounts must exist first.
+plugin: plugin-rootfs
+	mkdir -p /var/lib/ebpfnet /run/ebpfnet /var/run/docker/netns
+	mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
+	-docker plugin rm -f $(PLUGIN):$(PLUGIN_TAG) >/dev/null 2>&1
+	docker plugin create $(PLUGIN):$(PLUGIN_TAG) $(PLUGIN_DIR)
+	docker plugin enable $(PLUGIN):$(PLUGIN_TAG)
+
+plugin-push: plugin-rootfs
+	@[ -n "$(REGISTRY)" ] || { echo "plugin-push: set REGISTRY, e.g. make plugin-push REGISTRY=127.0.0.1:5000"; exit 1; }
+	-docker plugin rm -f $(REGISTRY)/ebpfnet:$(PLUGIN_TAG) >/dev/null 2>&1
+	docker plugin create $(REGISTRY)/ebpfnet:$(PLUGIN_TAG) $(PLUGIN_DIR)
+	docker plugin push $(REGISTRY)/ebpfnet:$(PLUGIN_TAG); rc=$$?; \
+		docker plugin rm -f $(REGISTRY)/ebpfnet:$(PLUGIN_TAG) >/dev/null; exit $$rc
 
 clean:
 	rm -rf bin
