@@ -8,8 +8,10 @@
  * packet the container sends; to_container runs at tc egress of the same
  * veth and sees what the host stack sends to the container. handle_policy
  * is never attached: it sits in ebpfnet_policy_calls under the endpoint's
- * epid, and a local sender's from_container tail-calls into it, so the
- * receiver checks its own ingress policy with its own constants and map.
+ * epid, and a local sender's from_container tail-calls into it on a flow's
+ * first packet, so the receiver checks its own ingress policy with its own
+ * constants and map; later packets of the flow the sender redirects into
+ * the receiver itself (deliver_established).
  * One object is compiled once; each endpoint gets a copy with the constants
  * of lib/config.h patched in.
  *
@@ -112,11 +114,34 @@ static __always_inline int deliver_local(struct __sk_buff *skb,
 	return drop(skb, DROP_MISSED_TAIL_CALL, METRIC_EGRESS, f);
 }
 
+/* deliver_established hands a packet of an established flow to a local
+ * peer directly: the receiver's handle_policy would only put its MAC right,
+ * count and redirect, which its ebpfnet_endpoints entry lets the sender do
+ * as well, without the tail call. The flow met the receiver's ingress
+ * policy on its first packet, in handle_policy. */
+static __always_inline int deliver_established(struct __sk_buff *skb,
+					       const struct endpoint_info *peer,
+					       const struct flow *f)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+
+	if ((void *)(eth + 1) > data_end)
+		return drop(skb, DROP_INVALID, METRIC_EGRESS, f);
+	/* As in handle_policy: only a stale ARP entry needs the write. */
+	if (!mac_eq(eth->h_dest, peer->lxc_mac))
+		mac_copy(eth->h_dest, peer->lxc_mac);
+	count(REASON_FORWARDED, METRIC_INGRESS, skb->len);
+	return bpf_redirect_peer(peer->ifindex, 0);
+}
+
 /* handle_ipv4 checks the container's own packets (source MAC and IP), then
  * this endpoint's egress policy on a new flow, with the remote identity of
  * a local peer from its ebpfnet_endpoints entry and of anything else (the
- * gateway, the host, the outside) from the ipcache. Local peers get the
- * packet by tail call into their handle_policy; the rest goes to the host
+ * gateway, the host, the outside) from the ipcache. Local peers get a new
+ * flow's packet by tail call into their handle_policy, an established one's
+ * straight from here; the rest goes to the host
  * stack, where the flow is recorded now, as nothing on our side checks it
  * again. */
 static __always_inline int handle_ipv4(struct __sk_buff *skb)
@@ -162,8 +187,10 @@ static __always_inline int handle_ipv4(struct __sk_buff *skb)
 		if (!policy_check(skb, &f, self.flags, POLICY_EGRESS))
 			return drop(skb, DROP_POLICY, METRIC_EGRESS, &f);
 	}
-	if (peer)
+	if (peer && ct == CT_NEW)
 		return deliver_local(skb, peer, &self, &f, ct);
+	if (peer)
+		return deliver_established(skb, peer, &f);
 	if (ct == CT_NEW)
 		ct_create(&f);
 	/* A container that still holds the MAC of a peer that has gone sends
