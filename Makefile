@@ -86,5 +86,23 @@ plugin-push: plugin-rootfs
 	docker plugin push $(REGISTRY)/ebpfnet:$(PLUGIN_TAG); rc=$$?; \
 		docker plugin rm -f $(REGISTRY)/ebpfnet:$(PLUGIN_TAG) >/dev/null; exit $$rc
 
+# Legacy mode: the binary and the systemd unit. DESTDIR stages elsewhere.
+PREFIX     ?= /usr/local
+BINDIR     ?= $(PREFIX)/bin
+UNITDIR    ?= /etc/systemd/system
+
+install: build
+	install -D -m 0755 $(BIN) $(DESTDIR)$(BINDIR)/ebpfnet
+	mkdir -p $(DESTDIR)$(UNITDIR)
+	sed 's|@BINDIR@|$(BINDIR)|' contrib/systemd/ebpfnet.service >$(DESTDIR)$(UNITDIR)/ebpfnet.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/ebpfnet.service
+	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; \
+		echo "installed: systemctl enable --now ebpfnet, then restart docker"; fi
+
+uninstall:
+	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl disable --now ebpfnet 2>/dev/null || true; fi
+	rm -f $(DESTDIR)$(BINDIR)/ebpfnet $(DESTDIR)$(UNITDIR)/ebpfnet.service
+	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
+
 clean:
 	rm -rf bin
