@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -22,6 +23,8 @@ const (
 	pluginTag     = "e2e"
 	localPlugin   = "ebpfnet/ebpfnet:" + pluginTag
 	managedPlugin = registryAddr + "/ebpfnet:" + pluginTag
+	// The plugin shares the host's network: its metrics are on the host.
+	pluginMetricsAddr = "127.0.0.1:9963"
 )
 
 // TestManagedPluginFromARegistry is issue #6 as a new user meets it: build
@@ -57,7 +60,8 @@ func TestManagedPluginFromARegistry(t *testing.T) {
 	}
 	run(t, "make", "-s", "-C", repo, "plugin-push", "REGISTRY="+registryAddr, "PLUGIN_TAG="+pluginTag)
 	run(t, "docker", "plugin", "rm", "-f", localPlugin)
-	run(t, "docker", "plugin", "install", "--grant-all-permissions", managedPlugin, "EBPFNET_LOG_LEVEL=debug")
+	run(t, "docker", "plugin", "install", "--grant-all-permissions", managedPlugin,
+		"EBPFNET_LOG_LEVEL=debug", "EBPFNET_METRICS_ADDR="+pluginMetricsAddr)
 	if env := run(t, "docker", "plugin", "inspect", "-f", "{{json .Settings.Env}}", managedPlugin); !strings.Contains(env, "EBPFNET_LOG_LEVEL=debug") {
 		t.Errorf("plugin env %s: EBPFNET_LOG_LEVEL=debug not set", env)
 	}
@@ -109,6 +113,25 @@ func TestManagedPluginFromARegistry(t *testing.T) {
 			return ev.Type == "drop" && hasLabel(ev.SrcLabels, "container:id=app3")
 		}); !ok {
 			return fmt.Errorf("no drop of app3 among %v", monitor.types())
+		}
+		return nil
+	})
+
+	// Metrics, switched on by a plugin setting, count the Docker calls and
+	// the datapath's drops by reason.
+	eventually(t, 5*time.Second, "the plugin's Prometheus metrics", func() error {
+		page, err := httpBody("http://" + pluginMetricsAddr + "/metrics")
+		if err != nil {
+			return err
+		}
+		for _, want := range []string{
+			`ebpfnet_docker_call_duration_seconds_count{call="/NetworkDriver.CreateEndpoint",outcome="ok"}`,
+			`ebpfnet_drop_count_total{direction="INGRESS",reason="Policy denied"}`,
+			`ebpfnet_endpoint_state{state="ready"} 3`,
+		} {
+			if !strings.Contains(page, want) {
+				return fmt.Errorf("no %s in /metrics", want)
+			}
 		}
 		return nil
 	})
@@ -185,6 +208,23 @@ func startRegistry(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// httpBody GETs url and returns the body of a 200 answer.
+func httpBody(url string) (string, error) {
+	resp, err := http.Get(url)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return "", err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	return string(body), nil
 }
 
 // waitForPluginAPI waits until the plugin's local API answers the CLI.
