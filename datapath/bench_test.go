@@ -114,3 +114,39 @@ func reportPercentiles(b *testing.B, d []time.Duration) {
 	b.ReportMetric(pct(0.50), "p50-ms")
 	b.ReportMetric(pct(0.99), "p99-ms")
 }
+
+// BenchmarkDeleteEndpoint measures DeleteEndpoint alone (the endpoints are
+// created untimed) and reports the median and 99th percentile. veth-alive
+// deletes an endpoint whose veth pair still exists; veth-gone one whose
+// pair the kernel already destroyed, as when Docker removes the container's
+// namespace before calling DeleteEndpoint.
+func BenchmarkDeleteEndpoint(b *testing.B) {
+	for _, gone := range []bool{false, true} {
+		name := "veth-alive"
+		if gone {
+			name = "veth-gone"
+		}
+		b.Run(name, func(b *testing.B) {
+			e := newTestEnv(b)
+			n := e.network(1)
+			durations := make([]time.Duration, 0, b.N)
+			for i := 0; i < b.N; i++ {
+				b.StopTimer()
+				ep := e.endpoint(n, byte(2+i%250))
+				if gone {
+					if err := deleteLinkByName(ep.IfName); err != nil {
+						b.Fatal(err)
+					}
+				}
+				b.StartTimer()
+				start := time.Now()
+				if err := e.dp.DeleteEndpoint(ep.DockerEndpointID); err != nil {
+					b.Fatalf("DeleteEndpoint: %v", err)
+				}
+				durations = append(durations, time.Since(start))
+			}
+			b.StopTimer()
+			reportPercentiles(b, durations)
+		})
+	}
+}

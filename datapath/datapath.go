@@ -55,6 +55,12 @@ type Datapath struct {
 	closed bool
 	// stopEvents ends the running ReadEvents, if any (one reader only).
 	stopEvents func()
+	// deleting holds the host veths DeleteEndpoint is deleting in the
+	// background, by name; each channel is closed once its veth and
+	// state directory are gone. delWG counts them for Close.
+	delMu    sync.Mutex
+	deleting map[string]chan struct{}
+	delWG    sync.WaitGroup
 }
 
 // endpointState is what the datapath holds for one live endpoint. Its
@@ -106,7 +112,7 @@ func New(cfg Config, log logrus.FieldLogger) (*Datapath, error) {
 		return nil, err
 	}
 	d := &Datapath{cfg: cfg, log: log, tmpl: tmpl, shared: map[string]*ebpf.Map{},
-		btf: btf.NewCache(), eps: map[uint16]*endpointState{}}
+		btf: btf.NewCache(), eps: map[uint16]*endpointState{}, deleting: map[string]chan struct{}{}}
 	if err := d.writeTemplate(); err != nil {
 		return nil, err
 	}
@@ -197,6 +203,9 @@ func (d *Datapath) Close() error {
 		return nil
 	}
 	d.closed = true
+	// Veths of deleted endpoints go before the daemon does; Restore
+	// would finish them, but a clean stop leaves nothing to finish.
+	d.delWG.Wait()
 	if d.stopEvents != nil {
 		d.stopEvents()
 	}

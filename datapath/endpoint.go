@@ -73,6 +73,9 @@ func (d *Datapath) CreateEndpoint(ep *Endpoint) (retErr error) {
 	}
 	ep.ID = id
 	ep.IfName = HostIfName(ep.DockerEndpointID)
+	// The same Docker endpoint ID again, right after its deletion: its
+	// veth name is taken until the background deletion is done.
+	d.waitDeleted(ep.IfName)
 	ep.PeerName = PeerIfName(ep.DockerEndpointID)
 	ep.NodeMAC = NodeMACFor(ep.DockerEndpointID)
 	if len(ep.LXCMAC) == 0 {
@@ -382,6 +385,19 @@ func (d *Datapath) load(st *endpointState, obj []byte, freshVeth bool, undo *und
 
 // DeleteEndpoint removes everything CreateEndpoint made. Deleting an
 // unknown endpoint succeeds.
+//
+// What could clash with a new endpoint on the same address is gone when it
+// returns: the ebpfnet_endpoints entry, the program array entry, the policy
+// pin and the /32 route. The host veth may outlive the call by a few tens of
+// milliseconds: deleting a network device waits for an RCU barrier in the
+// kernel (~20-30 ms, most of a deletion), so when the veth still exists
+// (Docker had not destroyed the container's namespace yet) it is deleted in
+// the background. The state directory gets a tombstone (deletingFile)
+// first: a daemon killed at any step after finds it at Restore and
+// finishes the deletion instead of re-adopting the endpoint. The epid, kept by its state
+// directory, is not reused before the veth is gone. The veth's programs
+// can no longer pass for the endpoint: they find no entry of their own, or
+// another endpoint's (lib/policy.h endpoint_self), and enforce as init.
 func (d *Datapath) DeleteEndpoint(dockerEndpointID string) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -392,18 +408,100 @@ func (d *Datapath) DeleteEndpoint(dockerEndpointID string) error {
 	if st == nil {
 		return nil
 	}
-	if err := d.teardown(&st.ep, st); err != nil {
-		return err
+	ep := &st.ep
+	// The tombstone first: from here on, a restart finishes the deletion
+	// whatever step a crash interrupts.
+	if err := os.WriteFile(filepath.Join(d.epDir(ep.ID), deletingFile), nil, fileMode); err != nil {
+		if err := d.teardown(ep, st); err != nil {
+			return err
+		}
+		delete(d.eps, ep.ID)
+		return nil
 	}
-	delete(d.eps, st.ep.ID)
+	if errs := d.releaseMaps(ep, st); len(errs) > 0 {
+		// Something is off; try everything again the slow, certain way.
+		d.log.WithError(errors.Join(errs...)).WithField("epid", ep.ID).Warn("retrying endpoint deletion")
+		if err := d.teardown(ep, nil); err != nil {
+			return err
+		}
+		delete(d.eps, ep.ID)
+		return nil
+	}
+	if err := d.releaseLink(ep); err != nil {
+		return fmt.Errorf("delete endpoint %d: %w", ep.ID, err)
+	}
+	delete(d.eps, ep.ID)
 	return nil
 }
 
-// teardown removes an endpoint's map entries, pins, veth (and with it the
-// tc filters) and state directory. st may be nil (nothing held open). Every
-// step tolerates what is already gone, so it is safe to repeat after a
-// partial failure.
-func (d *Datapath) teardown(ep *Endpoint, st *endpointState) error {
+// deletingFile in an endpoint's state directory says DeleteEndpoint has
+// released the endpoint and its veth is being deleted.
+const deletingFile = "deleting"
+
+// releaseLink deletes the endpoint's /32 route now and its veth (if the
+// kernel has not removed it with the container's namespace already) and
+// state directory in the background (see DeleteEndpoint). The route is
+// deleted by its device index: no lookup of the veth on the way.
+func (d *Datapath) releaseLink(ep *Endpoint) error {
+	if err := deleteRoute(ep); err != nil {
+		return err
+	}
+	dir := d.epDir(ep.ID)
+	done := make(chan struct{})
+	d.delMu.Lock()
+	d.deleting[ep.IfName] = done
+	d.delMu.Unlock()
+	d.delWG.Add(1)
+	go func() {
+		defer d.delWG.Done()
+		defer func() {
+			d.delMu.Lock()
+			delete(d.deleting, ep.IfName)
+			d.delMu.Unlock()
+			close(done)
+		}()
+		log := d.log.WithFields(logrus.Fields{"epid": ep.ID, "ifname": ep.IfName})
+		if err := deleteLinkByName(ep.IfName); err != nil {
+			// The tombstone stays: the next Restore retries.
+			log.WithError(err).Warn("deleting the veth of a deleted endpoint failed")
+			return
+		}
+		if err := os.RemoveAll(dir); err != nil {
+			log.WithError(err).Warn("removing the state of a deleted endpoint failed")
+		}
+	}()
+	return nil
+}
+
+// waitDeleted returns once no veth named name is being deleted in the
+// background.
+func (d *Datapath) waitDeleted(name string) {
+	d.delMu.Lock()
+	done := d.deleting[name]
+	d.delMu.Unlock()
+	if done != nil {
+		<-done
+	}
+}
+
+// deleteRoute removes the /32 route to the endpoint through its veth; one
+// already gone (with the veth) is fine.
+func deleteRoute(ep *Endpoint) error {
+	route := &netlink.Route{
+		LinkIndex: ep.IfIndex,
+		Dst:       &net.IPNet{IP: net.IP(ep.IPv4.Addr().AsSlice()), Mask: net.CIDRMask(32, 32)},
+		Scope:     netlink.SCOPE_LINK,
+	}
+	if err := netlink.RouteDel(route); err != nil && !errors.Is(err, unix.ESRCH) {
+		return fmt.Errorf("delete route %v via %s: %w", route.Dst, ep.IfName, err)
+	}
+	return nil
+}
+
+// releaseMaps closes the endpoint's descriptors and removes its map entries
+// and pins. st may be nil (nothing held open). Each step tolerates what is
+// already gone.
+func (d *Datapath) releaseMaps(ep *Endpoint, st *endpointState) []error {
 	var errs []error
 	if st != nil {
 		st.close()
@@ -419,6 +517,15 @@ func (d *Datapath) teardown(ep *Endpoint, st *endpointState) error {
 	if err := removePin(d.policyPin(ep.ID)); err != nil {
 		errs = append(errs, err)
 	}
+	return errs
+}
+
+// teardown removes an endpoint's map entries, pins, veth (and with it the
+// tc filters and the route) and state directory, waiting for each. st may
+// be nil (nothing held open). Every step tolerates what is already gone, so
+// it is safe to repeat after a partial failure.
+func (d *Datapath) teardown(ep *Endpoint, st *endpointState) error {
+	errs := d.releaseMaps(ep, st)
 	if ep.IfName != "" {
 		if err := deleteLinkByName(ep.IfName); err != nil {
 			errs = append(errs, err)

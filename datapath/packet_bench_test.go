@@ -80,6 +80,7 @@ func BenchmarkProgramRun(b *testing.B) {
 
 const (
 	tcActOK       = 0
+	tcActShot     = 2
 	tcActRedirect = 7
 )
 

@@ -596,19 +596,23 @@ func TestDatapathDeleteAndRestore(t *testing.T) {
 	}
 }
 
-// assertGone checks that nothing of ep is left on the host.
+// assertGone checks that nothing of ep is left on the host: at once what
+// could clash with a successor on its address, after the background
+// deletion (DeleteEndpoint) its veth and state directory.
 func assertGone(t *testing.T, e *testEnv, ep *Endpoint) {
 	t.Helper()
-	if _, err := netlink.LinkByName(ep.IfName); err == nil {
-		t.Errorf("veth %s still exists", ep.IfName)
-	}
 	if out := run(t, "ip", "route", "show", ep.IPv4.Addr().String()+"/32"); strings.TrimSpace(out) != "" {
 		t.Errorf("route left: %s", out)
 	}
-	for _, p := range []string{e.dp.epDir(ep.ID), e.dp.policyPin(ep.ID)} {
-		if _, err := os.Stat(p); !errors.Is(err, os.ErrNotExist) {
-			t.Errorf("%s left behind: %v", p, err)
-		}
+	if _, err := os.Stat(e.dp.policyPin(ep.ID)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("%s left behind: %v", e.dp.policyPin(ep.ID), err)
+	}
+	e.dp.delWG.Wait()
+	if _, err := netlink.LinkByName(ep.IfName); err == nil {
+		t.Errorf("veth %s still exists", ep.IfName)
+	}
+	if _, err := os.Stat(e.dp.epDir(ep.ID)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("%s left behind: %v", e.dp.epDir(ep.ID), err)
 	}
 	// Only node-wide pins remain: no name carries the epid.
 	pins, _ := os.ReadDir(e.cfg.PinDir)
@@ -625,4 +629,68 @@ func assertGone(t *testing.T, e *testEnv, ep *Endpoint) {
 	if err := e.dp.shared[EndpointsMapName].Lookup(endpointKey(ep.IPv4.Addr()), &info); err == nil {
 		t.Errorf("endpoints map still holds %v", ep.IPv4.Addr())
 	}
+}
+
+// TestDatapathAddressReusedRightAfterDelete: an address released by
+// DeleteEndpoint (its veth still being deleted in the background) serves a
+// new endpoint at once, and the old veth's programs do not pass for it.
+func TestDatapathAddressReusedRightAfterDelete(t *testing.T) {
+	e := newTestEnv(t)
+	n := e.network(1)
+	a, b := e.endpoint(n, 70), e.endpoint(n, 71)
+	nsA, nsB := e.container(a), e.container(b)
+	// The old container's namespace lives on: its veth is the one being
+	// deleted in the background.
+	if !ping(nsA, b.IPv4.Addr()) {
+		t.Fatal("baseline ping failed")
+	}
+	oldFrom := e.fromContainer(a)
+	if err := e.dp.DeleteEndpoint(a.DockerEndpointID); err != nil {
+		t.Fatal(err)
+	}
+	c := e.endpoint(n, 70)
+	if c.ID == a.ID {
+		t.Errorf("epid %d reused while its veth may still exist", a.ID)
+	}
+	// a's program, as it may still run on its veth, does not take c's
+	// identity and flags: its new flows meet a's (empty) policy as init.
+	syn := tcpPacket(a.LXCMAC, b.LXCMAC, a.IPv4.Addr(), b.IPv4.Addr(), 42000, 80, 0x02)
+	if ret, err := oldFrom.Run(&ebpf.RunOptions{Data: syn}); err != nil || ret != tcActShot {
+		t.Errorf("old endpoint's program on a new flow: verdict %d, %v; want a drop", ret, err)
+	}
+	nsC := e.container(c)
+	if !ping(nsC, b.IPv4.Addr()) || !ping(nsB, c.IPv4.Addr()) || !ping("", c.IPv4.Addr()) {
+		t.Error("the successor on the released address is not reachable")
+	}
+	e.dp.delWG.Wait()
+	if _, err := netlink.LinkByName(a.IfName); err == nil {
+		t.Errorf("veth %s still exists", a.IfName)
+	}
+	if _, err := os.Stat(e.dp.epDir(a.ID)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("state of endpoint %d left behind: %v", a.ID, err)
+	}
+}
+
+// TestDatapathRestoreFinishesDeletion: a daemon killed after DeleteEndpoint
+// marked the endpoint (tombstone written, veth not yet deleted) does not
+// re-adopt it at restart, it deletes it.
+func TestDatapathRestoreFinishesDeletion(t *testing.T) {
+	e := newTestEnv(t)
+	n := e.network(1)
+	a, b := e.endpoint(n, 80), e.endpoint(n, 81)
+	if err := os.WriteFile(filepath.Join(e.dp.epDir(a.ID), deletingFile), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.dp.Close(); err != nil {
+		t.Fatal(err)
+	}
+	e.dp = e.open()
+	restored, err := e.dp.Restore()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(restored) != 1 || restored[0].ID != b.ID {
+		t.Errorf("restored %+v, want only endpoint %d", restored, b.ID)
+	}
+	assertGone(t, e, a)
 }

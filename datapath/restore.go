@@ -87,6 +87,12 @@ func (d *Datapath) restoreOne(id uint16) error {
 		log.WithError(err).Info("removing half-created endpoint")
 		return d.teardown(&Endpoint{ID: id}, nil)
 	}
+	if _, err := os.Stat(filepath.Join(dir, deletingFile)); err == nil {
+		// DeleteEndpoint had released it; its veth was still being
+		// deleted when the daemon stopped.
+		log.WithField("ifname", ep.IfName).Info("finishing the deletion of an endpoint")
+		return d.teardown(&ep, nil)
+	}
 	l, err := netlink.LinkByName(ep.IfName)
 	if err != nil {
 		var nf netlink.LinkNotFoundError

@@ -54,14 +54,17 @@ struct self_info {
 /* endpoint_self reads this endpoint's identity and flags from its own
  * ebpfnet_endpoints entry. Without one (not yet published, or being
  * deleted) it is init and enforces both directions with whatever its map
- * holds: an endpoint the daemon has not described is never allow-all. */
+ * holds: an endpoint the daemon has not described is never allow-all. An
+ * entry under its address with another epid is a successor's (the address
+ * was reused while this endpoint's veth was still being deleted), and does
+ * not describe it either. */
 static __always_inline void endpoint_self(struct self_info *s)
 {
 	struct endpoint_info *self;
 	__be32 own = LXC_IPV4;
 
 	self = bpf_map_lookup_elem(&ebpfnet_endpoints, &own);
-	if (self) {
+	if (self && self->epid == LXC_ID) {
 		s->identity = self->identity;
 		s->flags = self->flags;
 		return;
