@@ -55,3 +55,47 @@ func percentile(sorted []time.Duration, p int) time.Duration {
 	}
 	return sorted[rank-1]
 }
+
+// BenchmarkEndpointTeardown measures what `docker rm` waits for from us:
+// Leave, DeleteEndpoint and ReleaseAddress through the plugin socket, for an
+// endpoint whose veth still exists (its peer never left the host). The
+// endpoints are created untimed. Compare with BenchmarkDeleteEndpoint in
+// datapath, DeleteEndpoint alone.
+func BenchmarkEndpointTeardown(b *testing.B) {
+	td := startTestDaemon(b)
+	poolID, _ := createTestNetwork(b, td, "bench-net", "10.204.0.0/16")
+	b.Cleanup(func() {
+		td.mustCall(b, "/NetworkDriver.DeleteNetwork", map[string]any{"NetworkID": "bench-net"})
+	})
+	// The whole teardown, and each call alone (p50 only).
+	var durations, leave, del, release []time.Duration
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		addr := td.mustCall(b, "/IpamDriver.RequestAddress", map[string]any{"PoolID": poolID})["Address"].(string)
+		epID := randomHex(b, 32)
+		td.mustCall(b, "/NetworkDriver.CreateEndpoint", map[string]any{
+			"NetworkID": "bench-net", "EndpointID": epID, "Interface": map[string]any{"Address": addr}})
+		td.mustCall(b, "/NetworkDriver.Join", map[string]any{"NetworkID": "bench-net", "EndpointID": epID, "SandboxKey": "/x"})
+		b.StartTimer()
+		start := time.Now()
+		td.mustCall(b, "/NetworkDriver.Leave", map[string]any{"NetworkID": "bench-net", "EndpointID": epID})
+		t1 := time.Now()
+		td.mustCall(b, "/NetworkDriver.DeleteEndpoint", map[string]any{"NetworkID": "bench-net", "EndpointID": epID})
+		t2 := time.Now()
+		td.mustCall(b, "/IpamDriver.ReleaseAddress", map[string]any{"PoolID": poolID, "Address": addr})
+		end := time.Now()
+		durations = append(durations, end.Sub(start))
+		leave, del, release = append(leave, t1.Sub(start)), append(del, t2.Sub(t1)), append(release, end.Sub(t2))
+	}
+	b.StopTimer()
+	ms := func(d []time.Duration, p int) float64 {
+		sort.Slice(d, func(i, j int) bool { return d[i] < d[j] })
+		return float64(percentile(d, p).Microseconds()) / 1000
+	}
+	b.ReportMetric(ms(durations, 50), "p50-ms")
+	b.ReportMetric(ms(durations, 99), "p99-ms")
+	b.ReportMetric(ms(leave, 50), "leave-p50-ms")
+	b.ReportMetric(ms(del, 50), "delete-p50-ms")
+	b.ReportMetric(ms(release, 50), "release-p50-ms")
+}
