@@ -45,8 +45,10 @@ func TestManagedPluginFromARegistry(t *testing.T) {
 		_, _ = tryRun("docker", "plugin", "rm", "-f", localPlugin)
 	}
 	removePlugins()
-	// Registered first, so it runs last: after the containers and the
-	// network, which need the plugin to answer.
+	hideHostState(t)
+	// Registered after hideHostState, so it runs before the state comes
+	// back, and before the rest: after the containers and the network,
+	// which need the plugin to answer.
 	t.Cleanup(removePlugins)
 	t.Cleanup(func() { _, _ = tryRun(bin, "policy", "delete", "--all") })
 	startRegistry(t)
@@ -166,6 +168,31 @@ func TestManagedPluginFromARegistry(t *testing.T) {
 	eventually(t, 10*time.Second, "leftovers of the managed plugin's network", func() error {
 		return leftovers("10.239.")
 	})
+}
+
+// hideHostState makes this a new host for the plugin: no /var/lib/ebpfnet
+// and no /run/ebpfnet. Docker does not create a missing mount source, and
+// /run is emptied at every boot, so the plugin must start without them.
+// What the earlier tests left there comes back when the test ends.
+func hideHostState(t *testing.T) {
+	t.Helper()
+	for _, dir := range []string{libDir, "/run/ebpfnet"} {
+		hidden := dir + ".e2e-hidden"
+		if err := os.RemoveAll(hidden); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(dir, hidden); err != nil && !os.IsNotExist(err) {
+			t.Fatalf("hide %s: %v", dir, err)
+		}
+		t.Cleanup(func() {
+			if err := os.RemoveAll(dir); err != nil {
+				t.Errorf("remove the plugin's %s: %v", dir, err)
+			}
+			if err := os.Rename(hidden, dir); err != nil && !os.IsNotExist(err) {
+				t.Errorf("restore %s: %v", dir, err)
+			}
+		})
+	}
 }
 
 // startRegistry runs Debian's docker-registry on registryAddr, storing in
