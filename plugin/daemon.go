@@ -153,7 +153,7 @@ func start(cfg Config, log logrus.FieldLogger) (_ *Daemon, err error) {
 	}
 	// A managed plugin gets /proc/sys read-only; the sysctls we write
 	// (rp_filter, route_localnet, ip_forward) are the host's own.
-	if remounted, err := procsys.EnsureWritable(); err != nil {
+	if remounted, err := procsys.EnsureWritable(procsys.Path); err != nil {
 		return nil, err
 	} else if remounted {
 		log.Info("remounted /proc/sys read-write in the plugin's mount namespace")

@@ -19,12 +19,12 @@ import (
 // Path is where the kernel's sysctls are mounted.
 const Path = "/proc/sys"
 
-// EnsureWritable remounts Path read-write when it is mounted read-only and
-// reports whether it had to.
-func EnsureWritable() (bool, error) {
+// EnsureWritable remounts dir (Path, but for tests) read-write when it is
+// a read-only mount, and reports whether it had to.
+func EnsureWritable(dir string) (bool, error) {
 	var st unix.Statfs_t
-	if err := unix.Statfs(Path, &st); err != nil {
-		return false, fmt.Errorf("statfs %s: %w", Path, err)
+	if err := unix.Statfs(dir, &st); err != nil {
+		return false, fmt.Errorf("statfs %s: %w", dir, err)
 	}
 	if st.Flags&unix.ST_RDONLY == 0 {
 		return false, nil
@@ -44,8 +44,8 @@ func EnsureWritable() (bool, error) {
 			flags |= f.ms
 		}
 	}
-	if err := unix.Mount("", Path, "", flags, ""); err != nil {
-		return false, fmt.Errorf("remount %s read-write (the managed plugin needs CAP_SYS_ADMIN): %w", Path, err)
+	if err := unix.Mount("", dir, "", flags, ""); err != nil {
+		return false, fmt.Errorf("remount %s read-write (the managed plugin needs CAP_SYS_ADMIN): %w", dir, err)
 	}
 	return true, nil
 }
