@@ -80,6 +80,13 @@ func (c *policyController) hooks() driver.Hooks {
 			if err := c.datapath.DeleteIPCache(netip.PrefixFrom(ep.IPv4.Addr(), 32)); err != nil {
 				c.log.WithError(err).Warn("remove a deleted endpoint's ipcache entry")
 			}
+			// Its identity may now be unused. Called under the driver's
+			// lock, and regeneration reads the driver's networks: later.
+			go func() {
+				if err := c.regenerateAll(); err != nil {
+					c.log.WithError(err).Warn("regenerate policy after an endpoint left")
+				}
+			}()
 		},
 		NetworksChanged: func() {
 			// Called under the driver's lock: the network list comes later,
@@ -158,7 +165,13 @@ func (c *policyController) catchUp(ep datapath.Endpoint, n driver.Network, compi
 	}
 }
 
-// regenerateAll recompiles every endpoint and writes what changed.
+// regenerateAll releases the identities nothing uses any more, then
+// recompiles every endpoint and writes what changed.
+//
+// Both happen under one hold of mu, and attach allocates under mu too: a
+// released number can be handed out again (the allocator takes the lowest
+// free one), so no endpoint may get it before every policy map has lost
+// the entries that named its previous owner.
 func (c *policyController) regenerateAll() error {
 	networks := map[string]driver.Network{}
 	for _, n := range c.driver.Networks() {
@@ -166,6 +179,7 @@ func (c *policyController) regenerateAll() error {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.releaseUnusedIdentities()
 	c.generation++
 	var firstErr error
 	added, removed := 0, 0
@@ -200,13 +214,14 @@ func (c *policyController) attach(a dockerwatch.Attachment) bool {
 		return true // not ours, or already known
 	}
 	ls := labels.FromDocker(a.Container.Labels)
+	c.mu.Lock()
 	id, err := c.alloc.Allocate(ls)
 	if err != nil {
+		c.mu.Unlock()
 		c.log.WithError(err).WithField("epid", ep.ID).Warn("allocate identity; the endpoint stays init")
 		return true
 	}
 	if identity.ID(ep.Identity) != id || ep.ContainerID != a.Container.ID {
-		c.mu.Lock()
 		err = c.datapath.SetEndpointIdentity(ep.ID, uint32(id), a.Container.ID, a.Container.Name, a.Container.Labels)
 		c.mu.Unlock()
 		if err != nil {
@@ -217,6 +232,8 @@ func (c *policyController) attach(a dockerwatch.Attachment) bool {
 			c.log.WithError(err).Warn("ipcache entry of an endpoint")
 		}
 		c.log.WithFields(logrus.Fields{"epid": ep.ID, "container": a.Container.Name, "identity": uint32(id), "labels": ls.String()}).Info("endpoint identity")
+	} else {
+		c.mu.Unlock()
 	}
 	if err := c.regenerateAll(); err != nil {
 		c.log.WithError(err).Warn("regenerate policy after an identity change")
@@ -261,6 +278,19 @@ func (c *policyController) importRules(data []byte) (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
+	rev, err := c.importLocked(rules)
+	if err != nil {
+		return 0, err
+	}
+	return rev, c.regenerateAll()
+}
+
+// importLocked allocates the rules' CIDR identities and adds the rules
+// under mu, so that a regeneration in between never takes the new CIDR
+// identities for unused ones.
+func (c *policyController) importLocked(rules []policy.Rule) (uint64, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	for _, p := range policy.CIDRs(rules) {
 		id, err := c.alloc.AllocateCIDR(p)
 		if err != nil {
@@ -270,11 +300,7 @@ func (c *policyController) importRules(data []byte) (uint64, error) {
 			return 0, fmt.Errorf("ipcache entry for %s: %w", p, err)
 		}
 	}
-	rev, err := c.repo.Import(rules)
-	if err != nil {
-		return 0, err
-	}
-	return rev, c.regenerateAll()
+	return c.repo.Import(rules)
 }
 
 func (c *policyController) deleteAll() (uint64, error) {
@@ -351,5 +377,47 @@ func (c *policyController) syncEndpointAddresses() {
 		if err := c.datapath.UpsertIPCache(netip.PrefixFrom(ep.IPv4.Addr(), 32), ep.Identity); err != nil {
 			c.log.WithError(err).WithField("epid", ep.ID).Warn("ipcache entry of a restored endpoint")
 		}
+	}
+}
+
+// releaseUnusedIdentities forgets the label identities no endpoint has and
+// the CIDR identities no rule names (with their ipcache entries), so that
+// identities.json does not grow with every label set ever seen. Called
+// with mu held, before a regeneration.
+func (c *policyController) releaseUnusedIdentities() {
+	inUse := map[identity.ID]bool{}
+	for _, ep := range c.datapath.Endpoints() {
+		inUse[identity.ID(ep.Identity)] = true
+	}
+	cidrsInUse := map[netip.Prefix]bool{}
+	for _, p := range policy.CIDRs(c.repo.Rules()) {
+		cidrsInUse[p.Masked()] = true
+	}
+	for _, e := range c.alloc.List() {
+		var prefix netip.Prefix
+		switch e.ID.Kind() {
+		case identity.KindAllocated:
+			if inUse[e.ID] {
+				continue
+			}
+		case identity.KindCIDR:
+			p, ok := identity.CIDRPrefix(e.Labels)
+			if !ok || cidrsInUse[p.Masked()] {
+				continue
+			}
+			prefix = p
+		default:
+			continue
+		}
+		if err := c.alloc.Release(e.ID); err != nil {
+			c.log.WithError(err).WithField("identity", uint32(e.ID)).Warn("release an unused identity")
+			continue
+		}
+		if prefix.IsValid() {
+			if err := c.datapath.DeleteIPCache(prefix); err != nil {
+				c.log.WithError(err).WithField("prefix", prefix).Warn("remove an unused CIDR's ipcache entry")
+			}
+		}
+		c.log.WithFields(logrus.Fields{"identity": uint32(e.ID), "labels": e.Labels.String()}).Debug("released an unused identity")
 	}
 }

@@ -256,11 +256,17 @@ func TestNothingLeftBehind(t *testing.T) {
 	for _, name := range []string{"e2e-l1", "e2e-l2"} {
 		_, _ = tryRun("docker", "rm", "-f", name)
 		t.Cleanup(func() { _, _ = tryRun("docker", "rm", "-f", name) })
-		run(t, "docker", "run", "-d", "--name", name, "--network", "e2e-leak", image, "sleep", "3600")
+		run(t, "docker", "run", "-d", "--name", name, "--network", "e2e-leak", "--label", "id="+name, image, "sleep", "3600")
 	}
 	if n := len(endpoints(t)); n != 2 {
 		t.Fatalf("%d endpoints before removal, want 2", n)
 	}
+	eventually(t, 10*time.Second, "identities of the leak test's containers", func() error {
+		if ids := run(t, bin, "identity", "list"); !strings.Contains(ids, "id=e2e-l1") || !strings.Contains(ids, "id=e2e-l2") {
+			return fmt.Errorf("not allocated yet:\n%s", ids)
+		}
+		return nil
+	})
 	run(t, "docker", "rm", "-f", "e2e-l1", "e2e-l2")
 	run(t, "docker", "network", "rm", "e2e-leak")
 
@@ -270,6 +276,12 @@ func TestNothingLeftBehind(t *testing.T) {
 	if eps := endpoints(t); len(eps) != 0 {
 		t.Errorf("endpoint list still shows %+v", eps)
 	}
+	eventually(t, 10*time.Second, "identities released with their last endpoint", func() error {
+		if ids := run(t, bin, "identity", "list"); strings.Contains(ids, "e2e-l1") || strings.Contains(ids, "e2e-l2") {
+			return fmt.Errorf("still allocated:\n%s", ids)
+		}
+		return nil
+	})
 	status := run(t, bin, "status", "-o", "json")
 	if strings.Contains(status, "10.236.") {
 		t.Errorf("status still shows the pool or its addresses: %s", status)
