@@ -86,11 +86,13 @@ static __always_inline int handle_arp(struct __sk_buff *skb)
 }
 
 /* skb->cb slots through which the sender hands the receiver's
- * handle_policy its identity and its conntrack verdict; cb survives the tail
- * call, and the sender always writes both. The identity is 0 (unknown) on
+ * handle_policy its identity, its conntrack verdict and the receiver's host
+ * veth; cb survives the tail call, and the sender always writes all three. The identity is 0 (unknown) on
  * an established flow, where nothing reads it. */
 #define CB_SRC_IDENTITY 0
 #define CB_CT_STATE 1
+/* The receiver's host veth, from its ebpfnet_endpoints entry. */
+#define CB_IFINDEX 2
 
 /* deliver_local tail-calls into the receiver's handle_policy, which checks
  * the receiver's ingress policy on a new flow and redirects into its
@@ -108,6 +110,7 @@ static __always_inline int deliver_local(struct __sk_buff *skb,
 		return drop(skb, DROP_INVALID, METRIC_EGRESS, f);
 	skb->cb[CB_SRC_IDENTITY] = self->identity;
 	skb->cb[CB_CT_STATE] = ct;
+	skb->cb[CB_IFINDEX] = peer->ifindex;
 	bpf_tail_call(skb, &ebpfnet_policy_calls, peer->epid);
 	/* Only reached when the receiver has no program in the array: it is
 	 * being created or deleted. Without its policy check nothing may pass. */
@@ -272,7 +275,7 @@ int handle_policy(struct __sk_buff *skb)
 		mac_copy(eth->h_dest, LXC_MAC);
 
 	count(REASON_FORWARDED, METRIC_INGRESS, skb->len);
-	return bpf_redirect_peer(LXC_IFINDEX, 0);
+	return bpf_redirect_peer(skb->cb[CB_IFINDEX], 0);
 }
 
 /* to_container sees what the host stack sends to the container: from the

@@ -46,11 +46,12 @@ func validateEndpoint(ep *Endpoint) error {
 }
 
 // CreateEndpoint builds an endpoint's datapath: it fills ep.ID, IfName,
-// PeerName, IfIndex, NodeMAC and (if empty) LXCMAC, writes ep_config.h and
-// bpf_lxc.o, creates the veth pair, neighbour and route, loads the programs
-// against the endpoint's own policy map, attaches them as tc filters,
-// registers handle_policy in ebpfnet_policy_calls and publishes the
-// endpoint. On error it leaves nothing behind.
+// PeerName, IfIndex, NodeMAC and (if empty) LXCMAC, writes ep_config.h,
+// creates the veth pair, neighbour and route while, beside it, the
+// endpoint's policy map is made, bpf_lxc.o written and its programs loaded
+// against that map; then attaches them as tc filters, registers
+// handle_policy in ebpfnet_policy_calls and publishes the endpoint. On
+// error it leaves nothing behind.
 func (d *Datapath) CreateEndpoint(ep *Endpoint) (retErr error) {
 	if err := validateEndpoint(ep); err != nil {
 		return err
@@ -114,38 +115,31 @@ func (d *Datapath) CreateEndpoint(ep *Endpoint) (retErr error) {
 		return err
 	}
 
-	ifindex, err := createVeth(ep)
-	if err != nil {
-		return err
-	}
-	undo.push(func() error { return deleteLinkByName(ep.IfName) })
-	ep.IfIndex = ifindex
-	if err := routeToEndpoint(ep); err != nil {
-		return err
-	}
-	// The same record, now with the real IfIndex; if this is lost in a
-	// crash, Restore takes the index from the live veth anyway.
-	if err := d.writeRecord(ep); err != nil {
-		return err
-	}
-
+	// The programs do not depend on the veth (bpf/lib/config.h): they
+	// are loaded, most of the creation's time, while the main line
+	// creates the veth. The loader works on st alone until joined.
 	st := &endpointState{ep: *ep}
 	st.ep.InitialPolicy = nil
-	undo.push(func() error { st.close(); return nil })
-	if err := d.createPolicyMap(st, &undo); err != nil {
-		return err
+	consts := constantsOf(ep)
+	loaded := make(chan loadResult, 1)
+	go func() { loaded <- d.prepareLoad(st, consts, initial) }()
+	vethErr := d.createLink(ep, &undo)
+	res := <-loaded
+	undo = append(undo, res.undo...)
+	if res.coll != nil {
+		// The filters and the program array keep the programs
+		// alive; the collection's descriptors are not needed past
+		// attaching.
+		defer res.coll.Close()
 	}
-	// Entries before the programs exist; the flags go with the
-	// publication below. Until then the programs find no entry of their
-	// own and enforce both directions with what the map holds.
-	if err := installPolicy(st, initial); err != nil {
-		return err
+	if vethErr != nil {
+		return vethErr
 	}
-	obj, err := d.writeObject(ep)
-	if err != nil {
-		return err
+	if res.err != nil {
+		return res.err
 	}
-	if err := d.load(st, obj, true, &undo); err != nil {
+	st.ep.IfIndex = ep.IfIndex
+	if err := d.attach(st, res.coll, true, &undo); err != nil {
 		return err
 	}
 	// Published last: until a sender finds the endpoint here it cannot
@@ -157,6 +151,55 @@ func (d *Datapath) CreateEndpoint(ep *Endpoint) (retErr error) {
 	d.eps[id] = st
 	d.log.WithFields(logrus.Fields{"epid": id, "ifname": ep.IfName, "ipv4": ep.IPv4}).Debug("endpoint created")
 	return nil
+}
+
+// createLink makes the endpoint's veth pair, its neighbour and route, and
+// rewrites the record with the veth's index.
+func (d *Datapath) createLink(ep *Endpoint, undo *undoStack) error {
+	ifindex, err := createVeth(ep)
+	if err != nil {
+		return err
+	}
+	undo.push(func() error { return deleteLinkByName(ep.IfName) })
+	ep.IfIndex = ifindex
+	if err := routeToEndpoint(ep); err != nil {
+		return err
+	}
+	// The same record, now with the real IfIndex; if this is lost in a
+	// crash, Restore takes the index from the live veth anyway.
+	return d.writeRecord(ep)
+}
+
+// loadResult is what prepareLoad hands back: the loaded programs and how
+// to undo what it made.
+type loadResult struct {
+	coll *ebpf.Collection
+	undo undoStack
+	err  error
+}
+
+// prepareLoad creates and pins st's policy map with the initial entries,
+// writes the endpoint's bpf_lxc.o and loads its programs. It touches st and
+// the endpoint's pin and object file only, so it runs beside the veth's
+// creation.
+func (d *Datapath) prepareLoad(st *endpointState, c endpointConstants, initial *EndpointPolicy) (r loadResult) {
+	r.undo.push(func() error { st.close(); return nil })
+	if r.err = d.createPolicyMap(st, &r.undo); r.err != nil {
+		return r
+	}
+	// Entries before the programs exist; the flags go with the
+	// publication. Until then the programs find no entry of their own
+	// and enforce both directions with what the map holds.
+	if r.err = installPolicy(st, initial); r.err != nil {
+		return r
+	}
+	obj, err := d.writeObject(st.ep.ID, c)
+	if err != nil {
+		r.err = err
+		return r
+	}
+	r.coll, r.err = d.loadPrograms(st, obj)
+	return r
 }
 
 // writeRecord writes ep_config.h, the restore record.
@@ -321,32 +364,41 @@ func removePin(path string) error {
 	return nil
 }
 
-// writeObject instantiates the template for ep and writes it as the
-// endpoint's bpf_lxc.o. The returned bytes are what load runs.
-func (d *Datapath) writeObject(ep *Endpoint) ([]byte, error) {
-	obj, err := d.tmpl.instantiate(constantsOf(ep))
+// writeObject instantiates the template with c and writes it as endpoint
+// id's bpf_lxc.o. The returned bytes are what load runs.
+func (d *Datapath) writeObject(id uint16, c endpointConstants) ([]byte, error) {
+	obj, err := d.tmpl.instantiate(c)
 	if err != nil {
 		return nil, err
 	}
-	path := filepath.Join(d.epDir(ep.ID), ObjectFile)
+	path := filepath.Join(d.epDir(id), ObjectFile)
 	if err := writeStateFile(path, obj); err != nil {
-		return nil, fmt.Errorf("write endpoint %d object: %w", ep.ID, err)
+		return nil, fmt.Errorf("write endpoint %d object: %w", id, err)
 	}
 	return obj, nil
 }
 
 // load loads the programs of obj (an instance of the template, the bytes
-// of the endpoint's bpf_lxc.o) against the shared maps and the endpoint's
-// own policy map, attaches from_container and to_container as tc filters
-// on the host veth and puts handle_policy in ebpfnet_policy_calls. Filters
-// and the array entry are replaced in place if they exist, so a restore
-// never leaves the veth without a program. freshVeth says the veth was just
-// created by us and has no qdisc yet.
+// of the endpoint's bpf_lxc.o) and attaches them (see attach).
 func (d *Datapath) load(st *endpointState, obj []byte, freshVeth bool, undo *undoStack) error {
-	ep := &st.ep
+	coll, err := d.loadPrograms(st, obj)
+	if err != nil {
+		return err
+	}
+	// The filters and the program array keep the programs alive; the
+	// collection's descriptors are not needed past attaching.
+	defer coll.Close()
+	return d.attach(st, coll, freshVeth, undo)
+}
+
+// loadPrograms loads the programs of obj against the shared maps and the
+// endpoint's own policy map: verification and JIT, most of an endpoint's
+// creation.
+func (d *Datapath) loadPrograms(st *endpointState, obj []byte) (*ebpf.Collection, error) {
+	id := st.ep.ID
 	spec, err := d.tmpl.specFor(obj)
 	if err != nil {
-		return fmt.Errorf("endpoint %d object: %w", ep.ID, err)
+		return nil, fmt.Errorf("endpoint %d object: %w", id, err)
 	}
 	repl := make(map[string]*ebpf.Map, len(d.shared)+1)
 	for k, v := range d.shared {
@@ -360,17 +412,25 @@ func (d *Datapath) load(st *endpointState, obj []byte, freshVeth bool, undo *und
 	if err != nil {
 		var ve *ebpf.VerifierError
 		if errors.As(err, &ve) {
-			return fmt.Errorf("load endpoint %d programs: %+v", ep.ID, ve)
+			return nil, fmt.Errorf("load endpoint %d programs: %+v", id, ve)
 		}
-		return fmt.Errorf("load endpoint %d programs: %w", ep.ID, err)
+		return nil, fmt.Errorf("load endpoint %d programs: %w", id, err)
 	}
-	// The filters and the program array keep the programs alive; the
-	// collection's descriptors are not needed past attaching.
-	defer coll.Close()
+	if coll.Programs[progFrom] == nil || coll.Programs[progTo] == nil || coll.Programs[progPolicy] == nil {
+		coll.Close()
+		return nil, fmt.Errorf("endpoint %d object lacks one of %s, %s, %s", id, progFrom, progTo, progPolicy)
+	}
+	return coll, nil
+}
+
+// attach puts from_container and to_container of coll as tc filters on the
+// host veth and handle_policy in ebpfnet_policy_calls. Filters and the
+// array entry are replaced in place if they exist, so a restore never
+// leaves the veth without a program. freshVeth says the veth was just
+// created by us and has no qdisc yet.
+func (d *Datapath) attach(st *endpointState, coll *ebpf.Collection, freshVeth bool, undo *undoStack) error {
+	ep := &st.ep
 	from, to, pol := coll.Programs[progFrom], coll.Programs[progTo], coll.Programs[progPolicy]
-	if from == nil || to == nil || pol == nil {
-		return fmt.Errorf("endpoint %d object lacks one of %s, %s, %s", ep.ID, progFrom, progTo, progPolicy)
-	}
 	if err := attachTC(ep.IfIndex, from, to, freshVeth); err != nil {
 		return fmt.Errorf("attach programs to %s: %w", ep.IfName, err)
 	}

@@ -20,7 +20,6 @@ const (
 	symNodeMAC    = "NODE_MAC"
 	symLXCID      = "LXC_ID"
 	symNetworkID  = "NETWORK_ID"
-	symLXCIfIndex = "LXC_IFINDEX"
 	rodataSection = ".rodata"
 )
 
@@ -30,7 +29,7 @@ const (
 func constSizes() map[string]uint64 {
 	return map[string]uint64{
 		symLXCIPv4: 4, symLXCMAC: 6, symNodeMAC: 6,
-		symLXCID: 4, symNetworkID: 4, symLXCIfIndex: 4,
+		symLXCID: 4, symNetworkID: 4,
 	}
 }
 
@@ -166,7 +165,6 @@ type endpointConstants struct {
 	NodeMAC   HardwareAddr
 	ID        uint32
 	NetworkID uint32
-	IfIndex   uint32
 }
 
 func constantsOf(ep *Endpoint) endpointConstants {
@@ -176,7 +174,6 @@ func constantsOf(ep *Endpoint) endpointConstants {
 		NodeMAC:   ep.NodeMAC,
 		ID:        uint32(ep.ID),
 		NetworkID: ep.Network.Index,
-		IfIndex:   uint32(ep.IfIndex),
 	}
 }
 
@@ -197,6 +194,5 @@ func (t *template) instantiate(c endpointConstants) ([]byte, error) {
 	copy(out[t.offsets[symNodeMAC]:], c.NodeMAC)
 	t.order.PutUint32(out[t.offsets[symLXCID]:], c.ID)
 	t.order.PutUint32(out[t.offsets[symNetworkID]:], c.NetworkID)
-	t.order.PutUint32(out[t.offsets[symLXCIfIndex]:], c.IfIndex)
 	return out, nil
 }

@@ -26,7 +26,6 @@ func endpointSpecForTest(tb testing.TB) *ebpf.CollectionSpec {
 		NodeMAC:   HardwareAddr{0x02, 0, 0, 0, 0, 1},
 		ID:        7,
 		NetworkID: 1,
-		IfIndex:   1,
 	})
 	if err != nil {
 		tb.Fatal(err)

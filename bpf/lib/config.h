@@ -27,9 +27,9 @@ volatile const __u32 NETWORK_ID = 0;
 /* There is no SECLABEL constant: the endpoint's identity is read from its
  * ebpfnet_endpoints entry (lib/policy.h), so learning a container's labels
  * is one map write, not a reload. */
-/* ifindex of the endpoint's own host-side veth: handle_policy delivers into
- * the container with bpf_redirect_peer on it. The veth exists before the
- * object is written, so the value is known when patching. */
-volatile const __u32 LXC_IFINDEX = 0;
+/* There is no ifindex constant either: handle_policy delivers into the
+ * container through the host veth its sender found in the receiver's
+ * ebpfnet_endpoints entry, so the object does not depend on the veth and
+ * the daemon loads it while the veth is being created. */
 
 #endif
