@@ -120,10 +120,18 @@ func (d *Datapath) CreateEndpoint(ep *Endpoint) (retErr error) {
 	// creates the veth. The loader works on st alone until joined.
 	st := &endpointState{ep: *ep}
 	st.ep.InitialPolicy = nil
-	consts := constantsOf(ep)
+	obj, err := d.tmpl.instantiate(constantsOf(ep))
+	if err != nil {
+		return err
+	}
 	loaded := make(chan loadResult, 1)
-	go func() { loaded <- d.prepareLoad(st, consts, initial) }()
+	go func() { loaded <- d.prepareLoad(st, obj, initial) }()
+	// The object file is the shorter line's: what the loader loads is
+	// these bytes, and they are on disk before anything is attached.
 	vethErr := d.createLink(ep, &undo)
+	if vethErr == nil {
+		vethErr = d.writeObject(id, obj)
+	}
 	res := <-loaded
 	undo = append(undo, res.undo...)
 	if res.coll != nil {
@@ -178,11 +186,11 @@ type loadResult struct {
 	err  error
 }
 
-// prepareLoad creates and pins st's policy map with the initial entries,
-// writes the endpoint's bpf_lxc.o and loads its programs. It touches st and
-// the endpoint's pin and object file only, so it runs beside the veth's
-// creation.
-func (d *Datapath) prepareLoad(st *endpointState, c endpointConstants, initial *EndpointPolicy) (r loadResult) {
+// prepareLoad creates and pins st's policy map with the initial entries
+// and loads the programs of obj (the endpoint's instance of the template)
+// against it. It touches st and the endpoint's pin only, so it runs beside
+// the veth's creation.
+func (d *Datapath) prepareLoad(st *endpointState, obj []byte, initial *EndpointPolicy) (r loadResult) {
 	r.undo.push(func() error { st.close(); return nil })
 	if r.err = d.createPolicyMap(st, &r.undo); r.err != nil {
 		return r
@@ -191,11 +199,6 @@ func (d *Datapath) prepareLoad(st *endpointState, c endpointConstants, initial *
 	// publication. Until then the programs find no entry of their own
 	// and enforce both directions with what the map holds.
 	if r.err = installPolicy(st, initial); r.err != nil {
-		return r
-	}
-	obj, err := d.writeObject(st.ep.ID, c)
-	if err != nil {
-		r.err = err
 		return r
 	}
 	r.coll, r.err = d.loadPrograms(st, obj)
@@ -364,18 +367,13 @@ func removePin(path string) error {
 	return nil
 }
 
-// writeObject instantiates the template with c and writes it as endpoint
-// id's bpf_lxc.o. The returned bytes are what load runs.
-func (d *Datapath) writeObject(id uint16, c endpointConstants) ([]byte, error) {
-	obj, err := d.tmpl.instantiate(c)
-	if err != nil {
-		return nil, err
+// writeObject writes obj, the template instantiated for endpoint id, as its
+// bpf_lxc.o.
+func (d *Datapath) writeObject(id uint16, obj []byte) error {
+	if err := writeStateFile(filepath.Join(d.epDir(id), ObjectFile), obj); err != nil {
+		return fmt.Errorf("write endpoint %d object: %w", id, err)
 	}
-	path := filepath.Join(d.epDir(id), ObjectFile)
-	if err := writeStateFile(path, obj); err != nil {
-		return nil, fmt.Errorf("write endpoint %d object: %w", id, err)
-	}
-	return obj, nil
+	return nil
 }
 
 // load loads the programs of obj (an instance of the template, the bytes
