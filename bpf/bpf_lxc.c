@@ -42,47 +42,73 @@
 #include "lib/conntrack.h"
 #include "lib/policy.h"
 
-/* handle_arp answers the container's ARP requests for any address but its
+/* arp_answer answers the container's ARP requests for any address but its
  * own: a container of the same network is at its own MAC, so packets to it
  * arrive addressed to the receiver already and local delivery rewrites
  * nothing (a write would copy every cloned TCP packet); everything else, the
  * gateway first, is at NODE_MAC, the host veth. Every answer comes from
  * here, and every packet still goes through this program. ARP that claims
- * someone else's MAC or IP is spoofing. */
-static __always_inline int handle_arp(struct __sk_buff *skb)
+ * someone else's MAC or IP is spoofing.
+ *
+ * It turns a request into its reply in place and returns ARP_ANSWERED,
+ * returns ARP_PASS for what the host may see (gratuitous ARP, replies), or
+ * the DROP_* reason, with f's addresses filled in for the report. Global
+ * (lib/global.h): the reply is written byte by byte (the header is packed),
+ * and inlined that would be verified once per path into it, for every
+ * endpoint. */
+#define ARP_ANSWERED 0
+#define ARP_PASS 1
+
+__global_func int arp_answer(struct __sk_buff *skb, struct flow *f)
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
 	struct ethhdr *eth = data;
 	struct arp_eth_ipv4 *arp = data + sizeof(*eth);
-	struct flow f = {};
+	struct endpoint_info *peer;
+	__u8 mac[MAC_LEN];
+	__be32 target;
 
+	if (!f)
+		return DROP_INVALID;
 	if ((void *)(arp + 1) > data_end)
-		return drop(skb, DROP_INVALID, METRIC_EGRESS, &f);
-	f.saddr = arp_ip(arp->spa);
-	f.daddr = arp_ip(arp->tpa);
+		return DROP_INVALID;
+	f->saddr = arp_ip(arp->spa);
+	f->daddr = target = arp_ip(arp->tpa);
 	if (!arp_is_eth_ipv4(arp))
-		return drop(skb, DROP_INVALID_ARP, METRIC_EGRESS, &f);
+		return DROP_INVALID_ARP;
 	if (!mac_eq(eth->h_source, LXC_MAC) || !mac_eq(arp->sha, LXC_MAC))
-		return drop(skb, DROP_INVALID_SMAC, METRIC_EGRESS, &f);
-	if (f.saddr != LXC_IPV4)
-		return drop(skb, DROP_INVALID_SIP, METRIC_EGRESS, &f);
+		return DROP_INVALID_SMAC;
+	if (f->saddr != LXC_IPV4)
+		return DROP_INVALID_SIP;
+	if (arp->op != bpf_htons(ARP_OP_REQUEST) || target == LXC_IPV4)
+		return ARP_PASS;
 
-	if (arp->op == bpf_htons(ARP_OP_REQUEST) && f.daddr != LXC_IPV4) {
-		__be32 target = f.daddr;
-		struct endpoint_info *peer = bpf_map_lookup_elem(&ebpfnet_endpoints, &target);
+	peer = bpf_map_lookup_elem(&ebpfnet_endpoints, &target);
+	if (peer && peer->network_id == NETWORK_ID)
+		__builtin_memcpy(mac, peer->lxc_mac, MAC_LEN);
+	else
+		mac_copy(mac, NODE_MAC);
+	arp_make_reply(eth, arp, mac);
+	return ARP_ANSWERED;
+}
 
-		if (peer && peer->network_id == NETWORK_ID)
-			arp_make_reply(eth, arp, peer->lxc_mac);
-		else
-			arp_make_reply(eth, arp, NODE_MAC);
+static __always_inline int handle_arp(struct __sk_buff *skb)
+{
+	struct flow f = {};
+	int r = arp_answer(skb, &f);
+
+	if (r == ARP_ANSWERED) {
 		count(REASON_ARP_REPLY, METRIC_EGRESS, skb->len);
 		/* Out of the same veth: its peer is the container. */
 		return bpf_redirect(skb->ifindex, 0);
 	}
-	/* Gratuitous ARP and replies: harmless, let the host see them. */
-	count(REASON_TO_STACK, METRIC_EGRESS, skb->len);
-	return TC_ACT_OK;
+	if (r == ARP_PASS) {
+		/* Gratuitous ARP and replies: harmless, let the host see them. */
+		count(REASON_TO_STACK, METRIC_EGRESS, skb->len);
+		return TC_ACT_OK;
+	}
+	return drop(skb, r, METRIC_EGRESS, &f);
 }
 
 /* skb->cb slots through which the sender hands the receiver's

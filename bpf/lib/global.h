@@ -13,6 +13,7 @@
  *   flow_parse_ipv4    lib/ipv4.h       IPv4 and L4 header into struct flow
  *   ct_lookup, ct_create  lib/conntrack.h
  *   policy_check       lib/policy.h     verdict on a new flow, and its event
+ *   arp_answer         bpf_lxc.c        ARP checks and the reply, in place
  *
  * What the verifier allows of them, and so how their signatures look:
  *  - arguments are scalars, the program context (struct __sk_buff *), or
