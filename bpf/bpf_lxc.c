@@ -112,13 +112,11 @@ static __always_inline int handle_arp(struct __sk_buff *skb)
 }
 
 /* skb->cb slots through which the sender hands the receiver's
- * handle_policy its identity, its conntrack verdict and the receiver's host
- * veth; cb survives the tail call, and the sender always writes all three. The identity is 0 (unknown) on
+ * handle_policy its identity and its conntrack verdict; cb survives the tail
+ * call, and the sender always writes both. The identity is 0 (unknown) on
  * an established flow, where nothing reads it. */
 #define CB_SRC_IDENTITY 0
 #define CB_CT_STATE 1
-/* The receiver's host veth, from its ebpfnet_endpoints entry. */
-#define CB_IFINDEX 2
 
 /* deliver_local tail-calls into the receiver's handle_policy, which checks
  * the receiver's ingress policy on a new flow and redirects into its
@@ -136,7 +134,6 @@ static __always_inline int deliver_local(struct __sk_buff *skb,
 		return drop(skb, DROP_INVALID, METRIC_EGRESS, f);
 	skb->cb[CB_SRC_IDENTITY] = self->identity;
 	skb->cb[CB_CT_STATE] = ct;
-	skb->cb[CB_IFINDEX] = peer->ifindex;
 	bpf_tail_call(skb, &ebpfnet_policy_calls, peer->epid);
 	/* Only reached when the receiver has no program in the array: it is
 	 * being created or deleted. Without its policy check nothing may pass. */
@@ -269,19 +266,31 @@ int handle_policy(struct __sk_buff *skb)
 	void *data, *data_end;
 	struct ethhdr *eth;
 	struct iphdr *iph;
-	struct self_info self;
+	struct endpoint_info *self;
 	struct flow f = {
 		.src_identity = skb->cb[CB_SRC_IDENTITY],
 	};
+	__be32 own = LXC_IPV4;
+	__u32 ifindex;
+
+	/* Its own entry says where the container is (the host veth that
+	 * bpf_redirect_peer goes through) and what it is. A sender reaches
+	 * this program only through that entry, so without it (or with a
+	 * successor's) the endpoint is being created or deleted. */
+	self = bpf_map_lookup_elem(&ebpfnet_endpoints, &own);
+	if (!self || self->epid != LXC_ID)
+		return drop(skb, DROP_MISSED_TAIL_CALL, METRIC_INGRESS, &f);
+	ifindex = self->ifindex;
 
 	/* The sender parsed this very packet; only a new flow needs the
-	 * tuple again, for policy and conntrack. */
+	 * tuple again, for policy and conntrack. (A sender of an earlier
+	 * version, until Restore has replaced it, also comes here with
+	 * established flows.) */
 	if (skb->cb[CB_CT_STATE] == CT_NEW) {
 		if (flow_parse_ipv4(skb, &f))
 			return drop(skb, DROP_INVALID, METRIC_INGRESS, &f);
-		endpoint_self(&self);
-		f.dst_identity = self.identity;
-		if (!policy_check(skb, &f, self.flags, POLICY_INGRESS))
+		f.dst_identity = self->identity;
+		if (!policy_check(skb, &f, self->flags, POLICY_INGRESS))
 			return drop(skb, DROP_POLICY, METRIC_INGRESS, &f);
 		ct_create(&f);
 	}
@@ -301,7 +310,7 @@ int handle_policy(struct __sk_buff *skb)
 		mac_copy(eth->h_dest, LXC_MAC);
 
 	count(REASON_FORWARDED, METRIC_INGRESS, skb->len);
-	return bpf_redirect_peer(skb->cb[CB_IFINDEX], 0);
+	return bpf_redirect_peer(ifindex, 0);
 }
 
 /* to_container sees what the host stack sends to the container: from the

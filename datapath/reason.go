@@ -22,7 +22,7 @@ const (
 	DropNotSameNetwork Reason = 135
 	DropInvalidARP     Reason = 136
 	DropWriteError     Reason = 137
-	DropMissedTailCall Reason = 138 // receiver has no program in ebpfnet_policy_calls
+	DropMissedTailCall Reason = 138 // receiver has no program in ebpfnet_policy_calls, or no ebpfnet_endpoints entry of its own
 	firstDropReason    Reason = 128
 )
 

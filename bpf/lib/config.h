@@ -28,8 +28,8 @@ volatile const __u32 NETWORK_ID = 0;
  * ebpfnet_endpoints entry (lib/policy.h), so learning a container's labels
  * is one map write, not a reload. */
 /* There is no ifindex constant either: handle_policy delivers into the
- * container through the host veth its sender found in the receiver's
- * ebpfnet_endpoints entry, so the object does not depend on the veth and
- * the daemon loads it while the veth is being created. */
+ * container through the host veth of its own ebpfnet_endpoints entry, so
+ * the object does not depend on the veth and the daemon loads it while the
+ * veth is being created. */
 
 #endif
