@@ -104,6 +104,16 @@ func parseTemplate(raw []byte) (*template, error) {
 	if t.spec, err = ebpf.LoadCollectionSpecFromReader(bytes.NewReader(raw)); err != nil {
 		return nil, fmt.Errorf("parse template: %w", err)
 	}
+	// No BTF line info goes to the kernel: per load it cost marshalling
+	// every source line into the program's BTF strings, and the kernel
+	// checking and moving it with every patched instruction, for the
+	// verifier's log alone (which still names instructions and
+	// functions). Function info stays: global functions need it.
+	for _, ps := range t.spec.Programs {
+		for i := range ps.Instructions {
+			ps.Instructions[i] = ps.Instructions[i].WithSource(nil)
+		}
+	}
 	ro := t.spec.Maps[rodataSection]
 	if ro == nil || len(ro.Contents) != 1 {
 		return nil, fmt.Errorf("template %s is not a single-value data section", rodataSection)
