@@ -31,6 +31,9 @@ type testEnv struct {
 	suffix string
 	cfg    Config
 	dp     *Datapath
+	// links are the host veths of the endpoints made by endpoint: one
+	// whose peer never went into a namespace outlives the test otherwise.
+	links []string
 }
 
 func randHex(t testing.TB, n int) string {
@@ -66,6 +69,9 @@ func newTestEnv(t testing.TB) *testEnv {
 			if l.Attrs().Name == e.cfg.HostDevice {
 				_ = netlink.LinkDel(l)
 			}
+		}
+		for _, name := range e.links {
+			_ = deleteLinkByName(name)
 		}
 		_ = os.RemoveAll(e.cfg.PinDir)
 	})
@@ -141,6 +147,7 @@ func (e *testEnv) endpoint(n Network, host byte) *Endpoint {
 	if err := e.dp.CreateEndpoint(ep); err != nil {
 		e.t.Fatalf("CreateEndpoint: %v", err)
 	}
+	e.links = append(e.links, ep.IfName)
 	return ep
 }
 
