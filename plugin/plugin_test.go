@@ -201,8 +201,18 @@ func TestEndpointThroughTheSocket(t *testing.T) {
 	}
 	td.mustCall(t, "/NetworkDriver.Leave", map[string]any{"NetworkID": "net-a", "EndpointID": epID})
 	td.mustCall(t, "/NetworkDriver.DeleteEndpoint", map[string]any{"NetworkID": "net-a", "EndpointID": epID})
-	if _, err := net.InterfaceByName(host); err == nil {
-		t.Errorf("host veth %s survived DeleteEndpoint", host)
+	// The veth goes in the background (deleting a device waits for an RCU
+	// barrier); it must be gone soon after, not at once.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if _, err := net.InterfaceByName(host); err != nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("host veth %s survived DeleteEndpoint by 5 s", host)
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 	td.mustCall(t, "/IpamDriver.ReleaseAddress", map[string]any{"PoolID": poolID, "Address": addr})
 	td.mustCall(t, "/NetworkDriver.DeleteNetwork", map[string]any{"NetworkID": "net-a"})
