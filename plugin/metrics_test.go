@@ -1,7 +1,6 @@
 package plugin
 
 import (
-	"context"
 	"fmt"
 	"io"
 	"net"
@@ -32,57 +31,8 @@ import (
 // stop function (idempotent, also run at cleanup).
 func startMetricsDaemon(tb testing.TB) (*testDaemon, *Daemon, func()) {
 	tb.Helper()
-	testutil.RequireRoot(tb)
-	suffix := randomHex(tb, 4)
-	dir := tb.TempDir()
-	cfg := Config{
-		PluginSocket:    filepath.Join(dir, "plugins", "ebpfnet-test.sock"),
-		APISocket:       filepath.Join(dir, "run", "ebpfnet.sock"),
-		StateDir:        filepath.Join(dir, "run", "state"),
-		LibDir:          filepath.Join(dir, "lib"),
-		PinDir:          "/sys/fs/bpf/ebpfnet-test-" + suffix,
-		HostDevice:      "ebt" + suffix,
-		DefaultPools:    []netip.Prefix{netip.MustParsePrefix("10.201.0.0/16")},
-		DefaultPoolSize: 24,
-		Version:         "test",
-		MetricsAddr:     "127.0.0.1:0",
-	}
-	log := logrus.New()
-	log.SetOutput(io.Discard)
-	d, err := start(cfg, log)
-	if err != nil {
-		tb.Fatalf("start daemon: %v", err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- d.serve(ctx) }()
-	var once sync.Once
-	stop := func() {
-		once.Do(func() {
-			cancel()
-			if err := <-done; err != nil {
-				tb.Errorf("serve: %v", err)
-			}
-			d.close()
-			os.RemoveAll(cfg.PinDir)
-		})
-	}
-	tb.Cleanup(stop)
-	td := &testDaemon{cfg: cfg, client: &http.Client{Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return (&net.Dialer{}).DialContext(ctx, "unix", cfg.PluginSocket)
-		},
-	}}}
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		if _, err := os.Stat(cfg.PluginSocket); err == nil {
-			return td, d, stop
-		}
-		if time.Now().After(deadline) {
-			tb.Fatal("plugin socket did not appear")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	td := startTestDaemon(tb, func(cfg *Config) { cfg.MetricsAddr = "127.0.0.1:0" })
+	return td, td.daemon, td.stop
 }
 
 // scrape fetches and parses /metrics.

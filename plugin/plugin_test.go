@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -28,9 +29,14 @@ import (
 type testDaemon struct {
 	cfg    Config
 	client *http.Client
+	daemon *Daemon
+	// stop stops the daemon before the test ends; it runs at cleanup too,
+	// and only once.
+	stop func()
 }
 
-func startTestDaemon(tb testing.TB) *testDaemon {
+// startTestDaemon starts a testDaemon; configure adjusts its Config first.
+func startTestDaemon(tb testing.TB, configure ...func(*Config)) *testDaemon {
 	tb.Helper()
 	testutil.RequireRoot(tb)
 	suffix := randomHex(tb, 4)
@@ -46,6 +52,9 @@ func startTestDaemon(tb testing.TB) *testDaemon {
 		DefaultPoolSize: 24,
 		Version:         "test",
 	}
+	for _, c := range configure {
+		c(&cfg)
+	}
 	log := logrus.New()
 	log.SetOutput(io.Discard)
 	d, err := start(cfg, log)
@@ -55,15 +64,19 @@ func startTestDaemon(tb testing.TB) *testDaemon {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- d.serve(ctx) }()
-	tb.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			tb.Errorf("serve: %v", err)
-		}
-		d.close()
-		os.RemoveAll(cfg.PinDir)
-	})
-	td := &testDaemon{cfg: cfg, client: &http.Client{Transport: &http.Transport{
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				tb.Errorf("serve: %v", err)
+			}
+			d.close()
+			os.RemoveAll(cfg.PinDir)
+		})
+	}
+	tb.Cleanup(stop)
+	td := &testDaemon{cfg: cfg, daemon: d, stop: stop, client: &http.Client{Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			return (&net.Dialer{}).DialContext(ctx, "unix", cfg.PluginSocket)
 		},
