@@ -12,6 +12,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/ebpfnet/ebpfnet/testutil"
 )
 
 // eventLog collects what ReadEvents delivers during a test.
@@ -62,7 +64,7 @@ func (l *eventLog) find(match func(Event) bool) (Event, bool) {
 func listen(t *testing.T, ns string, addr netip.Addr, port uint16) {
 	t.Helper()
 	var ln net.Listener
-	if err := inNetns(ns, func() (err error) {
+	if err := testutil.InNetns(ns, func() (err error) {
 		ln, err = net.Listen("tcp4", netip.AddrPortFrom(addr, port).String())
 		return err
 	}); err != nil {
@@ -95,7 +97,7 @@ func listen(t *testing.T, ns string, addr netip.Addr, port uint16) {
 // dial connects from ns to addr:port within timeout.
 func dial(ns string, addr netip.Addr, port uint16, timeout time.Duration) (net.Conn, error) {
 	var c net.Conn
-	err := inNetns(ns, func() (err error) {
+	err := testutil.InNetns(ns, func() (err error) {
 		c, err = net.DialTimeout("tcp4", netip.AddrPortFrom(addr, port).String(), timeout)
 		return err
 	})

@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -18,7 +17,6 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/sirupsen/logrus"
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 
 	"github.com/ebpfnet/ebpfnet/testutil"
 )
@@ -188,33 +186,11 @@ func ping(ns string, dst netip.Addr, extra ...string) bool {
 	return exec.Command(args[0], args[1:]...).Run() == nil
 }
 
-// inNetns runs fn on a thread switched into the named namespace; sockets
-// created by fn belong to that namespace for their whole life.
-func inNetns(name string, fn func() error) error {
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		return fmt.Errorf("get current netns: %w", err)
-	}
-	defer orig.Close()
-	target, err := netns.GetFromName(name)
-	if err != nil {
-		return fmt.Errorf("open netns %s: %w", name, err)
-	}
-	defer target.Close()
-	if err := netns.Set(target); err != nil {
-		return fmt.Errorf("enter netns %s: %w", name, err)
-	}
-	defer func() { _ = netns.Set(orig) }()
-	return fn()
-}
-
 // tcpConnect listens in serverNS and connects from clientNS, exchanging a
 // few bytes.
 func tcpConnect(t *testing.T, serverNS string, server netip.Addr, clientNS string) error {
 	var ln net.Listener
-	if err := inNetns(serverNS, func() (err error) {
+	if err := testutil.InNetns(serverNS, func() (err error) {
 		ln, err = net.Listen("tcp4", netip.AddrPortFrom(server, 8080).String())
 		return err
 	}); err != nil {
@@ -229,7 +205,7 @@ func tcpConnect(t *testing.T, serverNS string, server netip.Addr, clientNS strin
 		defer c.Close()
 		_, _ = c.Write([]byte("hello"))
 	}()
-	return inNetns(clientNS, func() error {
+	return testutil.InNetns(clientNS, func() error {
 		c, err := net.DialTimeout("tcp4", netip.AddrPortFrom(server, 8080).String(), 2*time.Second)
 		if err != nil {
 			return err

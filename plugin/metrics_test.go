@@ -1,7 +1,6 @@
 package plugin
 
 import (
-	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -9,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -19,7 +17,6 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 	"github.com/sirupsen/logrus"
-	"github.com/vishvananda/netns"
 
 	"github.com/ebpfnet/ebpfnet/datapath"
 	"github.com/ebpfnet/ebpfnet/metrics"
@@ -98,28 +95,6 @@ func callCount(families map[string]*dto.MetricFamily, call, outcome string) uint
 	return m.GetHistogram().GetSampleCount()
 }
 
-// inNetns runs fn on a thread switched into the named namespace; sockets
-// fn opens belong to that namespace.
-func inNetns(name string, fn func() error) error {
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		return fmt.Errorf("get current netns: %w", err)
-	}
-	defer orig.Close()
-	target, err := netns.GetFromName(name)
-	if err != nil {
-		return fmt.Errorf("open netns %s: %w", name, err)
-	}
-	defer target.Close()
-	if err := netns.Set(target); err != nil {
-		return fmt.Errorf("enter netns %s: %w", name, err)
-	}
-	defer func() { _ = netns.Set(orig) }()
-	return fn()
-}
-
 func runCmd(t *testing.T, args ...string) {
 	t.Helper()
 	if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
@@ -131,7 +106,7 @@ func runCmd(t *testing.T, args ...string) {
 // choice) in namespace ns to dst.
 func sendUDP(t *testing.T, ns string, src netip.Addr, dst netip.AddrPort) {
 	t.Helper()
-	err := inNetns(ns, func() error {
+	err := testutil.InNetns(ns, func() error {
 		var laddr *net.UDPAddr
 		if src.IsValid() {
 			laddr = net.UDPAddrFromAddrPort(netip.AddrPortFrom(src, 0))
