@@ -10,6 +10,9 @@ import (
 // MaxEndpointID is the largest epid; IDs are 16 bits like Cilium's.
 const MaxEndpointID = 65535
 
+// ErrNoEndpoint means no endpoint has the ID asked for (any more).
+var ErrNoEndpoint = errors.New("no such endpoint")
+
 // ErrNoFreeEndpointID means every epid of the node is taken.
 var ErrNoFreeEndpointID = errors.New("no free endpoint ID")
 

@@ -101,7 +101,7 @@ func (d *Datapath) ApplyPolicy(id uint16, p EndpointPolicy) (added, removed int,
 	}
 	st, ok := d.eps[id]
 	if !ok {
-		return 0, 0, fmt.Errorf("endpoint %d does not exist", id)
+		return 0, 0, fmt.Errorf("endpoint %d: %w", id, ErrNoEndpoint)
 	}
 	add, del := policyDiff(st.entries, p.Entries)
 	for _, k := range add {
@@ -179,7 +179,7 @@ func (d *Datapath) PolicyEntries(id uint16) ([]PolicyKey, error) {
 	}
 	st, ok := d.eps[id]
 	if !ok {
-		return nil, fmt.Errorf("endpoint %d does not exist", id)
+		return nil, fmt.Errorf("endpoint %d: %w", id, ErrNoEndpoint)
 	}
 	held, err := readPolicyEntries(st.policy)
 	if err != nil {
@@ -209,7 +209,7 @@ func (d *Datapath) SetEndpointIdentity(id uint16, identity uint32, containerID, 
 	}
 	st, ok := d.eps[id]
 	if !ok {
-		return fmt.Errorf("endpoint %d does not exist", id)
+		return fmt.Errorf("endpoint %d: %w", id, ErrNoEndpoint)
 	}
 	old := cloneEndpoint(&st.ep)
 	ep := cloneEndpoint(&st.ep)

@@ -3,10 +3,12 @@ package plugin
 import (
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/netip"
 	"strconv"
 	"sync"
+	"sync/atomic"
 
 	"github.com/sirupsen/logrus"
 	"github.com/vishvananda/netlink"
@@ -41,6 +43,9 @@ type policyController struct {
 	// not yet among the datapath's endpoints, so a regeneration before it
 	// exists would miss it: its creation compares generations.
 	generation uint64
+	// regenPending is set while a regeneration after a deletion is
+	// scheduled but has not started: more deletions join it.
+	regenPending atomic.Bool
 }
 
 func newPolicyController(libDir string, dp *datapath.Datapath, drv *driver.Driver, log logrus.FieldLogger) (*policyController, error) {
@@ -81,12 +86,17 @@ func (c *policyController) hooks() driver.Hooks {
 				c.log.WithError(err).Warn("remove a deleted endpoint's ipcache entry")
 			}
 			// Its identity may now be unused. Called under the driver's
-			// lock, and regeneration reads the driver's networks: later.
-			go func() {
-				if err := c.regenerateAll(); err != nil {
-					c.log.WithError(err).Warn("regenerate policy after an endpoint left")
-				}
-			}()
+			// lock, and regeneration reads the driver's networks: later,
+			// and once for a burst of deletions (200 containers removed
+			// at once would otherwise regenerate 200 times).
+			if c.regenPending.CompareAndSwap(false, true) {
+				go func() {
+					c.regenPending.Store(false)
+					if err := c.regenerateAll(); err != nil {
+						c.log.WithError(err).Warn("regenerate policy after an endpoint left")
+					}
+				}()
+			}
 		},
 		NetworksChanged: func() {
 			// Called under the driver's lock: the network list comes later,
@@ -195,6 +205,9 @@ func (c *policyController) regenerateAll() error {
 		}
 		a, r, err := c.datapath.ApplyPolicy(ep.ID, p)
 		added, removed = added+a, removed+r
+		if errors.Is(err, datapath.ErrNoEndpoint) {
+			continue // deleted since the list was taken: nothing to enforce
+		}
 		if err != nil && firstErr == nil {
 			firstErr = fmt.Errorf("apply policy to endpoint %d: %w", ep.ID, err)
 		}
