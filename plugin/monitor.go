@@ -72,8 +72,8 @@ func (b *monitorBroker) toAPI(ev datapath.Event) api.MonitorEvent {
 		Reason:      ev.Reason.String(),
 		Endpoint:    ev.EndpointID,
 		Direction:   ev.Direction.String(),
-		Source:      netip.AddrPortFrom(ev.Src, ev.SrcPort).String(),
-		Destination: netip.AddrPortFrom(ev.Dst, ev.DstPort).String(),
+		Source:      endpointString(ev.Src, ev.SrcPort, ev.Proto),
+		Destination: endpointString(ev.Dst, ev.DstPort, ev.Proto),
 		Protocol:    protocolName(ev.Proto),
 		SrcIdentity: ev.SrcIdentity,
 		SrcLabels:   b.resolve(ev.SrcIdentity),
@@ -87,6 +87,16 @@ func (b *monitorBroker) toAPI(ev datapath.Event) api.MonitorEvent {
 		out.InterfaceName = ep.IfName
 	}
 	return out
+}
+
+// endpointString is addr:port for TCP and UDP. ICMP has no ports (the
+// datapath carries the echo id in their place, for conntrack), so an ICMP
+// end is its address alone, as Cilium's monitor shows it.
+func endpointString(addr netip.Addr, port uint16, proto uint8) string {
+	if proto == 1 {
+		return addr.String()
+	}
+	return netip.AddrPortFrom(addr, port).String()
 }
 
 func protocolName(p uint8) string {
