@@ -429,11 +429,7 @@ type daemonMetrics struct{ d *Daemon }
 func (m daemonMetrics) EndpointsByState() map[string]int {
 	out := map[string]int{}
 	for _, ep := range m.d.datapath.Endpoints() {
-		state := metrics.StateReady
-		if identity.ID(ep.Identity) == identity.Init {
-			state = metrics.StateWaitingForIdentity
-		}
-		out[state]++
+		out[endpointState(ep)]++
 	}
 	return out
 }

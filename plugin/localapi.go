@@ -13,6 +13,8 @@ import (
 
 	"github.com/ebpfnet/ebpfnet/api"
 	"github.com/ebpfnet/ebpfnet/datapath"
+	"github.com/ebpfnet/ebpfnet/identity"
+	"github.com/ebpfnet/ebpfnet/metrics"
 	"github.com/ebpfnet/ebpfnet/policy"
 )
 
@@ -89,7 +91,7 @@ func toAPIEndpoint(ep datapath.Endpoint) api.Endpoint {
 		Labels:           ep.Labels,
 		PolicyMap:        datapath.PolicyMapName(ep.ID),
 		PolicyEntries:    ep.PolicyEntries,
-		State:            "ready",
+		State:            endpointState(ep),
 	}
 	out.PolicyIngress, out.PolicyEgress = enforcement(ep.PolicyFlags)
 	return out
@@ -222,4 +224,15 @@ func enforcement(flags uint32) (ingress, egress string) {
 		return "enabled"
 	}
 	return name(flags&datapath.FlagEnforceIngress != 0), name(flags&datapath.FlagEnforceEgress != 0)
+}
+
+// endpointState is what the CLI and the metrics call an endpoint's state,
+// in Cilium's words: one exists only once built, so it is ready, or
+// waiting for its identity while its container's labels have not arrived
+// (it is at init, denied both ways as soon as any rule exists).
+func endpointState(ep datapath.Endpoint) string {
+	if identity.ID(ep.Identity) == identity.Init {
+		return metrics.StateWaitingForIdentity
+	}
+	return metrics.StateReady
 }
