@@ -324,6 +324,20 @@ func (a *Allocator) Release(id ID) error {
 	return nil
 }
 
+// Find returns the identity label set ls already has, without allocating
+// one.
+func (a *Allocator) Find(ls labels.Labels) (ID, bool) {
+	for _, id := range []ID{Host, World, Init} {
+		if r, _ := ReservedLabels(id); r.Equal(ls) {
+			return id, true
+		}
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	id, ok := a.byKey[ls.String()]
+	return id, ok
+}
+
 // Lookup returns the labels of an identity: reserved ones resolve to their
 // reserved label, CIDR ones to CIDRLabels. The result is the caller's copy.
 func (a *Allocator) Lookup(id ID) (labels.Labels, bool) {

@@ -224,3 +224,21 @@ func TestConcurrentAllocate(t *testing.T) {
 		t.Fatalf("%d identities, want 7", n)
 	}
 }
+
+func TestFindDoesNotAllocate(t *testing.T) {
+	a, _ := newAlloc(t)
+	app1 := labels.FromDocker(map[string]string{"id": "app1"})
+	if id, ok := a.Find(app1); ok {
+		t.Fatalf("Find before Allocate = %d, true", id)
+	}
+	if _, ok := a.Find(app1); ok || len(a.List()) != 3 { // the reserved three only
+		t.Fatalf("Find allocated: %v", a.List())
+	}
+	want := mustAlloc(t, a, app1)
+	if id, ok := a.Find(app1); !ok || id != want {
+		t.Errorf("Find after Allocate = %d, %v; want %d, true", id, ok, want)
+	}
+	if id, ok := a.Find(labels.FromLabels(labels.Init())); !ok || id != Init {
+		t.Errorf("Find(init) = %d, %v; want %d, true", id, ok, Init)
+	}
+}

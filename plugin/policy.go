@@ -166,13 +166,7 @@ func (c *policyController) catchUp(ep datapath.Endpoint, n driver.Network, compi
 	if compiledAt == c.generation {
 		return
 	}
-	p, err := c.compile(ep, n)
-	if err != nil {
-		p = datapath.EndpointPolicy{IngressEnforced: true, EgressEnforced: true}
-	}
-	if _, _, err := c.datapath.ApplyPolicy(ep.ID, p); err != nil {
-		c.log.WithError(err).WithField("epid", ep.ID).Warn("apply policy to a new endpoint")
-	}
+	c.applyOne(ep, n)
 }
 
 // regenerateAll releases the identities nothing uses any more, then
@@ -227,31 +221,70 @@ func (c *policyController) attach(a dockerwatch.Attachment) bool {
 		return true // not ours, or already known
 	}
 	ls := labels.FromDocker(a.Container.Labels)
+	network, netKnown := c.networkOf(ep)
 	c.mu.Lock()
+	_, known := c.alloc.Find(ls)
 	id, err := c.alloc.Allocate(ls)
 	if err != nil {
 		c.mu.Unlock()
 		c.log.WithError(err).WithField("epid", ep.ID).Warn("allocate identity; the endpoint stays init")
 		return true
 	}
-	if identity.ID(ep.Identity) != id || ep.ContainerID != a.Container.ID {
-		err = c.datapath.SetEndpointIdentity(ep.ID, uint32(id), a.Container.ID, a.Container.Name, a.Container.Labels)
+	previous := identity.ID(ep.Identity)
+	if previous == id && ep.ContainerID == a.Container.ID {
 		c.mu.Unlock()
-		if err != nil {
-			c.log.WithError(err).WithField("epid", ep.ID).Warn("set endpoint identity")
-			return true
-		}
-		if err := c.datapath.UpsertIPCache(netip.PrefixFrom(ep.IPv4.Addr(), 32), uint32(id)); err != nil {
-			c.log.WithError(err).Warn("ipcache entry of an endpoint")
-		}
-		c.log.WithFields(logrus.Fields{"epid": ep.ID, "container": a.Container.Name, "identity": uint32(id), "labels": ls.String()}).Info("endpoint identity")
-	} else {
-		c.mu.Unlock()
+		return true // nothing changed (a resync, a second network event)
 	}
-	if err := c.regenerateAll(); err != nil {
-		c.log.WithError(err).Warn("regenerate policy after an identity change")
+	err = c.datapath.SetEndpointIdentity(ep.ID, uint32(id), a.Container.ID, a.Container.Name, a.Container.Labels)
+	if err != nil {
+		c.mu.Unlock()
+		c.log.WithError(err).WithField("epid", ep.ID).Warn("set endpoint identity")
+		return true
+	}
+	if err := c.datapath.UpsertIPCache(netip.PrefixFrom(ep.IPv4.Addr(), 32), uint32(id)); err != nil {
+		c.log.WithError(err).Warn("ipcache entry of an endpoint")
+	}
+	c.log.WithFields(logrus.Fields{"epid": ep.ID, "container": a.Container.Name, "identity": uint32(id), "labels": ls.String()}).Info("endpoint identity")
+	// Other endpoints' policy names identities: it changes only when one
+	// appears (rules may select it) or may have gone (the endpoint left a
+	// label identity). An identity that existed already changes only this
+	// endpoint's own policy, a single compile instead of one per endpoint.
+	wholeNode := !known || previous.Kind() == identity.KindAllocated || !netKnown
+	if !wholeNode {
+		ep.Identity, ep.Labels = uint32(id), a.Container.Labels
+		c.applyOne(ep, network)
+	}
+	c.mu.Unlock()
+	if wholeNode {
+		if err := c.regenerateAll(); err != nil {
+			c.log.WithError(err).Warn("regenerate policy after an identity change")
+		}
 	}
 	return true
+}
+
+// networkOf returns the driver's record of ep's network. It takes the
+// driver's lock, so it is called before mu.
+func (c *policyController) networkOf(ep datapath.Endpoint) (driver.Network, bool) {
+	for _, n := range c.driver.Networks() {
+		if n.ID == ep.DockerNetworkID {
+			return n, true
+		}
+	}
+	return driver.Network{}, false
+}
+
+// applyOne compiles ep's policy and writes what changed. Called with mu
+// held.
+func (c *policyController) applyOne(ep datapath.Endpoint, n driver.Network) {
+	p, err := c.compile(ep, n)
+	if err != nil {
+		c.log.WithError(err).WithField("epid", ep.ID).Warn("compile policy; the endpoint denies all")
+		p = datapath.EndpointPolicy{IngressEnforced: true, EgressEnforced: true}
+	}
+	if _, _, err := c.datapath.ApplyPolicy(ep.ID, p); err != nil && !errors.Is(err, datapath.ErrNoEndpoint) {
+		c.log.WithError(err).WithField("epid", ep.ID).Warn("apply policy to an endpoint")
+	}
 }
 
 // matchEndpoint finds the endpoint an attachment is about. Without an
