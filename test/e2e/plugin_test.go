@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net/http"
@@ -68,6 +69,14 @@ func TestManagedPluginFromARegistry(t *testing.T) {
 		t.Errorf("plugin env %s: EBPFNET_LOG_LEVEL=debug not set", env)
 	}
 	waitForPluginAPI(t)
+	// The two modes share the host's state: a legacy daemon started
+	// beside the plugin must refuse, not run.
+	legacyCtx, cancelLegacy := context.WithTimeout(context.Background(), 15*time.Second)
+	out, err := exec.CommandContext(legacyCtx, bin, "daemon").CombinedOutput()
+	cancelLegacy()
+	if err == nil || !strings.Contains(string(out), "another ebpfnet daemon holds") {
+		t.Errorf("a legacy daemon beside the managed plugin: %v, %s", err, out)
+	}
 
 	const net = "e2e-managed"
 	_, _ = tryRun("docker", "network", "rm", net)
