@@ -193,17 +193,17 @@ func (a *Allocator) load(data []byte) error {
 }
 
 // persist writes the current state, changed by the given additions and
-// removal, and is called before the maps change: if it fails, memory still
+// removals, and is called before the maps change: if it fails, memory still
 // matches the file.
-func (a *Allocator) persist(addLabels *stateEntry, addCIDR *stateCIDR, drop ID) error {
+func (a *Allocator) persist(addLabels *stateEntry, addCIDR *stateCIDR, drop map[ID]bool) error {
 	st := stateFile{Version: stateVersion, Identities: []stateEntry{}, CIDRs: []stateCIDR{}}
 	for id, ls := range a.byID {
-		if id != drop {
+		if !drop[id] {
 			st.Identities = append(st.Identities, stateEntry{ID: id, Labels: ls.Sorted()})
 		}
 	}
 	for id, p := range a.prefixOf {
-		if id != drop {
+		if !drop[id] {
 			st.CIDRs = append(st.CIDRs, stateCIDR{ID: id, Prefix: p})
 		}
 	}
@@ -257,7 +257,7 @@ func (a *Allocator) Allocate(ls labels.Labels) (ID, error) {
 		return 0, fmt.Errorf("allocate identity for %q: all identities %d..%d are in use", key, MinAllocated, MaxAllocated)
 	}
 	own := ls.Clone()
-	if err := a.persist(&stateEntry{ID: id, Labels: own.Sorted()}, nil, 0); err != nil {
+	if err := a.persist(&stateEntry{ID: id, Labels: own.Sorted()}, nil, nil); err != nil {
 		return 0, fmt.Errorf("allocate identity for %q: %w", key, err)
 	}
 	a.byID[id] = own
@@ -290,7 +290,7 @@ func (a *Allocator) AllocateCIDR(p netip.Prefix) (ID, error) {
 	if id > MaxLocal {
 		return 0, fmt.Errorf("allocate CIDR identity for %s: all local identities are in use", p)
 	}
-	if err := a.persist(nil, &stateCIDR{ID: id, Prefix: p}, 0); err != nil {
+	if err := a.persist(nil, &stateCIDR{ID: id, Prefix: p}, nil); err != nil {
 		return 0, fmt.Errorf("allocate CIDR identity for %s: %w", p, err)
 	}
 	a.prefixOf[id] = p
@@ -298,28 +298,37 @@ func (a *Allocator) AllocateCIDR(p netip.Prefix) (ID, error) {
 	return id, nil
 }
 
-// Release forgets an allocated or CIDR identity, so that its number can be
-// handed out again. The caller decides when nothing uses it any more: the
-// allocator keeps no reference counts, because only the daemon knows which
-// endpoints and rules are alive. Releasing an unknown ID is not an error.
-func (a *Allocator) Release(id ID) error {
+// Release forgets allocated or CIDR identities, so that their numbers can
+// be handed out again, with one write of the file for all of them. The
+// caller decides when nothing uses them any more: the allocator keeps no
+// reference counts, because only the daemon knows which endpoints and rules
+// are alive. Releasing an unknown ID is not an error.
+func (a *Allocator) Release(ids ...ID) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	ls, isLabels := a.byID[id]
-	p, isCIDR := a.prefixOf[id]
-	if !isLabels && !isCIDR {
+	drop := map[ID]bool{}
+	for _, id := range ids {
+		_, isLabels := a.byID[id]
+		_, isCIDR := a.prefixOf[id]
+		if isLabels || isCIDR {
+			drop[id] = true
+		}
+	}
+	if len(drop) == 0 {
 		return nil
 	}
-	if err := a.persist(nil, nil, id); err != nil {
-		return fmt.Errorf("release identity %d: %w", id, err)
+	if err := a.persist(nil, nil, drop); err != nil {
+		return fmt.Errorf("release identities %v: %w", ids, err)
 	}
-	if isLabels {
-		delete(a.byID, id)
-		delete(a.byKey, ls.String())
-	}
-	if isCIDR {
-		delete(a.prefixOf, id)
-		delete(a.byPrefix, p)
+	for id := range drop {
+		if ls, ok := a.byID[id]; ok {
+			delete(a.byID, id)
+			delete(a.byKey, ls.String())
+		}
+		if p, ok := a.prefixOf[id]; ok {
+			delete(a.prefixOf, id)
+			delete(a.byPrefix, p)
+		}
 	}
 	return nil
 }

@@ -92,6 +92,32 @@ func TestLowestFreeAfterRelease(t *testing.T) {
 	}
 }
 
+func TestReleaseSeveralPersists(t *testing.T) {
+	a, path := newAlloc(t)
+	for i := range 3 {
+		mustAlloc(t, a, labels.FromDocker(map[string]string{"n": string(rune('a' + i))}))
+	}
+	cidr, err := a.AllocateCIDR(netip.MustParsePrefix("192.0.2.0/24"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Release(256, cidr, 9999); err != nil {
+		t.Fatal(err)
+	}
+	b, err := NewAllocator(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []ID{256, cidr} {
+		if _, ok := b.Lookup(id); ok {
+			t.Errorf("released identity %d resolves after reload", id)
+		}
+	}
+	if _, ok := b.Lookup(257); !ok {
+		t.Error("identity 257, not released, is gone after reload")
+	}
+}
+
 func TestReservedLookupAndAllocate(t *testing.T) {
 	a, _ := newAlloc(t)
 	for id, want := range map[ID]string{Host: "reserved:host", World: "reserved:world", Init: "reserved:init"} {

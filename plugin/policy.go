@@ -439,27 +439,31 @@ func (c *policyController) releaseUnusedIdentities() {
 	for _, p := range policy.CIDRs(c.repo.Rules()) {
 		cidrsInUse[p.Masked()] = true
 	}
+	var unused []identity.Entry
+	var ids []identity.ID
 	for _, e := range c.alloc.List() {
-		var prefix netip.Prefix
 		switch e.ID.Kind() {
 		case identity.KindAllocated:
 			if inUse[e.ID] {
 				continue
 			}
 		case identity.KindCIDR:
-			p, ok := identity.CIDRPrefix(e.Labels)
-			if !ok || cidrsInUse[p.Masked()] {
+			if p, ok := identity.CIDRPrefix(e.Labels); !ok || cidrsInUse[p.Masked()] {
 				continue
 			}
-			prefix = p
 		default:
 			continue
 		}
-		if err := c.alloc.Release(e.ID); err != nil {
-			c.log.WithError(err).WithField("identity", uint32(e.ID)).Warn("release an unused identity")
-			continue
-		}
-		if prefix.IsValid() {
+		unused = append(unused, e)
+		ids = append(ids, e.ID)
+	}
+	// One write of identities.json for all of them.
+	if err := c.alloc.Release(ids...); err != nil {
+		c.log.WithError(err).Warn("release unused identities")
+		return
+	}
+	for _, e := range unused {
+		if prefix, ok := identity.CIDRPrefix(e.Labels); ok {
 			if err := c.datapath.DeleteIPCache(prefix); err != nil {
 				c.log.WithError(err).WithField("prefix", prefix).Warn("remove an unused CIDR's ipcache entry")
 			}
