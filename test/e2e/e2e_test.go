@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -391,7 +392,9 @@ func waitReconciled(t *testing.T, bin string) {
 }
 
 // serveDoNothingPlugin answers every plugin call with "{}" on Docker's
-// plugin socket until the returned stop function is called.
+// plugin socket until the returned stop function is called, or the test
+// ends. Stopping twice is fine: the second call does not remove the socket
+// of the daemon started in between.
 func serveDoNothingPlugin(t *testing.T) (stop func()) {
 	t.Helper()
 	const socket = "/run/docker/plugins/ebpfnet.sock"
@@ -409,8 +412,13 @@ func serveDoNothingPlugin(t *testing.T) (stop func()) {
 		fmt.Fprint(w, "{}")
 	})}
 	go func() { _ = srv.Serve(ln) }()
-	return func() {
-		_ = srv.Close()
-		_ = os.Remove(socket)
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			_ = srv.Close()
+			_ = os.Remove(socket)
+		})
 	}
+	t.Cleanup(stop)
+	return stop
 }
