@@ -167,15 +167,46 @@ func (m *Manager) Restore(networks []Network, endpoints map[string]bool) error {
 func (m *Manager) AddNetwork(n Network) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	old, had := m.st.Networks[n.ID]
+	// A network added again keeps the rules it had; a new one that fails
+	// takes back what it programmed.
+	undo := func() {
+		if !had {
+			m.undoAddNetwork(n)
+		}
+	}
 	if err := m.ensureChains(false); err != nil {
+		undo()
 		return err
 	}
 	if err := m.appendAll(m.nm.networkRules(n)); err != nil {
-		m.deleteAll(m.nm.networkRules(n))
+		undo()
 		return err
 	}
 	m.st.Networks[n.ID] = n
-	return m.save()
+	if err := m.save(); err != nil {
+		if had {
+			m.st.Networks[n.ID] = old
+		} else {
+			delete(m.st.Networks, n.ID)
+		}
+		undo()
+		return err
+	}
+	return nil
+}
+
+// undoAddNetwork removes what a failed AddNetwork of a new network
+// programmed: its rules, and our chains if no other network needs them.
+func (m *Manager) undoAddNetwork(n Network) {
+	if err := m.deleteAll(m.nm.networkRules(n)); err != nil {
+		m.log.WithError(err).Warn("undo the rules of a network that failed to add")
+	}
+	if len(m.st.Networks) == 0 {
+		if err := m.removeChains(); err != nil {
+			m.log.WithError(err).Warn("remove our chains after a failed first network")
+		}
+	}
 }
 
 // RemoveNetwork removes a network's rules (and any mapping left on it);

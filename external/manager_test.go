@@ -164,6 +164,26 @@ func TestProgramRevokeAndLastNetworkRemovesChains(t *testing.T) {
 	}
 }
 
+func TestFailedAddNetworkLeavesNoRules(t *testing.T) {
+	tables := newFakeTables()
+	m := newTestManager(t, tables, nil)
+	// The state cannot be written: its directory does not exist.
+	m.cfg.StatePath = filepath.Join(t.TempDir(), "missing", "external.json")
+	if err := m.AddNetwork(testNet); err == nil {
+		t.Fatal("AddNetwork succeeded without persisting")
+	}
+	for k, rules := range tables.chains {
+		if len(rules) > 0 {
+			t.Errorf("%s keeps %v after a failed add", k, rules)
+		}
+	}
+	for _, c := range m.nm.chains() {
+		if ok, _ := tables.ChainExists(c.table, c.chain); ok {
+			t.Errorf("chain %s stays after a failed first network", c.chain)
+		}
+	}
+}
+
 func TestBusyAndDockerPortsAreRefused(t *testing.T) {
 	tables := newFakeTables()
 	tables.chains["nat/DOCKER"] = []string{"! -i docker0 -p tcp -m tcp --dport 7000 -j DNAT --to-destination 172.17.0.2:80"}
