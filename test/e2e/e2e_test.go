@@ -251,13 +251,9 @@ func TestDaemonRestartKeepsContainersTalking(t *testing.T) {
 func TestNothingLeftBehind(t *testing.T) {
 	bin := requireEnvironment(t)
 	startDaemon(t, bin)
-	_, _ = tryRun("docker", "network", "rm", "e2e-leak")
-	run(t, "docker", "network", "create", "-d", "ebpfnet", "--ipam-driver", "ebpfnet", "--subnet", "10.236.0.0/24", "e2e-leak")
-	t.Cleanup(func() { _, _ = tryRun("docker", "network", "rm", "e2e-leak") })
+	network(t, "e2e-leak", "--subnet", "10.236.0.0/24")
 	for _, name := range []string{"e2e-l1", "e2e-l2"} {
-		_, _ = tryRun("docker", "rm", "-f", name)
-		t.Cleanup(func() { _, _ = tryRun("docker", "rm", "-f", name) })
-		run(t, "docker", "run", "-d", "--name", name, "--network", "e2e-leak", "--label", "id="+name, image, "sleep", "3600")
+		sleeper(t, name, "e2e-leak", "--label", "id="+name)
 	}
 	if n := len(endpoints(t)); n != 2 {
 		t.Fatalf("%d endpoints before removal, want 2", n)

@@ -218,10 +218,8 @@ func TestExternalMasqueradeAndPublishedPorts(t *testing.T) {
 	run(t, bin, "policy", "delete", "--all")
 	t.Cleanup(func() { _, _ = tryRun(bin, "policy", "delete", "--all") })
 	out := makeOutside(t, "10.244.0.0/24")
-	// Not network(): the test removes it itself, to see what goes with it.
-	_, _ = tryRun("docker", "network", "rm", "e2e-ext")
-	run(t, "docker", "network", "create", "-d", "ebpfnet", "--ipam-driver", "ebpfnet", "--subnet", "10.244.0.0/24", "e2e-ext")
-	t.Cleanup(func() { _, _ = tryRun("docker", "network", "rm", "e2e-ext") })
+	// The test removes it itself at the end, to see what goes with it.
+	network(t, "e2e-ext", "--subnet", "10.244.0.0/24")
 
 	// Masquerade: the outside host sees the node's address on the link.
 	sleeper(t, "e2e-ext-client", "e2e-ext", "--label", "id=client")

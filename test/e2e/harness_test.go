@@ -195,13 +195,17 @@ func tryRun(name string, args ...string) (string, error) {
 }
 
 // network creates a Docker network with the ebpfnet drivers and removes it
-// when the test ends. It returns the network's ID.
+// when the test ends, unless the test removed it itself. It returns the
+// network's ID.
 func network(t testing.TB, name string, args ...string) string {
 	t.Helper()
 	_, _ = tryRun("docker", "network", "rm", name)
 	full := append([]string{"network", "create", "-d", "ebpfnet", "--ipam-driver", "ebpfnet"}, args...)
 	id := run(t, "docker", append(full, name)...)
 	t.Cleanup(func() {
+		if _, err := tryRun("docker", "network", "inspect", name); err != nil {
+			return // gone already
+		}
 		if out, err := tryRun("docker", "network", "rm", name); err != nil {
 			t.Errorf("docker network rm %s: %v %s", name, err, out)
 		}
