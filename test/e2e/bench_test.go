@@ -22,6 +22,7 @@ import (
 func BenchmarkPolicyImport(b *testing.B) {
 	bin := requireEnvironment(b)
 	startDaemon(b, bin)
+	noPolicy(b, bin)
 	network(b, "e2e-bimp", "--subnet", "10.241.0.0/24")
 	for _, name := range []string{"e2e-bi1", "e2e-bi2", "e2e-bi3"} {
 		container(b, name, "--network", "e2e-bimp", "--label", "id="+name, image, "sleep", "3600")
@@ -40,7 +41,6 @@ func BenchmarkPolicyImport(b *testing.B) {
 			}
 		})
 	}
-	run(b, bin, "policy", "delete", "--all")
 }
 
 // manyRules makes n rules that let e2e-bi2 reach e2e-bi1 on ports 10000+i.

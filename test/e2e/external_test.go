@@ -215,8 +215,7 @@ func ourChains() []string {
 func TestExternalMasqueradeAndPublishedPorts(t *testing.T) {
 	bin := requireEnvironment(t)
 	startDaemon(t, bin)
-	run(t, bin, "policy", "delete", "--all")
-	t.Cleanup(func() { _, _ = tryRun(bin, "policy", "delete", "--all") })
+	noPolicy(t, bin)
 	out := makeOutside(t, "10.244.0.0/24")
 	// The test removes it itself at the end, to see what goes with it.
 	network(t, "e2e-ext", "--subnet", "10.244.0.0/24")

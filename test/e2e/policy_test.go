@@ -111,6 +111,14 @@ func importRules(t *testing.T, bin, rules string) uint64 {
 	return rev.Revision
 }
 
+// noPolicy deletes every rule now and again when the test ends: the daemon
+// keeps its policy across restarts, and so across tests.
+func noPolicy(t testing.TB, bin string) {
+	t.Helper()
+	run(t, bin, "policy", "delete", "--all")
+	t.Cleanup(func() { _, _ = tryRun(bin, "policy", "delete", "--all") })
+}
+
 func httpGet(from, ip string) error {
 	_, err := execIn(from, "timeout", "3", "wget", "-q", "-O", "-", "http://"+ip+"/")
 	return err
@@ -121,8 +129,7 @@ func httpGet(from, ip string) error {
 func TestPolicyL3L4FromLabels(t *testing.T) {
 	bin := requireEnvironment(t)
 	startDaemon(t, bin)
-	run(t, bin, "policy", "delete", "--all")
-	t.Cleanup(func() { _, _ = tryRun(bin, "policy", "delete", "--all") })
+	noPolicy(t, bin)
 	network(t, "e2e-pol", "--subnet", "10.238.0.0/24")
 	httpd(t, "e2e-app1", "e2e-pol", "--label", "id=app1")
 	sleeper(t, "e2e-app2", "e2e-pol", "--label", "id=app2")
@@ -221,8 +228,7 @@ func TestPolicyL3L4FromLabels(t *testing.T) {
 func TestNewContainerIsUnderPolicyFromItsFirstPacket(t *testing.T) {
 	bin := requireEnvironment(t)
 	startDaemon(t, bin)
-	run(t, bin, "policy", "delete", "--all")
-	t.Cleanup(func() { _, _ = tryRun(bin, "policy", "delete", "--all") })
+	noPolicy(t, bin)
 	network(t, "e2e-first", "--subnet", "10.239.0.0/24")
 	httpd(t, "e2e-srv", "e2e-first", "--label", "id=app1")
 	srv := containerIP(t, "e2e-srv", "e2e-first")
@@ -252,8 +258,7 @@ func TestNewContainerIsUnderPolicyFromItsFirstPacket(t *testing.T) {
 func TestEnforcementModesAndAudit(t *testing.T) {
 	bin := requireEnvironment(t)
 	startDaemon(t, bin)
-	run(t, bin, "policy", "delete", "--all")
-	t.Cleanup(func() { _, _ = tryRun(bin, "policy", "delete", "--all") })
+	noPolicy(t, bin)
 	network(t, "e2e-always", "--subnet", "10.243.0.0/24", "-o", "ebpfnet.policy-enforcement=always")
 	network(t, "e2e-never", "--subnet", "10.243.1.0/24", "-o", "ebpfnet.policy-enforcement=never")
 	network(t, "e2e-audit", "--subnet", "10.243.2.0/24", "-o", "ebpfnet.policy-audit=true")
