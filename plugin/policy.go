@@ -66,12 +66,7 @@ func (c *policyController) hooks() driver.Hooks {
 		Prepare: func(ep *datapath.Endpoint, n driver.Network) func(datapath.Endpoint) {
 			c.mu.Lock()
 			defer c.mu.Unlock()
-			p, err := c.compile(*ep, n)
-			if err != nil {
-				// Fail closed: deny both ways rather than allow all.
-				c.log.WithError(err).Warn("compile a new endpoint's policy; it starts denying all")
-				p = datapath.EndpointPolicy{IngressEnforced: true, EgressEnforced: true}
-			}
+			p := c.compileOrDeny(*ep, n)
 			ep.InitialPolicy = &p
 			compiledAt := c.generation
 			return func(created datapath.Endpoint) {
@@ -141,6 +136,17 @@ func (c *policyController) compile(ep datapath.Endpoint, n driver.Network) (data
 	return out, nil
 }
 
+// compileOrDeny is compile failing closed: a policy that cannot be
+// computed denies both ways rather than allowing all. Called with mu held.
+func (c *policyController) compileOrDeny(ep datapath.Endpoint, n driver.Network) datapath.EndpointPolicy {
+	p, err := c.compile(ep, n)
+	if err != nil {
+		c.log.WithError(err).WithField("epid", ep.ID).Warn("compile policy; the endpoint denies all")
+		return datapath.EndpointPolicy{IngressEnforced: true, EgressEnforced: true}
+	}
+	return p
+}
+
 func toDatapathKey(k policy.Key) datapath.PolicyKey {
 	var port [2]byte
 	binary.BigEndian.PutUint16(port[:], k.Port)
@@ -192,12 +198,7 @@ func (c *policyController) regenerateAll() error {
 		if !ok {
 			continue
 		}
-		p, err := c.compile(ep, n)
-		if err != nil {
-			p = datapath.EndpointPolicy{IngressEnforced: true, EgressEnforced: true}
-			c.log.WithError(err).WithField("epid", ep.ID).Warn("compile policy; the endpoint denies all")
-		}
-		a, r, err := c.datapath.ApplyPolicy(ep.ID, p)
+		a, r, err := c.datapath.ApplyPolicy(ep.ID, c.compileOrDeny(ep, n))
 		added, removed = added+a, removed+r
 		if errors.Is(err, datapath.ErrNoEndpoint) {
 			continue // deleted since the list was taken: nothing to enforce
@@ -277,12 +278,7 @@ func (c *policyController) networkOf(ep datapath.Endpoint) (driver.Network, bool
 // applyOne compiles ep's policy and writes what changed. Called with mu
 // held.
 func (c *policyController) applyOne(ep datapath.Endpoint, n driver.Network) {
-	p, err := c.compile(ep, n)
-	if err != nil {
-		c.log.WithError(err).WithField("epid", ep.ID).Warn("compile policy; the endpoint denies all")
-		p = datapath.EndpointPolicy{IngressEnforced: true, EgressEnforced: true}
-	}
-	if _, _, err := c.datapath.ApplyPolicy(ep.ID, p); err != nil && !errors.Is(err, datapath.ErrNoEndpoint) {
+	if _, _, err := c.datapath.ApplyPolicy(ep.ID, c.compileOrDeny(ep, n)); err != nil && !errors.Is(err, datapath.ErrNoEndpoint) {
 		c.log.WithError(err).WithField("epid", ep.ID).Warn("apply policy to an endpoint")
 	}
 }
