@@ -1,16 +1,11 @@
 package e2e
 
 import (
-	"encoding/json"
 	"fmt"
-	"os"
-	"path/filepath"
 	"sort"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/ebpfnet/ebpfnet/api"
 )
 
 // These benchmarks need the real dockerd and daemon, like the tests here:
@@ -28,10 +23,7 @@ func BenchmarkPolicyImport(b *testing.B) {
 		container(b, name, "--network", "e2e-bimp", "--label", "id="+name, image, "sleep", "3600")
 	}
 	for _, n := range []int{1000, 10000} {
-		path := filepath.Join(b.TempDir(), "rules.json")
-		if err := os.WriteFile(path, manyRules(n), 0o600); err != nil {
-			b.Fatal(err)
-		}
+		path := writeRules(b, manyRules(n))
 		b.Run(fmt.Sprintf("rules=%d", n), func(b *testing.B) {
 			for i := 0; i < b.N; i++ {
 				run(b, bin, "policy", "delete", "--all")
@@ -44,7 +36,7 @@ func BenchmarkPolicyImport(b *testing.B) {
 }
 
 // manyRules makes n rules that let e2e-bi2 reach e2e-bi1 on ports 10000+i.
-func manyRules(n int) []byte {
+func manyRules(n int) string {
 	var sb strings.Builder
 	sb.WriteString("[")
 	for i := 0; i < n; i++ {
@@ -54,7 +46,7 @@ func manyRules(n int) []byte {
 		fmt.Fprintf(&sb, `{"endpointSelector":{"matchLabels":{"id":"e2e-bi1"}},"ingress":[{"fromEndpoints":[{"matchLabels":{"id":"e2e-bi2"}}],"toPorts":[{"ports":[{"port":"%d","protocol":"TCP"}]}]}],"labels":[{"key":"bench","value":"r%d"}]}`, 10000+i%50000, i)
 	}
 	sb.WriteString("]")
-	return []byte(sb.String())
+	return sb.String()
 }
 
 // BenchmarkTimeToIdentity measures, for containers started with docker run,
@@ -72,11 +64,8 @@ func BenchmarkTimeToIdentity(b *testing.B) {
 		id := container(b, name, "--network", "e2e-bid", "--label", "id=bench"+fmt.Sprint(i%3), image, "sleep", "3600")
 		var seen time.Time
 		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(2 * time.Millisecond) {
-			var eps []api.Endpoint
-			out, _ := tryRun(bin, "endpoint", "list", "-o", "json")
-			_ = json.Unmarshal([]byte(out), &eps)
 			found := false
-			for _, ep := range eps {
+			for _, ep := range endpoints(b) {
 				if ep.ContainerID == id && ep.Identity >= 256 {
 					found = true
 				}
