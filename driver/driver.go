@@ -247,7 +247,7 @@ func (d *Driver) CreateNetwork(req *network.CreateNetworkRequest) error {
 		}
 	}
 	if d.external != nil {
-		if err := d.external.AddNetwork(ExternalNetwork(rec.ID, rec.Datapath, rec.Internal, rec.Options)); err != nil {
+		if err := d.external.AddNetwork(rec.toExternal()); err != nil {
 			undoPlumbing()
 			return fmt.Errorf("create network %s: external connectivity: %w", short(req.NetworkID), err)
 		}
@@ -464,15 +464,26 @@ func (d *Driver) RevokeExternalConnectivity(req *network.RevokeExternalConnectiv
 	return nil
 }
 
-// ExternalNetwork is what the external side needs of a network. Masquerade
-// is on unless the bridge driver's option turns it off, as on Docker's
-// bridge.
-func ExternalNetwork(id string, n datapath.Network, internal bool, options map[string]string) external.Network {
+// ExternalNetworks lists what the external side needs of every network,
+// for its restore at start.
+func (d *Driver) ExternalNetworks() []external.Network {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var out []external.Network
+	for _, n := range d.networks.list() {
+		out = append(out, n.toExternal())
+	}
+	return out
+}
+
+// toExternal is what the external side needs of a network. Masquerade is
+// on unless the bridge driver's option turns it off, as on Docker's bridge.
+func (n networkRecord) toExternal() external.Network {
 	masquerade := true
-	if v, ok := options[external.OptionMasquerade]; ok {
+	if v, ok := n.Options[external.OptionMasquerade]; ok {
 		masquerade, _ = strconv.ParseBool(v) // checked by knownOptions
 	}
-	return external.Network{ID: id, Subnet: n.Subnet, Gateway: n.Gateway, Internal: internal, Masquerade: masquerade && !internal}
+	return external.Network{ID: n.ID, Subnet: n.Datapath.Subnet, Gateway: n.Datapath.Gateway, Internal: n.Internal, Masquerade: masquerade && !n.Internal}
 }
 
 func parseIPAMData(data *network.IPAMData) (netip.Prefix, netip.Addr, error) {

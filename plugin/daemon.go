@@ -335,23 +335,11 @@ func chainPrefix(driverName string) string {
 // and the endpoints that survived; published ports of endpoints that went
 // while the daemon was down go with them.
 func (d *Daemon) restoreExternal() error {
-	var nets []external.Network
-	for _, n := range d.driver.Networks() {
-		subnet, err := netip.ParsePrefix(n.Subnet)
-		if err != nil {
-			return fmt.Errorf("restore external connectivity: network %s subnet: %w", n.ID, err)
-		}
-		gw, err := netip.ParseAddr(n.Gateway)
-		if err != nil {
-			return fmt.Errorf("restore external connectivity: network %s gateway: %w", n.ID, err)
-		}
-		nets = append(nets, driver.ExternalNetwork(n.ID, datapath.Network{Index: n.Index, Subnet: subnet, Gateway: gw}, n.Internal, n.Options))
-	}
 	alive := map[string]bool{}
 	for _, ep := range d.datapath.Endpoints() {
 		alive[ep.DockerEndpointID] = true
 	}
-	if err := d.external.Restore(nets, alive); err != nil {
+	if err := d.external.Restore(d.driver.ExternalNetworks(), alive); err != nil {
 		return fmt.Errorf("restore external connectivity: %w", err)
 	}
 	return nil
