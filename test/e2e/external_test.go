@@ -58,7 +58,6 @@ func makeOutside(t *testing.T, containerSubnets ...string) *outside {
 		}
 		for _, g := range guards {
 			run(t, "iptables", append([]string{"-I", g[0], "1"}, g[1:]...)...)
-			g := g
 			t.Cleanup(func() { _, _ = tryRun("iptables", append([]string{"-D"}, g...)...) })
 		}
 	}
@@ -189,7 +188,7 @@ func wgetFrom(container, url string) (string, error) {
 }
 
 // dnatRules lists our published-port rules.
-func dnatRules(t *testing.T) string {
+func dnatRules() string {
 	out, _ := tryRun("iptables", "-t", "nat", "-S", "EBPFNET-DNAT")
 	return out
 }
@@ -236,8 +235,8 @@ func TestExternalMasqueradeAndPublishedPorts(t *testing.T) {
 	// -p 18080:80 and UDP -p 18053:5353/udp.
 	httpd(t, "e2e-ext-web", "e2e-ext", "--label", "id=web", "-p", "18080:80")
 	webIP := containerIP(t, "e2e-ext-web", "e2e-ext")
-	if !strings.Contains(dnatRules(t), webIP+":80") {
-		t.Fatalf("no DNAT rule to %s:80:\n%s", webIP, dnatRules(t))
+	if !strings.Contains(dnatRules(), webIP+":80") {
+		t.Fatalf("no DNAT rule to %s:80:\n%s", webIP, dnatRules())
 	}
 	published := "http://" + nodeOnOut + ":18080/"
 	if page, err := out.get(published); err != nil || !strings.Contains(page, "hello from ebpfnet") {
@@ -276,15 +275,15 @@ func TestExternalMasqueradeAndPublishedPorts(t *testing.T) {
 	// the test reads our rules, as a user would.
 	httpd(t, "e2e-ext-range", "e2e-ext", "-p", "18090-18095:80")
 	rangeIP := containerIP(t, "e2e-ext-range", "e2e-ext")
-	if m := regexp.MustCompile(`--dport (1809[0-5]) .*--to-destination ` + regexp.QuoteMeta(rangeIP) + `:80`).FindStringSubmatch(dnatRules(t)); m == nil {
-		t.Errorf("no DNAT rule from 18090-18095 to %s:80:\n%s", rangeIP, dnatRules(t))
+	if m := regexp.MustCompile(`--dport (1809[0-5]) .*--to-destination ` + regexp.QuoteMeta(rangeIP) + `:80`).FindStringSubmatch(dnatRules()); m == nil {
+		t.Errorf("no DNAT rule from 18090-18095 to %s:80:\n%s", rangeIP, dnatRules())
 	} else if page, err := out.get("http://" + nodeOnOut + ":" + m[1] + "/"); err != nil || !strings.Contains(page, "hello from ebpfnet") {
 		t.Errorf("outside -> range port %s: %q, %v", m[1], page, err)
 	}
 	httpd(t, "e2e-ext-all", "e2e-ext", "--expose", "80", "-P")
 	allIP := containerIP(t, "e2e-ext-all", "e2e-ext")
-	if m := regexp.MustCompile(`--dport (\d+) .*--to-destination ` + regexp.QuoteMeta(allIP) + `:80`).FindStringSubmatch(dnatRules(t)); m == nil {
-		t.Errorf("no DNAT rule for -P to %s:80:\n%s", allIP, dnatRules(t))
+	if m := regexp.MustCompile(`--dport (\d+) .*--to-destination ` + regexp.QuoteMeta(allIP) + `:80`).FindStringSubmatch(dnatRules()); m == nil {
+		t.Errorf("no DNAT rule for -P to %s:80:\n%s", allIP, dnatRules())
 	} else {
 		if page, err := out.get("http://" + nodeOnOut + ":" + m[1] + "/"); err != nil || !strings.Contains(page, "hello from ebpfnet") {
 			t.Errorf("outside -> -P port %s: %q, %v", m[1], page, err)
@@ -336,7 +335,7 @@ func TestExternalMasqueradeAndPublishedPorts(t *testing.T) {
 	for _, name := range []string{"e2e-ext-web", "e2e-ext-udp", "e2e-ext-lo", "e2e-ext-range", "e2e-ext-all"} {
 		run(t, "docker", "rm", "-f", name)
 	}
-	if rules := dnatRules(t); strings.Contains(rules, "-j DNAT") {
+	if rules := dnatRules(); strings.Contains(rules, "-j DNAT") {
 		t.Errorf("DNAT rules left after docker rm -f:\n%s", rules)
 	}
 	run(t, "docker", "rm", "-f", "e2e-ext-client")
@@ -418,11 +417,11 @@ func TestPublishedPortsAcrossDaemonRestart(t *testing.T) {
 	if page, err := out.get("http://" + nodeOnOut + ":18180/"); err != nil || !strings.Contains(page, "hello from ebpfnet") {
 		t.Errorf("published port after restart: %q, %v", page, err)
 	}
-	if rules := dnatRules(t); strings.Contains(rules, gone+":80") || strings.Count(rules, "-j DNAT") != 1 {
+	if rules := dnatRules(); strings.Contains(rules, gone+":80") || strings.Count(rules, "-j DNAT") != 1 {
 		t.Errorf("after restart, want only e2e-pubr-keep's rule:\n%s", rules)
 	}
 	run(t, "docker", "rm", "-f", "e2e-pubr-keep")
-	if rules := dnatRules(t); strings.Contains(rules, "-j DNAT") {
+	if rules := dnatRules(); strings.Contains(rules, "-j DNAT") {
 		t.Errorf("DNAT rules left after docker rm -f:\n%s", rules)
 	}
 }
