@@ -66,7 +66,7 @@ func (c *policyController) hooks() driver.Hooks {
 		Prepare: func(ep *datapath.Endpoint, n driver.Network) func(datapath.Endpoint) {
 			c.mu.Lock()
 			defer c.mu.Unlock()
-			p := c.compileOrDeny(*ep, n)
+			p := c.compileOrDeny(*ep, n, c.inputs())
 			ep.InitialPolicy = &p
 			compiledAt := c.generation
 			return func(created datapath.Endpoint) {
@@ -101,26 +101,38 @@ func (c *policyController) hooks() driver.Hooks {
 	}
 }
 
+// policyInputs are what every endpoint's compilation reads: the rules and
+// every identity with its labels. A regeneration takes them once for all
+// endpoints.
+type policyInputs struct {
+	rules []policy.Rule
+	ids   map[identity.ID]labels.Labels
+}
+
+// inputs takes the current rules and identities. Called with mu held.
+func (c *policyController) inputs() policyInputs {
+	return policyInputs{rules: c.repo.Rules(), ids: c.alloc.All()}
+}
+
 // compile computes ep's datapath policy. An endpoint still in init is
 // enforced both ways as soon as any rule exists (only rules naming
 // reserved:init allow it anything): it never has an allow-all window.
 // Called with mu held.
-func (c *policyController) compile(ep datapath.Endpoint, n driver.Network) (datapath.EndpointPolicy, error) {
+func (c *policyController) compile(ep datapath.Endpoint, n driver.Network, in policyInputs) (datapath.EndpointPolicy, error) {
 	mode, err := policy.ParseMode(n.Options[driver.OptionPolicyEnforcement])
 	if err != nil {
 		return datapath.EndpointPolicy{}, err
 	}
 	audit, _ := strconv.ParseBool(n.Options[driver.OptionPolicyAudit])
-	rules := c.repo.Rules()
 	id := identity.ID(ep.Identity)
 	own := policy.Endpoint{Identity: id, Labels: labels.FromDocker(ep.Labels)}
 	if id == identity.Init {
 		own.Labels = labels.FromLabels(labels.Init())
-		if mode == policy.ModeDefault && len(rules) > 0 {
+		if mode == policy.ModeDefault && len(in.rules) > 0 {
 			mode = policy.ModeAlways
 		}
 	}
-	compiled, err := policy.Compile(rules, own, c.alloc.All(), mode)
+	compiled, err := policy.Compile(in.rules, own, in.ids, mode)
 	if err != nil {
 		return datapath.EndpointPolicy{}, err
 	}
@@ -138,8 +150,8 @@ func (c *policyController) compile(ep datapath.Endpoint, n driver.Network) (data
 
 // compileOrDeny is compile failing closed: a policy that cannot be
 // computed denies both ways rather than allowing all. Called with mu held.
-func (c *policyController) compileOrDeny(ep datapath.Endpoint, n driver.Network) datapath.EndpointPolicy {
-	p, err := c.compile(ep, n)
+func (c *policyController) compileOrDeny(ep datapath.Endpoint, n driver.Network, in policyInputs) datapath.EndpointPolicy {
+	p, err := c.compile(ep, n, in)
 	if err != nil {
 		c.log.WithError(err).WithField("epid", ep.ID).Warn("compile policy; the endpoint denies all")
 		return datapath.EndpointPolicy{IngressEnforced: true, EgressEnforced: true}
@@ -191,6 +203,7 @@ func (c *policyController) regenerateAll() error {
 	defer c.mu.Unlock()
 	c.releaseUnusedIdentities()
 	c.generation++
+	in := c.inputs()
 	var firstErr error
 	added, removed := 0, 0
 	for _, ep := range c.datapath.Endpoints() {
@@ -198,7 +211,7 @@ func (c *policyController) regenerateAll() error {
 		if !ok {
 			continue
 		}
-		a, r, err := c.datapath.ApplyPolicy(ep.ID, c.compileOrDeny(ep, n))
+		a, r, err := c.datapath.ApplyPolicy(ep.ID, c.compileOrDeny(ep, n, in))
 		added, removed = added+a, removed+r
 		if errors.Is(err, datapath.ErrNoEndpoint) {
 			continue // deleted since the list was taken: nothing to enforce
@@ -278,7 +291,7 @@ func (c *policyController) networkOf(ep datapath.Endpoint) (driver.Network, bool
 // applyOne compiles ep's policy and writes what changed. Called with mu
 // held.
 func (c *policyController) applyOne(ep datapath.Endpoint, n driver.Network) {
-	if _, _, err := c.datapath.ApplyPolicy(ep.ID, c.compileOrDeny(ep, n)); err != nil && !errors.Is(err, datapath.ErrNoEndpoint) {
+	if _, _, err := c.datapath.ApplyPolicy(ep.ID, c.compileOrDeny(ep, n, c.inputs())); err != nil && !errors.Is(err, datapath.ErrNoEndpoint) {
 		c.log.WithError(err).WithField("epid", ep.ID).Warn("apply policy to an endpoint")
 	}
 }
