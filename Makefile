@@ -66,8 +66,8 @@ plugin-rootfs: build
 	mkdir -p bin/plugin-rootfs/run bin/plugin-rootfs/var && ln -s ../run bin/plugin-rootfs/var/run
 	docker build -q -t ebpfnet-plugin-rootfs:$(PLUGIN_TAG) . >/dev/null
 	id=$$(docker create ebpfnet-plugin-rootfs:$(PLUGIN_TAG)) && \
-		docker export $$id | tar -x -C $(PLUGIN_DIR)/rootfs; rc=$$?; docker rm $$id >/dev/null; exit $$rc
-	docker rmi ebpfnet-plugin-rootfs:$(PLUGIN_TAG) >/dev/null
+		docker export $$id | tar -x -C $(PLUGIN_DIR)/rootfs; rc=$$?; [ -z "$$id" ] || docker rm $$id >/dev/null; \
+		docker rmi ebpfnet-plugin-rootfs:$(PLUGIN_TAG) >/dev/null; exit $$rc
 	cp config.json $(PLUGIN_DIR)/config.json
 
 # Creates and enables $(PLUGIN):$(PLUGIN_TAG), replacing an older one of
