@@ -683,3 +683,53 @@ func TestDatapathRestoreFinishesDeletion(t *testing.T) {
 	}
 	assertGone(t, e, a)
 }
+
+// TestDatapathRestoreRecreatesPolicyMap: an endpoint whose policy pin is
+// lost, or holds a map of another shape, is restored with a fresh, empty
+// map of the template's shape under its pin.
+func TestDatapathRestoreRecreatesPolicyMap(t *testing.T) {
+	e := newTestEnv(t)
+	n := e.network(1)
+	lost, other := e.endpoint(n, 90), e.endpoint(n, 91)
+	e.setPolicy(other, FlagEnforceIngress, PolicyKey{Identity: lost.Identity, Direction: PolicyIngress})
+	if err := e.dp.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(e.dp.policyPin(lost.ID)); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(e.dp.policyPin(other.ID)); err != nil {
+		t.Fatal(err)
+	}
+	wrong, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Hash, KeySize: 4, ValueSize: 4, MaxEntries: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := wrong.Pin(e.dp.policyPin(other.ID)); err != nil {
+		t.Fatal(err)
+	}
+	_ = wrong.Close()
+
+	e.dp = e.open()
+	restored, err := e.dp.Restore()
+	if err != nil {
+		t.Fatalf("Restore: %v", err)
+	}
+	if len(restored) != 2 {
+		t.Fatalf("restored %+v, want both endpoints", restored)
+	}
+	for _, ep := range []*Endpoint{lost, other} {
+		m, err := ebpf.LoadPinnedMap(e.dp.policyPin(ep.ID), nil)
+		if err != nil {
+			t.Errorf("policy pin of %d after restore: %v", ep.ID, err)
+			continue
+		}
+		if err := e.dp.policy.Compatible(m); err != nil {
+			t.Errorf("policy map of %d after restore: %v", ep.ID, err)
+		}
+		_ = m.Close()
+		if held, err := e.dp.PolicyEntries(ep.ID); err != nil || len(held) != 0 {
+			t.Errorf("policy entries of %d after restore: %v, %v; want none", ep.ID, held, err)
+		}
+	}
+}

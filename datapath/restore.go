@@ -131,29 +131,25 @@ func (d *Datapath) readopt(st *endpointState) error {
 	}
 	pin := d.policyPin(ep.ID)
 	pm, err := ebpf.LoadPinnedMap(pin, nil)
-	if err == nil && d.policy.Compatible(pm) != nil {
+	switch {
+	case err == nil && d.policy.Compatible(pm) != nil:
 		// A map of another shape cannot replace the template's
-		// declaration; start the endpoint with an empty one.
+		// declaration; start the endpoint with an empty one
+		// (createPolicyMap replaces the pin).
 		_ = pm.Close()
 		d.log.WithField("epid", ep.ID).Warn("policy map has another shape, recreating it empty")
-		if err := removePin(pin); err != nil {
+	case err == nil:
+		st.policy = pm
+	case !errors.Is(err, os.ErrNotExist):
+		return fmt.Errorf("open policy map %s: %w", pin, err)
+	}
+	if st.policy == nil {
+		// No rollback: the pin is the endpoint's as long as it lives.
+		var keep undoStack
+		if err := d.createPolicyMap(st, &keep); err != nil {
 			return err
 		}
-		err = os.ErrNotExist
 	}
-	if err != nil {
-		if !errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("open policy map %s: %w", pin, err)
-		}
-		if pm, err = ebpf.NewMap(d.policy); err != nil {
-			return fmt.Errorf("recreate policy map %s: %w", PolicyMapName(ep.ID), err)
-		}
-		if err := pm.Pin(pin); err != nil {
-			_ = pm.Close()
-			return fmt.Errorf("pin policy map %s: %w", pin, err)
-		}
-	}
-	st.policy = pm
 
 	want, err := d.tmpl.instantiate(constantsOf(ep))
 	if err != nil {
