@@ -249,6 +249,11 @@ func (d *Datapath) EndpointByID(id uint16) (Endpoint, bool) {
 func (d *Datapath) Endpoints() []Endpoint {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	return d.snapshots()
+}
+
+// snapshots lists every endpoint, sorted by ID; d.mu is held.
+func (d *Datapath) snapshots() []Endpoint {
 	out := make([]Endpoint, 0, len(d.eps))
 	for _, st := range d.eps {
 		out = append(out, st.snapshot())

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 
@@ -51,12 +50,7 @@ func (d *Datapath) Restore() ([]Endpoint, error) {
 	if err := d.removeOrphanPins(); err != nil {
 		errs = append(errs, err)
 	}
-	out := make([]Endpoint, 0, len(d.eps))
-	for _, st := range d.eps {
-		out = append(out, st.snapshot())
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
-	return out, errors.Join(errs...)
+	return d.snapshots(), errors.Join(errs...)
 }
 
 // orderConntrackOrWarn: a flow that misses its new key only meets policy
