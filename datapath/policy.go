@@ -129,14 +129,12 @@ func (d *Datapath) ApplyPolicy(id uint16, p EndpointPolicy) (added, removed int,
 
 // installPolicy writes a new endpoint's initial entries into its still
 // unused map and records them, before anything can run against it.
+// CreateEndpoint has validated p before creating anything.
 func installPolicy(st *endpointState, p *EndpointPolicy) error {
 	st.entries = map[PolicyKey]struct{}{}
 	st.flags = 0
 	if p == nil {
 		return nil
-	}
-	if err := p.validate(); err != nil {
-		return err
 	}
 	keys := make([]PolicyKey, 0, len(p.Entries))
 	for k := range p.Entries {
