@@ -81,6 +81,21 @@ func sortPolicyKeys(ks []PolicyKey) {
 	})
 }
 
+// liveEndpoint is endpoint id, for a change of its policy or identity; d.mu
+// is held. An endpoint whose deletion has begun is not: DeleteEndpoint has
+// closed its policy map, and one that failed midway stays in d.eps only for
+// DeleteEndpoint to retry.
+func (d *Datapath) liveEndpoint(id uint16) (*endpointState, error) {
+	if d.closed {
+		return nil, errors.New("datapath closed")
+	}
+	st, ok := d.eps[id]
+	if !ok || st.policy == nil {
+		return nil, fmt.Errorf("endpoint %d: %w", id, ErrNoEndpoint)
+	}
+	return st, nil
+}
+
 // ApplyPolicy makes endpoint id's policy p, writing only the difference
 // from what its map holds: new entries first, then the flags, then the
 // stale entries go. Each step only widens (new entries before the flags
@@ -96,12 +111,9 @@ func (d *Datapath) ApplyPolicy(id uint16, p EndpointPolicy) (added, removed int,
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.closed {
-		return 0, 0, errors.New("datapath closed")
-	}
-	st, ok := d.eps[id]
-	if !ok {
-		return 0, 0, fmt.Errorf("endpoint %d: %w", id, ErrNoEndpoint)
+	st, err := d.liveEndpoint(id)
+	if err != nil {
+		return 0, 0, err
 	}
 	add, del := policyDiff(st.entries, p.Entries)
 	for _, k := range add {
@@ -172,12 +184,9 @@ func readPolicyEntries(m *ebpf.Map) (map[PolicyKey]struct{}, error) {
 func (d *Datapath) PolicyEntries(id uint16) ([]PolicyKey, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.closed {
-		return nil, errors.New("datapath closed")
-	}
-	st, ok := d.eps[id]
-	if !ok {
-		return nil, fmt.Errorf("endpoint %d: %w", id, ErrNoEndpoint)
+	st, err := d.liveEndpoint(id)
+	if err != nil {
+		return nil, err
 	}
 	held, err := readPolicyEntries(st.policy)
 	if err != nil {
@@ -202,12 +211,9 @@ func (d *Datapath) SetEndpointIdentity(id uint16, identity uint32, containerID, 
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.closed {
-		return errors.New("datapath closed")
-	}
-	st, ok := d.eps[id]
-	if !ok {
-		return fmt.Errorf("endpoint %d: %w", id, ErrNoEndpoint)
+	st, err := d.liveEndpoint(id)
+	if err != nil {
+		return err
 	}
 	old := cloneEndpoint(&st.ep)
 	ep := cloneEndpoint(&st.ep)

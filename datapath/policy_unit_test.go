@@ -2,6 +2,7 @@ package datapath
 
 import (
 	"encoding/binary"
+	"errors"
 	"net/netip"
 	"reflect"
 	"strings"
@@ -99,5 +100,21 @@ func TestIPCacheKey(t *testing.T) {
 	}
 	if _, err := ipcacheKeyOf(netip.Prefix{}); err == nil {
 		t.Error("invalid prefix accepted")
+	}
+}
+
+// TestPolicyOfEndpointBeingDeleted: an endpoint whose deletion failed after
+// its policy map was closed (it stays for DeleteEndpoint to retry) is gone
+// for policy and identity changes, not a nil map to write into.
+func TestPolicyOfEndpointBeingDeleted(t *testing.T) {
+	d := &Datapath{eps: map[uint16]*endpointState{7: {ep: Endpoint{ID: 7}}}}
+	if _, _, err := d.ApplyPolicy(7, EndpointPolicy{IngressEnforced: true}); !errors.Is(err, ErrNoEndpoint) {
+		t.Errorf("ApplyPolicy: %v, want ErrNoEndpoint", err)
+	}
+	if _, err := d.PolicyEntries(7); !errors.Is(err, ErrNoEndpoint) {
+		t.Errorf("PolicyEntries: %v, want ErrNoEndpoint", err)
+	}
+	if err := d.SetEndpointIdentity(7, 300, "", "", nil); !errors.Is(err, ErrNoEndpoint) {
+		t.Errorf("SetEndpointIdentity: %v, want ErrNoEndpoint", err)
 	}
 }
