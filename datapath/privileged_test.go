@@ -733,3 +733,41 @@ func TestDatapathRestoreRecreatesPolicyMap(t *testing.T) {
 		}
 	}
 }
+
+// TestDatapathFailedRestoreKeepsPins: an endpoint that fails to restore
+// keeps its state directory, and with it its policy pin and its
+// ebpfnet_policy_calls entry, which the programs still on its veth use; the
+// pins of the others are no orphans either.
+func TestDatapathFailedRestoreKeepsPins(t *testing.T) {
+	e := newTestEnv(t)
+	n := e.network(1)
+	a, b := e.endpoint(n, 100), e.endpoint(n, 101)
+	if err := e.dp.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// An object file that cannot be rewritten fails b's restore.
+	obj := filepath.Join(e.dp.epDir(b.ID), ObjectFile)
+	if err := os.Remove(obj); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(obj, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	e.dp = e.open()
+	restored, err := e.dp.Restore()
+	if err == nil {
+		t.Fatal("Restore succeeded with an object file that is a directory")
+	}
+	if len(restored) != 1 || restored[0].ID != a.ID {
+		t.Fatalf("restored %+v, want only endpoint %d", restored, a.ID)
+	}
+	for _, ep := range []*Endpoint{a, b} {
+		if _, err := os.Stat(e.dp.policyPin(ep.ID)); err != nil {
+			t.Errorf("policy pin of endpoint %d: %v", ep.ID, err)
+		}
+		var prog uint32
+		if err := e.dp.shared[PolicyCallsName].Lookup(uint32(ep.ID), &prog); err != nil {
+			t.Errorf("%s lost endpoint %d: %v", PolicyCallsName, ep.ID, err)
+		}
+	}
+}

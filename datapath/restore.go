@@ -196,23 +196,33 @@ func (d *Datapath) readopt(st *endpointState) error {
 // unpinning detaches the old programs).
 func (d *Datapath) removeOrphanPins() error {
 	var errs []error
+	if err := os.RemoveAll(filepath.Join(d.cfg.PinDir, legacyLinksDir)); err != nil {
+		errs = append(errs, fmt.Errorf("remove legacy link pins: %w", err))
+	}
+	// An endpoint that failed to restore keeps its directory, and its
+	// veth the programs of the previous daemon: they still use its
+	// policy map and ebpfnet_policy_calls entry.
+	ids, err := d.stateDirIDs()
+	if err != nil {
+		return errors.Join(append(errs, err)...)
+	}
+	owned := make(map[uint16]bool, len(ids))
+	for _, id := range ids {
+		owned[id] = true
+	}
 	live := func(s string) bool {
 		n, err := strconv.ParseUint(s, 10, 16)
 		if err != nil {
 			return true // not ours to judge
 		}
-		_, ok := d.eps[uint16(n)]
-		return ok
-	}
-	if err := os.RemoveAll(filepath.Join(d.cfg.PinDir, legacyLinksDir)); err != nil {
-		errs = append(errs, fmt.Errorf("remove legacy link pins: %w", err))
+		return owned[uint16(n)]
 	}
 	calls := d.shared[PolicyCallsName]
 	var key, val uint32
 	var stale []uint32
 	it := calls.Iterate()
 	for it.Next(&key, &val) {
-		if key > MaxEndpointID || d.eps[uint16(key)] == nil {
+		if key > MaxEndpointID || !owned[uint16(key)] {
 			stale = append(stale, key)
 		}
 	}
