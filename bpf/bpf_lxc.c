@@ -120,18 +120,13 @@ static __always_inline int handle_arp(struct __sk_buff *skb)
 
 /* deliver_local tail-calls into the receiver's handle_policy, which checks
  * the receiver's ingress policy on a new flow and redirects into its
- * namespace. The sender's egress check is done. */
+ * namespace. The sender's egress check is done; the packet was parsed
+ * (flow_parse_ipv4), and handle_policy checks the headers it reads. */
 static __always_inline int deliver_local(struct __sk_buff *skb,
 					 const struct endpoint_info *peer,
 					 const struct self_info *self,
 					 const struct flow *f, int ct)
 {
-	void *data = (void *)(long)skb->data;
-	void *data_end = (void *)(long)skb->data_end;
-	struct iphdr *iph = data + sizeof(struct ethhdr);
-
-	if ((void *)(iph + 1) > data_end)
-		return drop(skb, DROP_INVALID, METRIC_EGRESS, f);
 	skb->cb[CB_SRC_IDENTITY] = self->identity;
 	skb->cb[CB_CT_STATE] = ct;
 	bpf_tail_call(skb, &ebpfnet_policy_calls, peer->epid);
