@@ -150,7 +150,8 @@ func New(cfg Config, log logrus.FieldLogger) (*Datapath, error) {
 
 // writeTemplate keeps a copy of the template in the templates directory,
 // keyed by its hash, as Cilium does, with an ep_config.h describing the
-// all-zero constants.
+// all-zero constants. Both live in StateDir, written as the endpoints'
+// files are (writeStateFile: atomic, no fsync).
 func (d *Datapath) writeTemplate() error {
 	dir := filepath.Join(d.cfg.StateDir, TemplatesDir, d.tmpl.sha)
 	if err := os.MkdirAll(dir, dirMode); err != nil {
@@ -161,7 +162,7 @@ func (d *Datapath) writeTemplate() error {
 	}
 	obj := filepath.Join(dir, ObjectFile)
 	if cur, err := os.ReadFile(obj); err != nil || !bytes.Equal(cur, d.tmpl.raw) {
-		if err := atomicfile.Write(obj, d.tmpl.raw, fileMode); err != nil {
+		if err := writeStateFile(obj, d.tmpl.raw); err != nil {
 			return fmt.Errorf("write template object: %w", err)
 		}
 	}
@@ -169,7 +170,7 @@ func (d *Datapath) writeTemplate() error {
 	if err != nil {
 		return err
 	}
-	if err := atomicfile.Write(filepath.Join(dir, EPConfigFile), hdr, fileMode); err != nil {
+	if err := writeStateFile(filepath.Join(dir, EPConfigFile), hdr); err != nil {
 		return fmt.Errorf("write template header: %w", err)
 	}
 	return nil
