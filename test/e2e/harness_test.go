@@ -70,13 +70,18 @@ func requireEnvironment(t testing.TB) string {
 func startDaemon(t testing.TB, binary string, args ...string) *daemon {
 	t.Helper()
 	d := &daemon{t: t, binary: binary, args: args}
-	d.start()
+	// Registered before the start, so that a daemon whose API never came
+	// up is stopped too.
 	t.Cleanup(func() {
+		if d.cmd == nil || d.cmd.Process == nil {
+			return // never started
+		}
 		d.stop(syscall.SIGTERM)
 		if t.Failed() {
 			d.dumpLog()
 		}
 	})
+	d.start()
 	removeStaleTestObjects(t)
 	return d
 }
