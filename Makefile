@@ -17,16 +17,19 @@ all: build
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/ebpfnet
 
-# Regenerate the committed BPF object from its C source (clang-19).
+# Regenerate the committed BPF objects from their C sources (clang-19).
+BPF_SOURCES = bpf_lxc bpf_node
 bpf:
-	./bpf/build.sh bpf/bpf_lxc.o
+	for o in $(BPF_SOURCES); do ./bpf/build.sh $$o.c bpf/$$o.o || exit 1; done
 
-# Fail when the committed object no longer matches its C source.
+# Fail when a committed object no longer matches its C source.
 bpf-check:
 	@tmp=$$(mktemp -d) && trap 'rm -rf $$tmp' EXIT && \
-	./bpf/build.sh $$tmp/bpf_lxc.o && \
-	cmp -s $$tmp/bpf_lxc.o bpf/bpf_lxc.o || { echo "bpf/bpf_lxc.o is stale: run 'make bpf' and commit it"; exit 1; }
-	@echo "bpf/bpf_lxc.o matches bpf/bpf_lxc.c"
+	for o in $(BPF_SOURCES); do \
+		./bpf/build.sh $$o.c $$tmp/$$o.o && \
+		cmp -s $$tmp/$$o.o bpf/$$o.o || { echo "bpf/$$o.o is stale: run 'make bpf' and commit it"; exit 1; }; \
+		echo "bpf/$$o.o matches bpf/$$o.c"; \
+	done
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); [ -z "$$out" ] || { echo "gofmt needed: $$out"; exit 1; }

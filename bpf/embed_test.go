@@ -23,16 +23,7 @@ func TestTemplateHasProgramsMapsAndConstants(t *testing.T) {
 			t.Errorf("program %s missing", p)
 		}
 	}
-	for _, m := range []string{"ebpfnet_endpoints", "ebpfnet_policy_calls", "ebpfnet_metrics", "ebpfnet_events", "ebpfnet_ipcache", "ebpfnet_ct4"} {
-		ms := spec.Maps[m]
-		if ms == nil {
-			t.Errorf("map %s missing", m)
-			continue
-		}
-		if ms.Pinning != ebpf.PinByName {
-			t.Errorf("map %s is not pinned by name", m)
-		}
-	}
+	requirePinnedMaps(t, spec, "ebpfnet_endpoints", "ebpfnet_policy_lookups", "ebpfnet_calls", "ebpfnet_metrics")
 	// The per-endpoint policy map is replaced by the daemon's own instance,
 	// so it must not be pinned by name (one shared map for all).
 	if ms := spec.Maps["ebpfnet_policy"]; ms == nil || ms.Pinning != ebpf.PinNone {
@@ -55,10 +46,50 @@ func TestTemplateHasProgramsMapsAndConstants(t *testing.T) {
 	}
 }
 
-// TestTemplateMatchesSource rebuilds the object in a scratch copy of this
-// directory and demands the same bytes: the committed object is what the
+// TestNodeObjectHasProgramsAndMaps: the node programs datapath puts in
+// ebpfnet_calls, and the shared maps they use. They carry no endpoint's
+// constants (those arrive in skb->cb) and never read a policy map.
+func TestNodeObjectHasProgramsAndMaps(t *testing.T) {
+	spec, err := ebpf.LoadCollectionSpecFromReader(bytes.NewReader(NodeObject))
+	if err != nil {
+		t.Fatalf("parse node object: %v", err)
+	}
+	for _, p := range []string{"node_from_container", "node_to_container", "node_policy_verdict"} {
+		if spec.Programs[p] == nil {
+			t.Errorf("program %s missing", p)
+		}
+	}
+	requirePinnedMaps(t, spec, "ebpfnet_endpoints", "ebpfnet_policy_lookups", "ebpfnet_calls", "ebpfnet_metrics", "ebpfnet_events", "ebpfnet_ipcache", "ebpfnet_ct4")
+	if len(spec.Variables) != 0 {
+		t.Errorf("node object has global variables: %v", spec.Variables)
+	}
+	for name, p := range spec.Programs {
+		for _, ins := range p.Instructions {
+			if ins.Reference() == "ebpfnet_policy" {
+				t.Errorf("%s reads an endpoint's policy map", name)
+			}
+		}
+	}
+}
+
+func requirePinnedMaps(t *testing.T, spec *ebpf.CollectionSpec, names ...string) {
+	t.Helper()
+	for _, m := range names {
+		ms := spec.Maps[m]
+		if ms == nil {
+			t.Errorf("map %s missing", m)
+			continue
+		}
+		if ms.Pinning != ebpf.PinByName {
+			t.Errorf("map %s is not pinned by name", m)
+		}
+	}
+}
+
+// TestObjectsMatchSources rebuilds both objects in a scratch copy of this
+// directory and demands the same bytes: the committed objects are what the
 // sources say, and the build does not depend on the checkout path.
-func TestTemplateMatchesSource(t *testing.T) {
+func TestObjectsMatchSources(t *testing.T) {
 	testutil.RequireCommand(t, "clang-19", "llvm-strip-19")
 	dir := filepath.Join(t.TempDir(), "elsewhere", "bpf")
 	if err := os.MkdirAll(filepath.Join(dir, "lib"), 0o755); err != nil {
@@ -68,7 +99,7 @@ func TestTemplateMatchesSource(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, f := range append(files, "bpf_lxc.c", "build.sh") {
+	for _, f := range append(files, "bpf_lxc.c", "bpf_node.c", "build.sh") {
 		b, err := os.ReadFile(f)
 		if err != nil {
 			t.Fatal(err)
@@ -77,16 +108,18 @@ func TestTemplateMatchesSource(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	out := filepath.Join(dir, "rebuilt.o")
-	cmd := exec.Command("sh", filepath.Join(dir, "build.sh"), out)
-	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build.sh: %v\n%s", err, b)
-	}
-	got, err := os.ReadFile(out)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !bytes.Equal(got, LXCTemplate) {
-		t.Fatal("bpf_lxc.o differs from a fresh build of bpf_lxc.c: run bpf/build.sh and commit the object")
+	for src, committed := range map[string][]byte{"bpf_lxc.c": LXCTemplate, "bpf_node.c": NodeObject} {
+		out := filepath.Join(dir, "rebuilt.o")
+		cmd := exec.Command("sh", filepath.Join(dir, "build.sh"), src, out)
+		if b, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("build.sh %s: %v\n%s", src, err, b)
+		}
+		got, err := os.ReadFile(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, committed) {
+			t.Errorf("the committed object of %s differs from a fresh build: run 'make bpf' and commit it", src)
+		}
 	}
 }

@@ -65,7 +65,7 @@ type Datapath struct {
 
 // endpointState is what the datapath holds for one live endpoint. Its
 // programs are held by the tc filters on its veth and by
-// ebpfnet_policy_calls, not by the daemon.
+// ebpfnet_policy_lookups, not by the daemon.
 type endpointState struct {
 	ep     Endpoint
 	policy *ebpf.Map
@@ -84,9 +84,10 @@ func (st *endpointState) snapshot() Endpoint {
 	return c
 }
 
-// New prepares the datapath: directories, the template directory, and the
-// shared pinned maps (opened if pinned, created and pinned otherwise). It
-// mounts nothing: bpffs must already be mounted at PinDir's parent.
+// New prepares the datapath: directories, the template directory, the
+// shared pinned maps (opened if pinned, created and pinned otherwise) and
+// the node programs in ebpfnet_calls. It mounts nothing: bpffs must already
+// be mounted at PinDir's parent.
 func New(cfg Config, log logrus.FieldLogger) (*Datapath, error) {
 	if cfg.StateDir == "" || cfg.PinDir == "" || cfg.HostDevice == "" {
 		return nil, fmt.Errorf("datapath config needs StateDir, PinDir and HostDevice: %+v", cfg)
@@ -145,6 +146,10 @@ func New(cfg Config, log logrus.FieldLogger) (*Datapath, error) {
 		return nil, fmt.Errorf("template lacks the unpinned per-endpoint map %s", policyMapKName)
 	}
 	d.policy = pol.Copy()
+	if err := d.loadNodePrograms(); err != nil {
+		d.closeMaps()
+		return nil, err
+	}
 	return d, nil
 }
 

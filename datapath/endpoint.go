@@ -35,8 +35,9 @@ func validateEndpoint(ep *Endpoint) error {
 		return errors.New("endpoint has no Docker endpoint ID")
 	case !ep.IPv4.IsValid() || !ep.IPv4.Addr().Is4():
 		return fmt.Errorf("endpoint %s: IPv4 %v is not an IPv4 prefix", ep.DockerEndpointID, ep.IPv4)
-	case ep.Network.Index == 0:
-		return fmt.Errorf("endpoint %s: network index must be 1..65535", ep.DockerEndpointID)
+	case ep.Network.Index == 0 || ep.Network.Index > 0xffff:
+		// The node programs get it in 16 bits (bpf/lib/cb.h).
+		return fmt.Errorf("endpoint %s: network index %d must be 1..65535", ep.DockerEndpointID, ep.Network.Index)
 	case !ep.Network.Gateway.Is4():
 		return fmt.Errorf("endpoint %s: network gateway %v is not IPv4", ep.DockerEndpointID, ep.Network.Gateway)
 	case ep.LXCMAC != nil && len(ep.LXCMAC) != 6:
@@ -50,7 +51,7 @@ func validateEndpoint(ep *Endpoint) error {
 // creates the veth pair, neighbour and route while, beside it, the
 // endpoint's policy map is made, bpf_lxc.o written and its programs loaded
 // against that map; then attaches them as tc filters, registers
-// handle_policy in ebpfnet_policy_calls and publishes the endpoint. On
+// handle_policy in ebpfnet_policy_lookups and publishes the endpoint. On
 // error it leaves nothing behind.
 func (d *Datapath) CreateEndpoint(ep *Endpoint) (retErr error) {
 	if err := validateEndpoint(ep); err != nil {
@@ -422,7 +423,7 @@ func (d *Datapath) loadPrograms(st *endpointState, obj []byte) (*ebpf.Collection
 }
 
 // attach puts from_container and to_container of coll as tc filters on the
-// host veth and handle_policy in ebpfnet_policy_calls. Filters and the
+// host veth and handle_policy in ebpfnet_policy_lookups. Filters and the
 // array entry are replaced in place if they exist, so a restore never
 // leaves the veth without a program. freshVeth says the veth was just
 // created by us and has no qdisc yet.
@@ -433,11 +434,11 @@ func (d *Datapath) attach(st *endpointState, coll *ebpf.Collection, freshVeth bo
 		return fmt.Errorf("attach programs to %s: %w", ep.IfName, err)
 	}
 	// The filters go with the veth; a rollback deletes the veth.
-	calls := d.shared[PolicyCallsName]
-	if err := calls.Put(uint32(ep.ID), pol); err != nil {
-		return fmt.Errorf("insert %s of endpoint %d in %s: %w", progPolicy, ep.ID, PolicyCallsName, err)
+	lookups := d.shared[PolicyLookupsName]
+	if err := lookups.Put(uint32(ep.ID), pol); err != nil {
+		return fmt.Errorf("insert %s of endpoint %d in %s: %w", progPolicy, ep.ID, PolicyLookupsName, err)
 	}
-	undo.push(func() error { return ignoreNotExist(calls.Delete(uint32(ep.ID))) })
+	undo.push(func() error { return ignoreNotExist(lookups.Delete(uint32(ep.ID))) })
 	return nil
 }
 
@@ -569,8 +570,8 @@ func (d *Datapath) releaseMaps(ep *Endpoint, st *endpointState) []error {
 	if err := d.unpublishEndpoint(ep); err != nil {
 		errs = append(errs, err)
 	}
-	if err := ignoreNotExist(d.shared[PolicyCallsName].Delete(uint32(ep.ID))); err != nil {
-		errs = append(errs, fmt.Errorf("delete program of endpoint %d from %s: %w", ep.ID, PolicyCallsName, err))
+	if err := ignoreNotExist(d.shared[PolicyLookupsName].Delete(uint32(ep.ID))); err != nil {
+		errs = append(errs, fmt.Errorf("delete program of endpoint %d from %s: %w", ep.ID, PolicyLookupsName, err))
 	}
 	if err := removePin(d.policyPin(ep.ID)); err != nil {
 		errs = append(errs, err)

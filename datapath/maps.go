@@ -11,27 +11,33 @@ import (
 // Names of the pinned maps every endpoint shares (bpf/lib/maps.h).
 const (
 	EndpointsMapName = "ebpfnet_endpoints"
-	// PolicyCallsName is the prog array epid -> the endpoint's
-	// handle_policy, through which a local sender reaches the receiver's
-	// ingress policy check.
-	PolicyCallsName = "ebpfnet_policy_calls"
-	MetricsMapName  = "ebpfnet_metrics"
-	EventsMapName   = "ebpfnet_events"
+	// PolicyLookupsName is the prog array epid -> the endpoint's
+	// handle_policy, through which the node programs look a new flow up
+	// in that endpoint's own policy map.
+	PolicyLookupsName = "ebpfnet_policy_lookups"
+	// CallsMapName is the prog array of the node programs, by slot
+	// (nodeSlots); every endpoint's entry programs tail-call into it.
+	CallsMapName   = "ebpfnet_calls"
+	MetricsMapName = "ebpfnet_metrics"
+	EventsMapName  = "ebpfnet_events"
 	// IPCacheMapName is the LPM trie prefix -> identity of remote
 	// addresses that are not local endpoints; a miss is the world.
 	IPCacheMapName = "ebpfnet_ipcache"
 	// CTMapName is the node-wide conntrack table (LRU hash of tuples).
 	CTMapName = "ebpfnet_ct4"
+	// legacyPolicyCallsName is the prog array of endpoint pipelines of
+	// versions before the node programs; Restore removes its pin once no
+	// endpoint runs such a pipeline.
+	legacyPolicyCallsName = "ebpfnet_policy_calls"
 )
 
 func sharedMapNames() []string {
-	return []string{EndpointsMapName, PolicyCallsName, MetricsMapName, EventsMapName, IPCacheMapName, CTMapName}
+	return []string{EndpointsMapName, PolicyLookupsName, CallsMapName, MetricsMapName, EventsMapName, IPCacheMapName, CTMapName}
 }
 
 // Endpoint flags in the endpoint's own ebpfnet_endpoints entry (keyed by
 // its IPv4 address): policy enforcement per direction. The programs read
-// them there on every new flow, from_container for egress, handle_policy
-// and to_container for ingress. With both clear, the endpoint's policy map
+// them there on every new flow. With both clear, the endpoint's policy map
 // is not consulted. A missing entry counts as both set (fail closed).
 const (
 	FlagEnforceIngress uint32 = 1 << 0

@@ -17,6 +17,10 @@ func (d *Datapath) AddNetwork(n Network) error {
 	if err := validateNetwork(n); err != nil {
 		return err
 	}
+	// The node programs get the index in 16 bits (bpf/lib/cb.h).
+	if n.Index == 0 || n.Index > 0xffff {
+		return fmt.Errorf("network index %d: want 1 to 65535", n.Index)
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	dev, err := netlink.LinkByName(d.cfg.HostDevice)

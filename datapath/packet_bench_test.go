@@ -15,7 +15,7 @@ import (
 // kernel times them. Cases:
 //
 //	local-forward  from_container of the client, the flow's own direction,
-//	               with the tail call into the receiver's handle_policy
+//	               with its tail call into node_from_container
 //	local-reply    from_container of the server, a reply, same
 //	to-stack       from_container, an established flow to the gateway
 //	to-container   to_container, the host stack's reply to it

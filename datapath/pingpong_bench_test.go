@@ -16,8 +16,8 @@ import (
 
 // BenchmarkPingPong measures TCP request/response round trips between two
 // network namespaces over a bare veth pair and over two ebpfnet endpoints
-// of one network (from_container, the receiver's handle_policy by tail
-// call, bpf_redirect_peer), the same way on both: blocking sockets on OS
+// of one network (from_container, the node programs by tail call,
+// bpf_redirect_peer), the same way on both: blocking sockets on OS
 // threads locked in their namespace, client and server pinned to one CPU
 // (as bench/run's "latency on one CPU": a cross-CPU wake-up on a VM costs
 // more than the datapath). b.N is the number of round trips per setup,
@@ -26,7 +26,7 @@ import (
 // It reports the p50 and p99 of each in microseconds, their ratio (ebpfnet
 // over veth, the figure to compare across changes), and bpf-ns/pkt: what
 // the programs themselves cost per packet (from_container including the
-// tail-called handle_policy), from the kernel's BPF run-time statistics in
+// tail-called node programs), from the kernel's BPF run-time statistics in
 // a separate phase, as those add a clock read per run.
 //
 //	go test -run '^$' -bench PingPong -benchtime 40000x ./datapath/
@@ -269,7 +269,7 @@ func percentiles(d []time.Duration) (p50, p99 float64) {
 // bpfNsPerPacket runs k round trips with the kernel's BPF statistics on and
 // returns the run time per packet of the two endpoints' from_container
 // programs (a tail call's run time counts for the program that made it, so
-// this includes the receivers' handle_policy). ok is false where the
+// this includes the node programs). ok is false where the
 // kernel keeps no statistics.
 func bpfNsPerPacket(b *testing.B, p *pingPong, k int, eps ...*Endpoint) (float64, bool) {
 	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))

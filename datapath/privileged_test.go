@@ -246,9 +246,10 @@ func TestDatapathLocalDelivery(t *testing.T) {
 		t.Error("no ARP reply counted")
 	}
 
-	// Local delivery is counted where it happens: in the receiver's
-	// handle_policy, reached by tail call on a flow's first packet, and
-	// in the sender for the rest; both redirect into the peer.
+	// Local delivery is counted where it happens: in
+	// node_policy_verdict after the receiver's ingress check on a flow's
+	// first packet, and in node_from_container for the rest; both
+	// redirect into the peer.
 	fwd := e.metric(ReasonForwarded, DirIngress)
 	// The host's IPv6 chatter on a new link (DAD, MLD, router
 	// solicitations) would count below; it has nothing to do with this.
@@ -390,7 +391,7 @@ func TestDatapathPolicy(t *testing.T) {
 		}
 	}
 
-	// b accepts ICMP from a only: the receiver's ingress check, in its
+	// b accepts ICMP from a only: the receiver's ingress check, with its
 	// handle_policy, sees the sender's identity.
 	e.setPolicy(b, FlagEnforceIngress, PolicyKey{Identity: a.Identity, Proto: 1, Direction: PolicyIngress})
 	if !ping(nsA, b.IPv4.Addr()) {
@@ -425,16 +426,21 @@ func TestDatapathPolicy(t *testing.T) {
 		t.Error("policy enforced with flags clear")
 	}
 
-	// A receiver without a program in the array cannot be checked, so
-	// nothing reaches it.
-	if err := e.dp.shared[PolicyCallsName].Delete(uint32(b.ID)); err != nil {
+	// A receiver that enforces ingress but has no policy lookup in the
+	// array cannot be checked, so nothing reaches it (the packet is in
+	// its ingress check when it is dropped).
+	e.setPolicy(b, FlagEnforceIngress, PolicyKey{Identity: a.Identity, Proto: 1, Direction: PolicyIngress})
+	if !ping(nsA, b.IPv4.Addr()) {
+		t.Error("allowed a -> b denied")
+	}
+	if err := e.dp.shared[PolicyLookupsName].Delete(uint32(b.ID)); err != nil {
 		t.Fatal(err)
 	}
-	missed := e.metric(DropMissedTailCall, DirEgress)
+	missed := e.metric(DropMissedTailCall, DirIngress)
 	if ping(nsA, b.IPv4.Addr()) {
 		t.Error("delivered to an endpoint without handle_policy")
 	}
-	if e.metric(DropMissedTailCall, DirEgress) == missed {
+	if e.metric(DropMissedTailCall, DirIngress) == missed {
 		t.Error("no DROP_MISSED_TAIL_CALL counted")
 	}
 }
@@ -461,8 +467,8 @@ func TestDatapathCreateFailureLeavesNothing(t *testing.T) {
 		t.Errorf("policy pin left behind: %v", err)
 	}
 	var prog uint32
-	if err := e.dp.shared[PolicyCallsName].Lookup(uint32(ep.ID), &prog); err == nil {
-		t.Errorf("%s still holds endpoint %d", PolicyCallsName, ep.ID)
+	if err := e.dp.shared[PolicyLookupsName].Lookup(uint32(ep.ID), &prog); err == nil {
+		t.Errorf("%s still holds endpoint %d", PolicyLookupsName, ep.ID)
 	}
 	if len(e.dp.Endpoints()) != 0 {
 		t.Error("failed endpoint is listed")
@@ -611,8 +617,8 @@ func assertGone(t *testing.T, e *testEnv, ep *Endpoint) {
 		}
 	}
 	var prog uint32
-	if err := e.dp.shared[PolicyCallsName].Lookup(uint32(ep.ID), &prog); err == nil {
-		t.Errorf("%s still holds endpoint %d", PolicyCallsName, ep.ID)
+	if err := e.dp.shared[PolicyLookupsName].Lookup(uint32(ep.ID), &prog); err == nil {
+		t.Errorf("%s still holds endpoint %d", PolicyLookupsName, ep.ID)
 	}
 	var info endpointInfo
 	if err := e.dp.shared[EndpointsMapName].Lookup(endpointKey(ep.IPv4.Addr()), &info); err == nil {
@@ -736,7 +742,7 @@ func TestDatapathRestoreRecreatesPolicyMap(t *testing.T) {
 
 // TestDatapathFailedRestoreKeepsPins: an endpoint that fails to restore
 // keeps its state directory, and with it its policy pin and its
-// ebpfnet_policy_calls entry, which the programs still on its veth use; the
+// ebpfnet_policy_lookups entry, which the programs still on its veth use; the
 // pins of the others are no orphans either.
 func TestDatapathFailedRestoreKeepsPins(t *testing.T) {
 	e := newTestEnv(t)
@@ -766,8 +772,41 @@ func TestDatapathFailedRestoreKeepsPins(t *testing.T) {
 			t.Errorf("policy pin of endpoint %d: %v", ep.ID, err)
 		}
 		var prog uint32
-		if err := e.dp.shared[PolicyCallsName].Lookup(uint32(ep.ID), &prog); err != nil {
-			t.Errorf("%s lost endpoint %d: %v", PolicyCallsName, ep.ID, err)
+		if err := e.dp.shared[PolicyLookupsName].Lookup(uint32(ep.ID), &prog); err != nil {
+			t.Errorf("%s lost endpoint %d: %v", PolicyLookupsName, ep.ID, err)
 		}
+	}
+}
+
+// TestDatapathNodePrograms: an endpoint's entry programs hand every packet
+// to the node programs. Without them (an empty ebpfnet_calls slot) nothing
+// passes and the drop is counted; loading them again, as a daemon start
+// does, replaces the slots under live endpoints.
+func TestDatapathNodePrograms(t *testing.T) {
+	e := newTestEnv(t)
+	n := e.network(1)
+	a, b := e.endpoint(n, 110), e.endpoint(n, 111)
+	nsA, _ := e.container(a), e.container(b)
+	if !ping(nsA, b.IPv4.Addr()) {
+		t.Fatal("a -> b: no reply")
+	}
+	calls := e.dp.shared[CallsMapName]
+	for _, np := range nodePrograms() {
+		if err := calls.Delete(np.slot); err != nil {
+			t.Fatalf("delete %s: %v", np.name, err)
+		}
+	}
+	missed := e.metric(DropMissedTailCall, DirEgress)
+	if ping(nsA, b.IPv4.Addr()) {
+		t.Error("a -> b passed without the node programs")
+	}
+	if e.metric(DropMissedTailCall, DirEgress) == missed {
+		t.Error("no DROP_MISSED_TAIL_CALL counted by the entry program")
+	}
+	if err := e.dp.loadNodePrograms(); err != nil {
+		t.Fatal(err)
+	}
+	if !ping(nsA, b.IPv4.Addr()) {
+		t.Error("a -> b: no reply after the node programs were loaded again")
 	}
 }

@@ -22,7 +22,7 @@ const (
 	DropNotSameNetwork Reason = 135
 	DropInvalidARP     Reason = 136
 	DropWriteError     Reason = 137
-	DropMissedTailCall Reason = 138 // receiver has no program in ebpfnet_policy_calls, or no ebpfnet_endpoints entry of its own
+	DropMissedTailCall Reason = 138 // a policy owner has no program in ebpfnet_policy_lookups (or the node programs are not loaded), or a receiver no ebpfnet_endpoints entry of its own
 	firstDropReason    Reason = 128
 )
 

@@ -18,7 +18,7 @@ import (
 // Restore re-adopts every endpoint whose state directory holds a valid
 // ep_config.h and whose host veth still exists: its programs are loaded
 // again from its bpf_lxc.o and replace, atomically, its tc filters and its
-// ebpfnet_policy_calls entry (so traffic never meets a veth without a
+// ebpfnet_policy_lookups entry (so traffic never meets a veth without a
 // program), and its map entries are re-inserted. Endpoints whose veth is
 // gone, directories without a valid record (a crash before the record was
 // written) and pins that belong to no endpoint are removed. It returns the
@@ -49,6 +49,13 @@ func (d *Datapath) Restore() ([]Endpoint, error) {
 	d.orderConntrackOrWarn()
 	if err := d.removeOrphanPins(); err != nil {
 		errs = append(errs, err)
+	}
+	if len(errs) == 0 {
+		// Every endpoint runs the current objects now; the pipelines
+		// of versions before the node programs are unreachable.
+		if err := removePin(filepath.Join(d.cfg.PinDir, legacyPolicyCallsName)); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	return d.snapshots(), errors.Join(errs...)
 }
@@ -108,7 +115,7 @@ func (d *Datapath) restoreOne(id uint16) error {
 }
 
 // readopt reopens or recreates what a live endpoint needs: its policy map,
-// its programs on the veth and in ebpfnet_policy_calls, and its
+// its programs on the veth and in ebpfnet_policy_lookups, and its
 // ebpfnet_endpoints entry.
 //
 // The programs are always reloaded and replaced rather than checked: a
@@ -190,7 +197,7 @@ func (d *Datapath) readopt(st *endpointState) error {
 	return nil
 }
 
-// removeOrphanPins deletes policy pins and ebpfnet_policy_calls entries
+// removeOrphanPins deletes policy pins and ebpfnet_policy_lookups entries
 // whose endpoint has no state directory any more, and the TCX link pins an
 // older version kept (the tc filters that Restore attached replace them;
 // unpinning detaches the old programs).
@@ -201,7 +208,7 @@ func (d *Datapath) removeOrphanPins() error {
 	}
 	// An endpoint that failed to restore keeps its directory, and its
 	// veth the programs of the previous daemon: they still use its
-	// policy map and ebpfnet_policy_calls entry.
+	// policy map and ebpfnet_policy_lookups entry.
 	ids, err := d.stateDirIDs()
 	if err != nil {
 		return errors.Join(append(errs, err)...)
@@ -217,20 +224,20 @@ func (d *Datapath) removeOrphanPins() error {
 		}
 		return owned[uint16(n)]
 	}
-	calls := d.shared[PolicyCallsName]
+	lookups := d.shared[PolicyLookupsName]
 	var key, val uint32
 	var stale []uint32
-	it := calls.Iterate()
+	it := lookups.Iterate()
 	for it.Next(&key, &val) {
 		if key > MaxEndpointID || !owned[uint16(key)] {
 			stale = append(stale, key)
 		}
 	}
 	if err := it.Err(); err != nil {
-		errs = append(errs, fmt.Errorf("iterate %s: %w", PolicyCallsName, err))
+		errs = append(errs, fmt.Errorf("iterate %s: %w", PolicyLookupsName, err))
 	}
 	for _, k := range stale {
-		errs = append(errs, ignoreNotExist(calls.Delete(k)))
+		errs = append(errs, ignoreNotExist(lookups.Delete(k)))
 	}
 	pins, err := os.ReadDir(d.cfg.PinDir)
 	if err != nil {

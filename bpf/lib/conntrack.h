@@ -79,8 +79,9 @@ static __always_inline void ct_touch(struct ct_entry *e)
 }
 
 /* ct_lookup tells whether a packet opens a flow (CT_NEW) or belongs to one
- * in either direction (CT_ESTABLISHED). Global (lib/global.h). */
-__global_func int ct_lookup(const struct flow *f)
+ * in either direction (CT_ESTABLISHED). Inlined: every packet looks its
+ * flow up (lib/global.h). */
+static __always_inline int ct_lookup(const struct flow *f)
 {
 	struct ct_entry *e;
 	struct ct_key k;

@@ -1,4 +1,4 @@
-/* Metrics per reason (lib/reason.h) and direction, and drops. */
+/* Counting and dropping in the node programs. */
 #ifndef EBPFNET_DROP_H
 #define EBPFNET_DROP_H
 
@@ -11,26 +11,13 @@
 #include "flow.h"
 #include "reason.h"
 #include "notify.h"
-
-/* metrics_slot is the ebpfnet_metrics index of reason in dir. */
-static __always_inline __u32 metrics_slot(__u32 reason, __u32 dir)
-{
-	return (reason & 0xff) << 1 | (dir == METRIC_EGRESS);
-}
+#include "metrics.h"
 
 /* count adds a packet of len bytes to the metric of reason in dir.
- * Global (lib/global.h). Returns 0. */
-__global_func int count(__u32 reason, __u32 dir, __u32 len)
+ * Inlined: every packet is counted (lib/global.h). Returns 0. */
+static __always_inline int count(__u32 reason, __u32 dir, __u32 len)
 {
-	__u32 slot = metrics_slot(reason, dir);
-	struct metrics_value *val;
-
-	val = bpf_map_lookup_elem(&ebpfnet_metrics, &slot);
-	if (!val)
-		return 0;
-	/* Per-CPU values: no other CPU writes this slot. */
-	val->packets++;
-	val->bytes += len;
+	metrics_add(reason, dir, len);
 	return 0;
 }
 

@@ -1,13 +1,14 @@
-/* Ethernet helpers: MAC comparison and copy against the .rodata constants. */
+/* Ethernet helpers: MAC comparison and copy. */
 #ifndef EBPFNET_ETH_H
 #define EBPFNET_ETH_H
 
 #include <linux/types.h>
 #include <linux/if_ether.h>
-#include "config.h"
 
-/* mac_eq compares a packet MAC with a constant byte by byte; the constant is
- * volatile, so a plain memcmp cannot be used. */
+#define MAC_LEN 6
+
+/* mac_eq compares a packet MAC with another byte by byte: a .rodata
+ * constant is volatile, so a plain memcmp cannot be used. */
 static __always_inline int mac_eq(const __u8 *pkt, const volatile __u8 *cst)
 {
 	int i;

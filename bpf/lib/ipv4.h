@@ -66,10 +66,8 @@ static __always_inline void ipv4_fill_l4(struct __sk_buff *skb,
  * packet in skb, behind an Ethernet header. It returns 0, or DROP_INVALID
  * for a truncated header or a bad IHL, and then writes nothing. Identities
  * are left alone. Fields the packet does not have (ports of a fragment)
- * are 0. Global (lib/global.h): every program parses, and the
- * protocol branches stay in here instead of multiplying the caller's
- * states. */
-__global_func int flow_parse_ipv4(struct __sk_buff *skb, struct flow *f)
+ * are 0. Inlined: every packet is parsed (lib/global.h). */
+static __always_inline int flow_parse_ipv4(struct __sk_buff *skb, struct flow *f)
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;

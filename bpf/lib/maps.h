@@ -8,7 +8,7 @@
 #include <linux/types.h>
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
-#include "config.h"
+#include "eth.h"
 
 #define ENDPOINTS_MAX 65536
 #define POLICY_ENTRIES_MAX 16384
@@ -61,11 +61,11 @@ struct policy_entry {
 
 /* The endpoint's own policy map. Not pinned by name: every endpoint has its
  * own instance, which the daemon creates, pins as ebpfnet_policy_<epid> and
- * hands to the loader in place of this declaration. A program reads only its
- * own endpoint's map; the receiver's side of local delivery is checked by the
- * receiver's handle_policy, reached by tail call (ebpfnet_policy_calls).
- * There is no map-in-map: every user-space update of a map-of-maps waits for
- * an RCU grace period, which made endpoint creation slow. */
+ * hands to the loader in place of this declaration. Only the endpoint's own
+ * handle_policy reads it (bpf_lxc.c), reached by tail call through
+ * ebpfnet_policy_lookups. There is no map-in-map: every user-space update
+ * of a map-of-maps waits for an RCU grace period, which made endpoint
+ * creation slow. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__type(key, struct policy_key);
@@ -76,15 +76,35 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } ebpfnet_policy SEC(".maps");
 
-/* epid -> that endpoint's handle_policy program. Prog array updates from
- * user space are a pointer exchange, with no grace period to wait for. */
+/* epid -> that endpoint's handle_policy, the lookup in its own policy map.
+ * Prog array updates from user space are a pointer exchange, with no grace
+ * period to wait for. (Versions before the node programs kept a whole
+ * per-endpoint pipeline in ebpfnet_policy_calls, with another skb->cb
+ * layout; the new name keeps old and new programs apart while Restore
+ * replaces them.) */
 struct {
 	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
 	__uint(key_size, sizeof(__u32));
 	__uint(value_size, sizeof(__u32));
 	__uint(max_entries, ENDPOINTS_MAX);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} ebpfnet_policy_calls SEC(".maps");
+} ebpfnet_policy_lookups SEC(".maps");
+
+/* The node programs (bpf_node.c), loaded once per daemon start, by slot.
+ * An endpoint's entry programs tail-call into them (lib/cb.h); the daemon
+ * replaces a slot atomically when it starts with new code. */
+#define CALL_FROM_CONTAINER 0
+#define CALL_TO_CONTAINER 1
+#define CALL_POLICY_VERDICT 2
+#define CALLS_MAX 4
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, sizeof(__u32));
+	__uint(max_entries, CALLS_MAX);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ebpfnet_calls SEC(".maps");
 
 /* ipcache: prefix -> identity of remote addresses that are not local
  * endpoints (host, world, CIDR identities). A miss is the world. */

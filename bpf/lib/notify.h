@@ -6,7 +6,7 @@
 #include <linux/types.h>
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
-#include "config.h"
+#include "cb.h"
 #include "global.h"
 #include "flow.h"
 #include "maps.h"
@@ -73,7 +73,7 @@ __global_func int notify_send(struct __sk_buff *skb, __u32 type, __u32 reason,
 	n->reason = reason;
 	n->verdict = verdict_of(reason);
 	n->dir = dir;
-	n->epid = LXC_ID;
+	n->epid = cb_epid(skb->cb[CB_OWNER]);
 	n->saddr = f->saddr;
 	n->daddr = f->daddr;
 	n->sport = f->sport;

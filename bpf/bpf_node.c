@@ -1,0 +1,364 @@
+//go:build ignore
+// The line above keeps the go tool from treating this as cgo source.
+
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/* bpf_node: the datapath every endpoint shares, loaded once per daemon
+ * start into ebpfnet_calls (lib/maps.h).
+ *
+ * An endpoint's from_container and to_container (bpf_lxc.c) tail-call into
+ * node_from_container and node_to_container with the endpoint's constants
+ * in skb->cb (lib/cb.h). On a flow's first packet, policy takes two more
+ * tail calls per direction: into the policy owner's handle_policy, which
+ * looks the flow up in its own map, and back into node_policy_verdict,
+ * which reports the verdict and carries the packet on. Local delivery
+ * checks the sender's egress and then the receiver's ingress policy that
+ * way before the packet goes straight into the receiver
+ * (bpf_redirect_peer). Later packets of the flow meet conntrack only
+ * (lib/conntrack.h).
+ *
+ * The endpoint's identity and enforcement flags are read from its
+ * ebpfnet_endpoints entry on every new flow, so the daemon changes them with
+ * one map write; remote identities come from the peer's entry for local
+ * delivery and from ebpfnet_ipcache for everything else.
+ */
+#include <linux/types.h>
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/ip.h>
+#include <linux/in.h>
+#include <linux/pkt_cls.h>
+#include <linux/if_packet.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "lib/global.h"
+#include "lib/eth.h"
+#include "lib/arp.h"
+#include "lib/maps.h"
+#include "lib/cb.h"
+#include "lib/drop.h"
+#include "lib/ipv4.h"
+#include "lib/ipcache.h"
+#include "lib/conntrack.h"
+#include "lib/verdict.h"
+
+/* arp_answer answers the container's ARP requests for any address but its
+ * own: a container of the same network is at its own MAC, so packets to it
+ * arrive addressed to the receiver already and local delivery rewrites
+ * nothing (a write would copy every cloned TCP packet); everything else, the
+ * gateway first, is at the node MAC, the host veth's. Every answer comes
+ * from here, and every packet still goes through this program. ARP that
+ * claims someone else's MAC or IP is spoofing.
+ *
+ * It turns a request into its reply in place and returns ARP_ANSWERED,
+ * returns ARP_PASS for what the host may see (gratuitous ARP, replies), or
+ * the DROP_* reason, with f's addresses filled in for the report. Global
+ * (lib/global.h): the reply is written byte by byte (the header is
+ * packed). */
+#define ARP_ANSWERED 0
+#define ARP_PASS 1
+
+__global_func int arp_answer(struct __sk_buff *skb, const struct lxc_self *me,
+			     struct flow *f)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct arp_eth_ipv4 *arp = data + sizeof(*eth);
+	struct endpoint_info *peer;
+	__u8 mac[MAC_LEN];
+	__be32 target;
+
+	if (!f || !me)
+		return DROP_INVALID;
+	if ((void *)(arp + 1) > data_end)
+		return DROP_INVALID;
+	f->saddr = arp_ip(arp->spa);
+	f->daddr = target = arp_ip(arp->tpa);
+	if (!arp_is_eth_ipv4(arp))
+		return DROP_INVALID_ARP;
+	if (!mac_eq(eth->h_source, me->lxc_mac) || !mac_eq(arp->sha, me->lxc_mac))
+		return DROP_INVALID_SMAC;
+	if (f->saddr != me->ipv4)
+		return DROP_INVALID_SIP;
+	if (arp->op != bpf_htons(ARP_OP_REQUEST) || target == me->ipv4)
+		return ARP_PASS;
+
+	peer = bpf_map_lookup_elem(&ebpfnet_endpoints, &target);
+	if (peer && peer->network_id == cb_network(me->epid_net))
+		__builtin_memcpy(mac, peer->lxc_mac, MAC_LEN);
+	else
+		__builtin_memcpy(mac, me->node_mac, MAC_LEN);
+	arp_make_reply(eth, arp, mac);
+	return ARP_ANSWERED;
+}
+
+static __always_inline int handle_arp(struct __sk_buff *skb,
+				      const struct lxc_self *me)
+{
+	struct flow f = {};
+	int r = arp_answer(skb, me, &f);
+
+	if (r == ARP_ANSWERED) {
+		count(REASON_ARP_REPLY, METRIC_EGRESS, skb->len);
+		/* Out of the same veth: its peer is the container. */
+		return bpf_redirect(skb->ifindex, 0);
+	}
+	if (r == ARP_PASS) {
+		/* Gratuitous ARP and replies: harmless, let the host see them. */
+		count(REASON_TO_STACK, METRIC_EGRESS, skb->len);
+		return TC_ACT_OK;
+	}
+	return drop(skb, r, METRIC_EGRESS, &f);
+}
+
+/* ask_policy hands a new flow to the policy owner's handle_policy (which
+ * returns through node_policy_verdict), or, when the owner does not
+ * enforce dir, straight to node_policy_verdict. The owner and the rest of
+ * the policy words (lib/cb.h) are the caller's to write first. */
+static __always_inline int ask_policy(struct __sk_buff *skb, __u32 owner_epid,
+				      __u32 flags, __u32 dir,
+				      const struct flow *f)
+{
+	__u32 mdir = dir == POLICY_EGRESS ? METRIC_EGRESS : METRIC_INGRESS;
+
+	if (policy_enforced(flags, dir)) {
+		skb->cb[CB_LOOKUP] = CALL_POLICY_VERDICT;
+		bpf_tail_call(skb, &ebpfnet_policy_lookups, owner_epid);
+		/* The owner has no program in the array: it is being
+		 * created or deleted. Without its policy nothing passes. */
+		return drop(skb, DROP_MISSED_TAIL_CALL, mdir, f);
+	}
+	skb->cb[CB_LOOKUP] = LOOKUP_SKIPPED;
+	bpf_tail_call(skb, &ebpfnet_calls, CALL_POLICY_VERDICT);
+	return drop(skb, DROP_MISSED_TAIL_CALL, mdir, f);
+}
+
+/* deliver_established hands a packet of an established flow to a local
+ * peer directly. The flow met the receiver's ingress policy on its first
+ * packet. */
+static __always_inline int deliver_established(struct __sk_buff *skb,
+					       const struct endpoint_info *peer,
+					       const struct flow *f)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+
+	if ((void *)(eth + 1) > data_end)
+		return drop(skb, DROP_INVALID, METRIC_EGRESS, f);
+	/* Containers of one network are one L2 segment, as on Docker's
+	 * bridge: the frame arrives as the sender built it, TTL untouched.
+	 * Only a sender whose ARP entry is older than the receiver (its
+	 * address was reused) needs the destination MAC put right. */
+	if (!mac_eq(eth->h_dest, peer->lxc_mac))
+		mac_copy(eth->h_dest, peer->lxc_mac);
+	count(REASON_FORWARDED, METRIC_INGRESS, skb->len);
+	return bpf_redirect_peer(peer->ifindex, 0);
+}
+
+/* handle_ipv4 checks the container's own packets (source MAC and IP) and
+ * the network of a local peer. An established flow goes on at once: to the
+ * peer, or to the host stack. A new one meets this endpoint's egress
+ * policy, with the remote identity of a local peer from its
+ * ebpfnet_endpoints entry and of anything else (the gateway, the host, the
+ * outside) from the ipcache, then node_policy_verdict carries it on. A
+ * packet for the host stack is addressed to the node MAC first: a
+ * container that still holds the MAC of a peer that has gone sends to it,
+ * and the host only takes frames addressed to the veth. */
+static __always_inline int handle_ipv4(struct __sk_buff *skb,
+				       const struct lxc_self *me)
+{
+	void *data, *data_end;
+	struct ethhdr *eth;
+	struct endpoint_info *peer;
+	struct self_info self;
+	struct flow f = {};
+	__u32 epid = cb_epid(me->epid_net);
+	__be32 daddr;
+
+	if (flow_parse_ipv4(skb, &f))
+		return drop(skb, DROP_INVALID, METRIC_EGRESS, &f);
+
+	/* The source checks need the Ethernet header too. */
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return drop(skb, DROP_INVALID, METRIC_EGRESS, &f);
+	if (!mac_eq(eth->h_source, me->lxc_mac))
+		return drop(skb, DROP_INVALID_SMAC, METRIC_EGRESS, &f);
+	if (f.saddr != me->ipv4)
+		return drop(skb, DROP_INVALID_SIP, METRIC_EGRESS, &f);
+
+	daddr = f.daddr;
+	peer = bpf_map_lookup_elem(&ebpfnet_endpoints, &daddr);
+	if (peer && peer->network_id != cb_network(me->epid_net)) {
+		endpoint_self(me->ipv4, epid, &self);
+		f.src_identity = self.identity;
+		return drop(skb, DROP_NOT_SAME_NETWORK, METRIC_EGRESS, &f);
+	}
+	if (!peer && !mac_eq(eth->h_dest, me->node_mac)) {
+		mac_copy(eth->h_dest, me->node_mac);
+		/* The veth classified the frame before we ran: not for us. */
+		bpf_skb_change_type(skb, PACKET_HOST);
+	}
+
+	if (ct_lookup(&f) == CT_ESTABLISHED) {
+		if (peer)
+			return deliver_established(skb, peer, &f);
+		count(REASON_TO_STACK, METRIC_EGRESS, skb->len);
+		return TC_ACT_OK;
+	}
+
+	/* A new flow: only now are the identities needed. */
+	endpoint_self(me->ipv4, epid, &self);
+	f.src_identity = self.identity;
+	f.dst_identity = peer ? peer->identity : ipcache_identity(daddr);
+	skb->cb[CB_OWNER] = me->epid_net;
+	skb->cb[CB_REMOTE] = f.dst_identity;
+	skb->cb[CB_KEY] = cb_key(f.policy_dport, f.proto, POLICY_EGRESS);
+	skb->cb[CB_PEER] = peer ? peer->epid : 0;
+	return ask_policy(skb, epid, self.flags, POLICY_EGRESS, &f);
+}
+
+SEC("tc")
+int node_from_container(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct lxc_self me;
+	struct flow f = {};
+
+	lxc_self_from_cb(skb, &me);
+	if ((void *)(eth + 1) > data_end)
+		return drop(skb, DROP_INVALID, METRIC_EGRESS, &f);
+	switch (eth->h_proto) {
+	case bpf_htons(ETH_P_ARP):
+		return handle_arp(skb, &me);
+	case bpf_htons(ETH_P_IP):
+		return handle_ipv4(skb, &me);
+	default:
+		return drop(skb, DROP_UNKNOWN_L3, METRIC_EGRESS, &f);
+	}
+}
+
+/* node_to_container sees what the host stack sends to the container: from
+ * the host, the gateway address and, routed by the host, the outside. A new
+ * flow meets this endpoint's ingress policy with the source's ipcache
+ * identity. Local peers never come this way (they are redirected straight
+ * into the container). Policy is IPv4 only: anything else (the program's
+ * own ARP replies, IPv6) passes as before. */
+SEC("tc")
+int node_to_container(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct self_info self;
+	struct lxc_self me;
+	struct flow f = {};
+
+	lxc_self_from_cb(skb, &me);
+	if ((void *)(eth + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP))
+		goto pass;
+	if (flow_parse_ipv4(skb, &f))
+		return drop(skb, DROP_INVALID, METRIC_INGRESS, &f);
+	if (ct_lookup(&f) == CT_ESTABLISHED)
+		goto pass;
+
+	endpoint_self(me.ipv4, cb_epid(me.epid_net), &self);
+	f.src_identity = ipcache_identity(f.saddr);
+	f.dst_identity = self.identity;
+	skb->cb[CB_OWNER] = me.epid_net;
+	skb->cb[CB_REMOTE] = f.src_identity;
+	skb->cb[CB_KEY] = cb_key(f.policy_dport, f.proto, POLICY_INGRESS);
+	skb->cb[CB_PEER] = 0;
+	return ask_policy(skb, cb_epid(me.epid_net), self.flags, POLICY_INGRESS, &f);
+pass:
+	count(REASON_TO_STACK, METRIC_INGRESS, skb->len);
+	return TC_ACT_OK;
+}
+
+/* node_policy_verdict carries a new flow on once its policy owner's lookup
+ * is in (lib/cb.h). After the sender's egress verdict, a flow to the host
+ * stack is recorded and passes; one to a local peer meets the receiver's
+ * ingress policy next, by the receiver's handle_policy and this program
+ * again. After an ingress verdict the flow is recorded and goes into the
+ * container: redirected into a local receiver, or passed on to it by the
+ * host stack's veth. */
+SEC("tc")
+int node_policy_verdict(struct __sk_buff *skb)
+{
+	void *data, *data_end;
+	struct ethhdr *eth;
+	struct endpoint_info *rcv;
+	struct self_info self;
+	struct flow f = {};
+	__u32 egress = (skb->cb[CB_KEY] >> 24) == POLICY_EGRESS;
+	__u32 epid = cb_epid(skb->cb[CB_OWNER]);
+	/* Ingress from a local sender, or egress to a local receiver. */
+	__u32 local = skb->cb[CB_PEER] != 0;
+
+	/* The packet was parsed and checked before; only the tuple is
+	 * needed again, for the report and conntrack. */
+	if (flow_parse_ipv4(skb, &f))
+		return drop(skb, DROP_INVALID, egress ? METRIC_EGRESS : METRIC_INGRESS, &f);
+
+	if (egress) {
+		endpoint_self(f.saddr, epid, &self);
+		f.src_identity = self.identity;
+		f.dst_identity = skb->cb[CB_REMOTE];
+		if (!policy_report(skb, &f, skb->cb[CB_LOOKUP], self.flags, POLICY_EGRESS))
+			return drop(skb, DROP_POLICY, METRIC_EGRESS, &f);
+		if (!local) {
+			ct_create(&f);
+			count(REASON_TO_STACK, METRIC_EGRESS, skb->len);
+			return TC_ACT_OK;
+		}
+		/* To a local peer: its ingress policy next. */
+		rcv = bpf_map_lookup_elem(&ebpfnet_endpoints, &f.daddr);
+		if (!rcv || rcv->epid != skb->cb[CB_PEER])
+			return drop(skb, DROP_MISSED_TAIL_CALL, METRIC_EGRESS, &f);
+		skb->cb[CB_OWNER] = cb_owner(rcv->epid, rcv->network_id);
+		skb->cb[CB_REMOTE] = self.identity;
+		skb->cb[CB_KEY] = cb_key(f.policy_dport, f.proto, POLICY_INGRESS);
+		skb->cb[CB_PEER] = epid;
+		if (policy_enforced(rcv->flags, POLICY_INGRESS)) {
+			skb->cb[CB_LOOKUP] = CALL_POLICY_VERDICT;
+			bpf_tail_call(skb, &ebpfnet_policy_lookups, rcv->epid);
+			return drop(skb, DROP_MISSED_TAIL_CALL, METRIC_INGRESS, &f);
+		}
+		skb->cb[CB_LOOKUP] = LOOKUP_SKIPPED;
+		epid = rcv->epid;
+	}
+
+	/* Ingress into endpoint epid: from a local sender or from the host
+	 * stack. */
+	rcv = endpoint_self(f.daddr, epid, &self);
+	f.src_identity = skb->cb[CB_REMOTE];
+	f.dst_identity = self.identity;
+	if (!policy_report(skb, &f, skb->cb[CB_LOOKUP], self.flags, POLICY_INGRESS))
+		return drop(skb, DROP_POLICY, METRIC_INGRESS, &f);
+	ct_create(&f);
+	if (!local) {
+		count(REASON_TO_STACK, METRIC_INGRESS, skb->len);
+		return TC_ACT_OK;
+	}
+	/* A local receiver is reached through its own entry: without it
+	 * (being created or deleted) nothing is delivered. */
+	if (!rcv)
+		return drop(skb, DROP_MISSED_TAIL_CALL, METRIC_INGRESS, &f);
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return drop(skb, DROP_INVALID, METRIC_INGRESS, &f);
+	if (!mac_eq(eth->h_dest, rcv->lxc_mac))
+		mac_copy(eth->h_dest, rcv->lxc_mac);
+	count(REASON_FORWARDED, METRIC_INGRESS, skb->len);
+	return bpf_redirect_peer(rcv->ifindex, 0);
+}
+
+char __license[] SEC("license") = "Dual BSD/GPL";

@@ -1,0 +1,76 @@
+package datapath
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/ebpfnet/ebpfnet/bpf"
+)
+
+// nodeProgram is a program of bpf/bpf_node.c and its slot in ebpfnet_calls
+// (CALL_* in bpf/lib/maps.h).
+type nodeProgram struct {
+	name string
+	slot uint32
+}
+
+// nodePrograms are the node programs every endpoint's entry programs
+// tail-call into. The slots are part of the skb->cb contract (bpf/lib/cb.h):
+// a new layout takes new slots, so an endpoint object of an older version
+// never reaches a program that reads another layout.
+func nodePrograms() []nodeProgram {
+	return []nodeProgram{
+		{"node_from_container", 0},
+		{"node_to_container", 1},
+		{"node_policy_verdict", 2},
+	}
+}
+
+// loadNodePrograms loads the node programs against the shared maps and
+// puts them in ebpfnet_calls, replacing, one atomic slot at a time, those
+// of the daemon that ran before. They are verified here once for every
+// endpoint, which is what keeps an endpoint's own object small. The array
+// (pinned) holds them; the daemon keeps no descriptor.
+func (d *Datapath) loadNodePrograms() error {
+	spec, err := ebpf.LoadCollectionSpecFromReader(bytes.NewReader(bpf.NodeObject))
+	if err != nil {
+		return fmt.Errorf("parse node programs: %w", err)
+	}
+	repl := make(map[string]*ebpf.Map, len(spec.Maps))
+	for name := range spec.Maps {
+		if m, ok := d.shared[name]; ok {
+			repl[name] = m
+			continue
+		}
+		// Declared in the shared header but not a node map (the
+		// per-endpoint policy map): a program that used it would
+		// fail to load, which is what we want.
+		delete(spec.Maps, name)
+	}
+	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{
+		MapReplacements: repl,
+		Cache:           d.btf,
+	})
+	if err != nil {
+		var ve *ebpf.VerifierError
+		if errors.As(err, &ve) {
+			return fmt.Errorf("load node programs: %+v", ve)
+		}
+		return fmt.Errorf("load node programs: %w", err)
+	}
+	defer coll.Close()
+	calls := d.shared[CallsMapName]
+	for _, np := range nodePrograms() {
+		p := coll.Programs[np.name]
+		if p == nil {
+			return fmt.Errorf("node object lacks program %s", np.name)
+		}
+		if err := calls.Put(np.slot, p); err != nil {
+			return fmt.Errorf("insert %s in %s: %w", np.name, CallsMapName, err)
+		}
+	}
+	return nil
+}
