@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sort"
@@ -301,21 +302,28 @@ func (d *Datapath) policyPin(id uint16) string {
 	return filepath.Join(d.cfg.PinDir, PolicyMapName(id))
 }
 
-// usedIDs are the epids in memory and those with a state directory, so a
-// leftover directory is never reused before Restore has dealt with it.
-func (d *Datapath) usedIDs() (map[uint16]bool, error) {
-	used := map[uint16]bool{}
-	for id := range d.eps {
-		used[id] = true
+// claimEndpointID takes the lowest epid that is neither live nor held by a
+// state directory, by creating that directory: the directory is the claim.
+// A leftover directory (an endpoint Restore could not deal with, or one
+// whose veth is still being deleted) makes Mkdir fail, and the next number
+// is tried, so no epid is reused before its directory is gone. Listing the
+// state directory instead cost every creation time in proportion to the
+// endpoints on the node. d.mu is held.
+func (d *Datapath) claimEndpointID() (uint16, error) {
+	for n := 1; n <= MaxEndpointID; n++ {
+		id := uint16(n)
+		if _, live := d.eps[id]; live {
+			continue
+		}
+		err := os.Mkdir(d.epDir(id), dirMode)
+		if err == nil {
+			return id, nil
+		}
+		if !errors.Is(err, fs.ErrExist) {
+			return 0, fmt.Errorf("create endpoint directory: %w", err)
+		}
 	}
-	ids, err := d.stateDirIDs()
-	if err != nil {
-		return nil, err
-	}
-	for _, id := range ids {
-		used[id] = true
-	}
-	return used, nil
+	return 0, ErrNoFreeEndpointID
 }
 
 // stateDirIDs lists the numeric directories of StateDir.

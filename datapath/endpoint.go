@@ -65,15 +65,12 @@ func (d *Datapath) CreateEndpoint(ep *Endpoint) (retErr error) {
 	if st := d.byDockerID(ep.DockerEndpointID); st != nil {
 		return fmt.Errorf("endpoint %s already exists as %d", ep.DockerEndpointID, st.ep.ID)
 	}
-	used, err := d.usedIDs()
-	if err != nil {
-		return err
+	initial := ep.InitialPolicy
+	if initial != nil {
+		if err := initial.validate(); err != nil {
+			return fmt.Errorf("endpoint %s initial policy: %w", ep.DockerEndpointID, err)
+		}
 	}
-	id, err := lowestFreeID(used)
-	if err != nil {
-		return err
-	}
-	ep.ID = id
 	ep.IfName = HostIfName(ep.DockerEndpointID)
 	// The same Docker endpoint ID again, right after its deletion: its
 	// veth name is taken until the background deletion is done.
@@ -88,18 +85,11 @@ func (d *Datapath) CreateEndpoint(ep *Endpoint) (retErr error) {
 		// Labels arrive later (Docker events); until then it is init.
 		ep.Identity = IdentityInit
 	}
-	initial := ep.InitialPolicy
-	if initial != nil {
-		if err := initial.validate(); err != nil {
-			return fmt.Errorf("endpoint %s initial policy: %w", ep.DockerEndpointID, err)
-		}
-	}
-
 	var undo undoStack
 	defer func() {
 		if retErr != nil {
 			if err := undo.run(); err != nil {
-				d.log.WithError(err).WithField("epid", id).Warn("incomplete rollback of failed endpoint creation")
+				d.log.WithError(err).WithField("epid", ep.ID).Warn("incomplete rollback of failed endpoint creation")
 			}
 		}
 	}()
@@ -107,10 +97,12 @@ func (d *Datapath) CreateEndpoint(ep *Endpoint) (retErr error) {
 	// The intent record goes first: after a crash, a directory with a
 	// record names the veth and pins to clean; one without a record had
 	// created nothing else yet. Its IfIndex is 0 until the veth exists.
-	dir := d.epDir(id)
-	if err := os.Mkdir(dir, dirMode); err != nil {
-		return fmt.Errorf("create endpoint directory: %w", err)
+	id, err := d.claimEndpointID()
+	if err != nil {
+		return err
 	}
+	ep.ID = id
+	dir := d.epDir(id)
 	undo.push(func() error { return os.RemoveAll(dir) })
 	if err := d.writeRecord(ep); err != nil {
 		return err

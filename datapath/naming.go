@@ -59,13 +59,3 @@ func NodeMACFor(dockerEndpointID string) HardwareAddr {
 func PolicyMapName(epid uint16) string {
 	return fmt.Sprintf("ebpfnet_policy_%05d", epid)
 }
-
-// lowestFreeID returns the smallest epid in 1..MaxEndpointID not in used.
-func lowestFreeID(used map[uint16]bool) (uint16, error) {
-	for id := 1; id <= MaxEndpointID; id++ {
-		if !used[uint16(id)] {
-			return uint16(id), nil
-		}
-	}
-	return 0, ErrNoFreeEndpointID
-}

@@ -3,10 +3,12 @@ package datapath
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -279,37 +281,35 @@ func TestHardwareAddrJSON(t *testing.T) {
 	}
 }
 
-func TestLowestFreeID(t *testing.T) {
-	if id, err := lowestFreeID(map[uint16]bool{}); err != nil || id != 1 {
-		t.Errorf("empty: %d, %v", id, err)
-	}
-	if id, _ := lowestFreeID(map[uint16]bool{1: true, 2: true, 4: true}); id != 3 {
-		t.Errorf("gap: %d, want 3", id)
-	}
-	full := map[uint16]bool{}
-	for i := 1; i <= MaxEndpointID; i++ {
-		full[uint16(i)] = true
-	}
-	if _, err := lowestFreeID(full); err == nil {
-		t.Error("full range: no error")
-	}
-}
-
-func TestUsedIDsCountsLeftoverDirectories(t *testing.T) {
+func TestClaimEndpointIDSkipsLiveAndLeftoverDirectories(t *testing.T) {
 	dir := t.TempDir()
 	for _, n := range []string{"1", "3", "templates", "0", "junk"} {
 		if err := os.Mkdir(filepath.Join(dir, n), 0o755); err != nil {
 			t.Fatal(err)
 		}
 	}
-	d := &Datapath{cfg: Config{StateDir: dir}, eps: map[uint16]*endpointState{2: {}}}
-	used, err := d.usedIDs()
-	if err != nil {
-		t.Fatal(err)
+	d := &Datapath{cfg: Config{StateDir: dir}, eps: map[uint16]*endpointState{2: {}, 5: {}}}
+	for _, want := range []uint16{4, 6} {
+		id, err := d.claimEndpointID()
+		if err != nil || id != want {
+			t.Fatalf("claim = %d, %v; want %d", id, err, want)
+		}
+		if fi, err := os.Stat(filepath.Join(dir, strconv.Itoa(int(id)))); err != nil || !fi.IsDir() {
+			t.Errorf("epid %d claimed without its directory: %v", id, err)
+		}
 	}
-	id, _ := lowestFreeID(used)
-	if id != 4 || len(used) != 3 {
-		t.Errorf("used = %v, next = %d; want {1,2,3} and 4", used, id)
+
+	full := &Datapath{cfg: Config{StateDir: t.TempDir()}, eps: map[uint16]*endpointState{}}
+	for i := 1; i <= MaxEndpointID; i++ {
+		full.eps[uint16(i)] = &endpointState{}
+	}
+	if _, err := full.claimEndpointID(); !errors.Is(err, ErrNoFreeEndpointID) {
+		t.Errorf("full range: %v", err)
+	}
+
+	gone := &Datapath{cfg: Config{StateDir: filepath.Join(t.TempDir(), "missing")}, eps: map[uint16]*endpointState{}}
+	if _, err := gone.claimEndpointID(); err == nil || errors.Is(err, ErrNoFreeEndpointID) {
+		t.Errorf("missing state directory: %v", err)
 	}
 }
 
