@@ -445,6 +445,63 @@ func TestDatapathPolicy(t *testing.T) {
 	}
 }
 
+// TestDatapathCreateFailureAfterAttachLeavesNothing: a failure at the last
+// step, with the programs loaded and attached (publication, here into a
+// full ebpfnet_endpoints map), undoes all of it: the policy lookup's array
+// entry, the pin, the veth with its filters, the route and the state
+// directory. The same endpoint is created once there is room again.
+func TestDatapathCreateFailureAfterAttachLeavesNothing(t *testing.T) {
+	e := newTestEnv(t)
+	n := e.network(1)
+	// 198.18.0.0/16: the benchmark range, never an endpoint of n.
+	const entries = 65536 // ENDPOINTS_MAX, bpf/lib/maps.h
+	m := e.dp.shared[EndpointsMapName]
+	if m.MaxEntries() != entries {
+		t.Fatalf("%s holds %d entries, the test fills %d", EndpointsMapName, m.MaxEntries(), entries)
+	}
+	keys := make([][4]byte, entries)
+	vals := make([]endpointInfo, entries)
+	for i := range keys {
+		keys[i] = [4]byte{198, 18, byte(i >> 8), byte(i)}
+	}
+	if _, err := m.BatchUpdate(keys, vals, nil); err != nil {
+		t.Fatalf("fill %s: %v", EndpointsMapName, err)
+	}
+	emptied := false
+	empty := func() {
+		if !emptied {
+			emptied = true
+			if _, err := m.BatchDelete(keys, nil); err != nil {
+				t.Errorf("empty %s: %v", EndpointsMapName, err)
+			}
+		}
+	}
+	t.Cleanup(empty)
+
+	ep := &Endpoint{DockerEndpointID: "full-" + e.suffix, IPv4: hostAddr(n, 41), Network: n}
+	err := e.dp.CreateEndpoint(ep)
+	if err == nil || !strings.Contains(err.Error(), EndpointsMapName) {
+		t.Fatalf("CreateEndpoint with a full %s: %v", EndpointsMapName, err)
+	}
+	if ep.ID == 0 || ep.IfName == "" {
+		t.Fatalf("creation failed before the veth: %+v", ep)
+	}
+	assertGone(t, e, ep)
+	if len(e.dp.Endpoints()) != 0 {
+		t.Error("failed endpoint is listed")
+	}
+
+	empty()
+	again := &Endpoint{DockerEndpointID: ep.DockerEndpointID, IPv4: ep.IPv4, Network: n}
+	if err := e.dp.CreateEndpoint(again); err != nil {
+		t.Fatalf("create again: %v", err)
+	}
+	e.links = append(e.links, again.IfName)
+	if again.ID != ep.ID {
+		t.Errorf("epid %d was not reused (got %d)", ep.ID, again.ID)
+	}
+}
+
 func TestDatapathCreateFailureLeavesNothing(t *testing.T) {
 	e := newTestEnv(t)
 	n := e.network(1)
