@@ -134,19 +134,18 @@ static __always_inline int ask_policy(struct __sk_buff *skb, __u32 owner_epid,
 	return drop(skb, DROP_MISSED_TAIL_CALL, mdir, f);
 }
 
-/* deliver_established hands a packet of an established flow to a local
- * peer directly. The flow met the receiver's ingress policy on its first
- * packet. */
-static __always_inline int deliver_established(struct __sk_buff *skb,
-					       const struct endpoint_info *peer,
-					       const struct flow *f)
+/* deliver_local puts a packet straight into a local peer's container,
+ * once the flow has met the peer's ingress policy (on its first packet). */
+static __always_inline int deliver_local(struct __sk_buff *skb,
+					 const struct endpoint_info *peer,
+					 const struct flow *f)
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
 	struct ethhdr *eth = data;
 
 	if ((void *)(eth + 1) > data_end)
-		return drop(skb, DROP_INVALID, METRIC_EGRESS, f);
+		return drop(skb, DROP_INVALID, METRIC_INGRESS, f);
 	/* Containers of one network are one L2 segment, as on Docker's
 	 * bridge: the frame arrives as the sender built it, TTL untouched.
 	 * Only a sender whose ARP entry is older than the receiver (its
@@ -206,7 +205,7 @@ static __always_inline int handle_ipv4(struct __sk_buff *skb,
 
 	if (ct_lookup(&f) == CT_ESTABLISHED) {
 		if (peer)
-			return deliver_established(skb, peer, &f);
+			return deliver_local(skb, peer, &f);
 		count(REASON_TO_STACK, METRIC_EGRESS, skb->len);
 		return TC_ACT_OK;
 	}
@@ -291,8 +290,6 @@ pass:
 SEC("tc")
 int node_policy_verdict(struct __sk_buff *skb)
 {
-	void *data, *data_end;
-	struct ethhdr *eth;
 	struct endpoint_info *rcv;
 	struct self_info self;
 	struct flow f = {};
@@ -350,15 +347,7 @@ int node_policy_verdict(struct __sk_buff *skb)
 	 * (being created or deleted) nothing is delivered. */
 	if (!rcv)
 		return drop(skb, DROP_MISSED_TAIL_CALL, METRIC_INGRESS, &f);
-	data = (void *)(long)skb->data;
-	data_end = (void *)(long)skb->data_end;
-	eth = data;
-	if ((void *)(eth + 1) > data_end)
-		return drop(skb, DROP_INVALID, METRIC_INGRESS, &f);
-	if (!mac_eq(eth->h_dest, rcv->lxc_mac))
-		mac_copy(eth->h_dest, rcv->lxc_mac);
-	count(REASON_FORWARDED, METRIC_INGRESS, skb->len);
-	return bpf_redirect_peer(rcv->ifindex, 0);
+	return deliver_local(skb, rcv, &f);
 }
 
 char __license[] SEC("license") = "Dual BSD/GPL";

@@ -396,15 +396,8 @@ func (d *Datapath) loadPrograms(st *endpointState, obj []byte) (*ebpf.Collection
 		repl[k] = v
 	}
 	repl[policyMapKName] = st.policy
-	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{
-		MapReplacements: repl,
-		Cache:           d.btf,
-	})
+	coll, err := d.loadCollection(spec, repl)
 	if err != nil {
-		var ve *ebpf.VerifierError
-		if errors.As(err, &ve) {
-			return nil, fmt.Errorf("load endpoint %d programs: %+v", id, ve)
-		}
 		return nil, fmt.Errorf("load endpoint %d programs: %w", id, err)
 	}
 	if coll.Programs[progFrom] == nil || coll.Programs[progTo] == nil || coll.Programs[progPolicy] == nil {

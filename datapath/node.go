@@ -50,15 +50,8 @@ func (d *Datapath) loadNodePrograms() error {
 		// fail to load, which is what we want.
 		delete(spec.Maps, name)
 	}
-	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{
-		MapReplacements: repl,
-		Cache:           d.btf,
-	})
+	coll, err := d.loadCollection(spec, repl)
 	if err != nil {
-		var ve *ebpf.VerifierError
-		if errors.As(err, &ve) {
-			return fmt.Errorf("load node programs: %+v", ve)
-		}
 		return fmt.Errorf("load node programs: %w", err)
 	}
 	defer coll.Close()
@@ -73,4 +66,18 @@ func (d *Datapath) loadNodePrograms() error {
 		}
 	}
 	return nil
+}
+
+// loadCollection loads spec against the maps in repl. A verifier error
+// comes with the verifier's whole log (%+v): the one thing that says why.
+func (d *Datapath) loadCollection(spec *ebpf.CollectionSpec, repl map[string]*ebpf.Map) (*ebpf.Collection, error) {
+	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{
+		MapReplacements: repl,
+		Cache:           d.btf,
+	})
+	var ve *ebpf.VerifierError
+	if errors.As(err, &ve) {
+		return nil, fmt.Errorf("%+v", ve)
+	}
+	return coll, err
 }
