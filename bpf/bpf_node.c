@@ -248,7 +248,7 @@ int node_from_container(struct __sk_buff *skb)
  * flow meets this endpoint's ingress policy with the source's ipcache
  * identity. Local peers never come this way (they are redirected straight
  * into the container). Policy is IPv4 only: anything else (the program's
- * own ARP replies, IPv6) passes as before. */
+ * own ARP replies, IPv6) passes. */
 SEC("tc")
 int node_to_container(struct __sk_buff *skb)
 {

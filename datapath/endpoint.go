@@ -35,13 +35,13 @@ func validateEndpoint(ep *Endpoint) error {
 		return errors.New("endpoint has no Docker endpoint ID")
 	case !ep.IPv4.IsValid() || !ep.IPv4.Addr().Is4():
 		return fmt.Errorf("endpoint %s: IPv4 %v is not an IPv4 prefix", ep.DockerEndpointID, ep.IPv4)
-	case ep.Network.Index == 0 || ep.Network.Index > 0xffff:
-		// The node programs get it in 16 bits (bpf/lib/cb.h).
-		return fmt.Errorf("endpoint %s: network index %d must be 1..65535", ep.DockerEndpointID, ep.Network.Index)
 	case !ep.Network.Gateway.Is4():
 		return fmt.Errorf("endpoint %s: network gateway %v is not IPv4", ep.DockerEndpointID, ep.Network.Gateway)
 	case ep.LXCMAC != nil && len(ep.LXCMAC) != 6:
 		return fmt.Errorf("endpoint %s: LXC MAC %v is not 6 bytes", ep.DockerEndpointID, ep.LXCMAC)
+	}
+	if err := checkNetworkIndex(ep.Network.Index); err != nil {
+		return fmt.Errorf("endpoint %s: %w", ep.DockerEndpointID, err)
 	}
 	return nil
 }
@@ -438,10 +438,11 @@ func (d *Datapath) attach(st *endpointState, coll *ebpf.Collection, freshVeth bo
 // (Docker had not destroyed the container's namespace yet) it is deleted in
 // the background. The state directory gets a tombstone (deletingFile)
 // first: a daemon killed at any step after finds it at Restore and
-// finishes the deletion instead of re-adopting the endpoint. The epid, kept by its state
-// directory, is not reused before the veth is gone. The veth's programs
-// can no longer pass for the endpoint: they find no entry of their own, or
-// another endpoint's (lib/policy.h endpoint_self), and enforce as init.
+// finishes the deletion instead of re-adopting the endpoint. The epid,
+// kept by its state directory, is not reused before the veth is gone. The
+// veth's programs can no longer pass for the endpoint: they find no entry
+// of their own, or another endpoint's (lib/verdict.h endpoint_self), and
+// enforce as init.
 func (d *Datapath) DeleteEndpoint(dockerEndpointID string) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()

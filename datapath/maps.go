@@ -16,7 +16,7 @@ const (
 	// in that endpoint's own policy map.
 	PolicyLookupsName = "ebpfnet_policy_lookups"
 	// CallsMapName is the prog array of the node programs, by slot
-	// (nodeSlots); every endpoint's entry programs tail-call into it.
+	// (nodePrograms); every endpoint's entry programs tail-call into it.
 	CallsMapName   = "ebpfnet_calls"
 	MetricsMapName = "ebpfnet_metrics"
 	EventsMapName  = "ebpfnet_events"
@@ -99,12 +99,10 @@ type PolicyEntry struct {
 }
 
 // MetricKey is a metric's reason and direction. ebpfnet_metrics is a per-CPU
-// array with one slot per key (metricSlot); the padding is what the key
-// was when the map was a hash, kept for callers' composite literals.
+// array with one slot per key (metricSlot).
 type MetricKey struct {
 	Reason Reason
 	Dir    Direction
-	_      uint16
 }
 
 // MetricValue mirrors struct metrics_value, summed over CPUs by Metrics.
@@ -113,7 +111,7 @@ type MetricValue struct {
 	Bytes   uint64
 }
 
-// metricSlot is metrics_slot of bpf/lib/drop.h: reason * 2, plus one for
+// metricSlot is metrics_slot of bpf/lib/metrics.h: reason * 2, plus one for
 // egress (METRICS_SLOTS, 512, holds every reason).
 func metricSlot(k MetricKey) uint32 {
 	s := uint32(k.Reason) << 1

@@ -49,7 +49,8 @@ func LXCMACFor(dockerEndpointID string) HardwareAddr {
 	return deriveMAC("lxc", dockerEndpointID)
 }
 
-// NodeMACFor is the host-side veth MAC, the one the program answers ARP with.
+// NodeMACFor is the host-side veth MAC, the one the program answers ARP
+// with for everything but the container's peers.
 func NodeMACFor(dockerEndpointID string) HardwareAddr {
 	return deriveMAC("node", dockerEndpointID)
 }

@@ -17,9 +17,8 @@ func (d *Datapath) AddNetwork(n Network) error {
 	if err := validateNetwork(n); err != nil {
 		return err
 	}
-	// The node programs get the index in 16 bits (bpf/lib/cb.h).
-	if n.Index == 0 || n.Index > 0xffff {
-		return fmt.Errorf("network index %d: want 1 to 65535", n.Index)
+	if err := checkNetworkIndex(n.Index); err != nil {
+		return err
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -94,6 +93,16 @@ func createHostDevice(name string) error {
 	}
 	if err != nil && !errors.Is(err, unix.EEXIST) {
 		return fmt.Errorf("create %s: %w", name, err)
+	}
+	return nil
+}
+
+// checkNetworkIndex: the node programs get a network's index in 16 bits
+// (bpf/lib/cb.h), and 0 means none. Not part of validateNetwork, so that
+// RemoveNetwork still takes what an older version let in.
+func checkNetworkIndex(index uint32) error {
+	if index == 0 || index > 0xffff {
+		return fmt.Errorf("network index %d: want 1 to 65535", index)
 	}
 	return nil
 }

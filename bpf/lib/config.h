@@ -18,7 +18,8 @@
 volatile const __be32 LXC_IPV4 = 0;
 /* MAC of the container's eth0. */
 volatile const __u8 LXC_MAC[MAC_LEN] = {};
-/* MAC of the host-side veth; answers every ARP the container sends. */
+/* MAC of the host-side veth: the answer to the container's ARP for anything
+ * that is not a peer of its network (the gateway first). */
 volatile const __u8 NODE_MAC[MAC_LEN] = {};
 /* Node-local endpoint ID (epid). */
 volatile const __u32 LXC_ID = 0;

@@ -158,7 +158,7 @@ struct {
 #define METRIC_EGRESS 2
 
 /* Metrics: packets and bytes per reason (lib/reason.h, a byte) and
- * direction, in a per-CPU array indexed by metrics_slot (lib/drop.h):
+ * direction, in a per-CPU array indexed by metrics_slot (lib/metrics.h):
  * reason * 2, plus one for egress. An array lookup is a bounds check and an
  * address computation that the JIT inlines; the per-CPU hash it replaces
  * hashed a key on every packet. The Go side (datapath/maps.go) reads the

@@ -21,7 +21,7 @@ enum {
 	DROP_NOT_SAME_NETWORK = 135,	/* peer endpoint in another network */
 	DROP_INVALID_ARP = 136,		/* ARP that is not Ethernet/IPv4 */
 	DROP_WRITE_ERROR = 137,		/* packet rewrite failed */
-	DROP_MISSED_TAIL_CALL = 138,	/* receiver has no policy program or entry */
+	DROP_MISSED_TAIL_CALL = 138,	/* no node program, no policy lookup of the owner, or no entry of a receiver */
 };
 
 #endif
