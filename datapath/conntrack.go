@@ -45,7 +45,7 @@ func (k ctKey) swapped() ctKey {
 // upgrade (its replies would otherwise meet policy as new flows). The old
 // keys stay: programs of the earlier version may still run until Restore
 // has replaced them, and the LRU ages the keys out. Restore runs it before
-// and after reloading the programs.
+// and after reloading the programs, when it upgrades an earlier version.
 func (d *Datapath) orderConntrack() error {
 	m := d.shared[CTMapName]
 	var k ctKey

@@ -35,8 +35,14 @@ func (d *Datapath) Restore() ([]Endpoint, error) {
 	}
 	// Flows keyed by an earlier version get their current key before
 	// the programs that look it up replace the old ones, and once more
-	// after, for flows the old programs opened meanwhile.
-	d.orderConntrackOrWarn()
+	// after, for flows the old programs opened meanwhile. Every version
+	// that keyed flows otherwise pinned ebpfnet_policy_calls, which goes
+	// once an upgrade is complete: later starts skip the walks (two
+	// syscalls per entry, ~0.3 s for a full table).
+	legacy := d.pinExists(legacyPolicyCallsName)
+	if legacy {
+		d.orderConntrackOrWarn()
+	}
 	var errs []error
 	for _, id := range ids {
 		if _, ok := d.eps[id]; ok {
@@ -46,11 +52,13 @@ func (d *Datapath) Restore() ([]Endpoint, error) {
 			errs = append(errs, err)
 		}
 	}
-	d.orderConntrackOrWarn()
+	if legacy {
+		d.orderConntrackOrWarn()
+	}
 	if err := d.removeOrphanPins(); err != nil {
 		errs = append(errs, err)
 	}
-	if len(errs) == 0 {
+	if legacy && len(errs) == 0 {
 		// Every endpoint runs the current objects now; the pipelines
 		// of versions before the node programs are unreachable.
 		if err := removePin(filepath.Join(d.cfg.PinDir, legacyPolicyCallsName)); err != nil {
@@ -58,6 +66,12 @@ func (d *Datapath) Restore() ([]Endpoint, error) {
 		}
 	}
 	return d.snapshots(), errors.Join(errs...)
+}
+
+// pinExists tells whether PinDir holds name.
+func (d *Datapath) pinExists(name string) bool {
+	_, err := os.Stat(filepath.Join(d.cfg.PinDir, name))
+	return err == nil
 }
 
 // orderConntrackOrWarn: a flow that misses its new key only meets policy
