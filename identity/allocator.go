@@ -86,6 +86,18 @@ func CIDRPrefix(ls labels.Labels) (netip.Prefix, bool) {
 	return netip.Prefix{}, false
 }
 
+// reservedID returns the reserved identity whose label set is exactly ls.
+// Allocate and Find both answer such a set without touching the allocator's
+// state: reserved identities are fixed, never allocated or persisted.
+func reservedID(ls labels.Labels) (ID, bool) {
+	for _, id := range []ID{Host, World, Init} {
+		if r, _ := ReservedLabels(id); r.Equal(ls) {
+			return id, true
+		}
+	}
+	return 0, false
+}
+
 // Entry is one identity and its labels.
 type Entry struct {
 	ID     ID            `json:"id"`
@@ -234,10 +246,8 @@ func (a *Allocator) persist(addLabels *stateEntry, addCIDR *stateCIDR, drop map[
 // those identities are not the allocator's to invent (use AllocateCIDR).
 func (a *Allocator) Allocate(ls labels.Labels) (ID, error) {
 	if ls.HasSource(labels.SourceReserved) || ls.HasSource(labels.SourceCIDR) {
-		for _, id := range []ID{Host, World, Init} {
-			if r, _ := ReservedLabels(id); r.Equal(ls) {
-				return id, nil
-			}
+		if id, ok := reservedID(ls); ok {
+			return id, nil
 		}
 		return 0, fmt.Errorf("allocate identity for %q: reserved and CIDR labels cannot be allocated", ls.String())
 	}
@@ -336,10 +346,8 @@ func (a *Allocator) Release(ids ...ID) error {
 // Find returns the identity label set ls already has, without allocating
 // one.
 func (a *Allocator) Find(ls labels.Labels) (ID, bool) {
-	for _, id := range []ID{Host, World, Init} {
-		if r, _ := ReservedLabels(id); r.Equal(ls) {
-			return id, true
-		}
+	if id, ok := reservedID(ls); ok {
+		return id, true
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
