@@ -379,11 +379,27 @@ func (d *Driver) DeleteEndpoint(req *network.DeleteEndpointRequest) error {
 	if err := d.datapath.DeleteEndpoint(req.EndpointID); err != nil {
 		return fmt.Errorf("delete endpoint %s: %w", short(req.EndpointID), err)
 	}
-	if existed && d.hooks.Deleted != nil {
-		d.hooks.Deleted(ep)
+	if existed {
+		d.endpointDeleted(ep)
 	}
 	d.log.WithField("endpoint", short(req.EndpointID)).Info("endpoint deleted")
 	return nil
+}
+
+// endpointDeleted tells the policy side and revokes the endpoint's
+// published ports. Docker revokes them on leave, but not for an endpoint
+// removed while the daemon was down, which reconcile deletes through
+// DeleteEndpoint: so every delete revokes too. Called with mu held.
+func (d *Driver) endpointDeleted(ep datapath.Endpoint) {
+	if d.hooks.Deleted != nil {
+		d.hooks.Deleted(ep)
+	}
+	if d.external == nil {
+		return
+	}
+	if err := d.external.Revoke(ep.DockerEndpointID); err != nil {
+		d.log.WithError(err).Warn("revoke a deleted endpoint's published ports")
+	}
 }
 
 // EndpointInfo shows up in `docker network inspect`-style diagnostics.
@@ -450,8 +466,8 @@ func (d *Driver) ProgramExternalConnectivity(req *network.ProgramExternalConnect
 }
 
 // RevokeExternalConnectivity removes the container's published ports.
-// DeleteEndpoint removes them too (through the daemon's Deleted hook), for
-// the endpoints Docker forgets to revoke.
+// DeleteEndpoint removes them too, for the endpoints Docker never revokes
+// (those removed while the daemon was down, which reconcile deletes).
 func (d *Driver) RevokeExternalConnectivity(req *network.RevokeExternalConnectivityRequest) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()

@@ -182,7 +182,6 @@ func start(cfg Config, log logrus.FieldLogger) (_ *Daemon, err error) {
 	if err != nil {
 		return nil, err
 	}
-	hooks := d.policy.hooks()
 	if cfg.External {
 		ext, err := external.New(external.Config{
 			StatePath:   filepath.Join(cfg.LibDir, "external.json"),
@@ -194,20 +193,8 @@ func start(cfg Config, log logrus.FieldLogger) (_ *Daemon, err error) {
 		}
 		d.external = ext
 		d.driver.SetExternal(ext)
-		// Docker revokes published ports on leave, but not for an endpoint
-		// removed while we were down (reconcile deletes it): every delete
-		// revokes too.
-		deleted := hooks.Deleted
-		hooks.Deleted = func(ep datapath.Endpoint) {
-			if deleted != nil {
-				deleted(ep)
-			}
-			if err := d.external.Revoke(ep.DockerEndpointID); err != nil {
-				log.WithError(err).Warn("revoke a deleted endpoint's published ports")
-			}
-		}
 	}
-	d.driver.SetHooks(hooks)
+	d.driver.SetHooks(d.policy.hooks())
 	d.monitor = newMonitorBroker(d.datapath, d.policy.labelsOf, log.WithField("subsys", "monitor"))
 	restored, err := d.datapath.Restore()
 	if err != nil {
@@ -235,7 +222,9 @@ func start(cfg Config, log logrus.FieldLogger) (_ *Daemon, err error) {
 // in flight: a half-answered CreateEndpoint is worse than a slow stop.
 func (d *Daemon) serve(ctx context.Context) error {
 	var inflight sync.WaitGroup
-	var observe callObserver // a nil *metrics.Metrics would not be a nil interface
+	// Not the nil *metrics.Metrics itself: as an interface it would not
+	// be nil, and route would call through it.
+	var observe callObserver = noObserver{}
 	if d.metrics != nil {
 		observe = d.metrics
 	}
@@ -349,6 +338,12 @@ func (d *Daemon) close() {
 	if d.metricsLn != nil {
 		// Already closed when serve ran; this is for a failed start.
 		_ = d.metricsLn.Close()
+	}
+	if d.policy != nil {
+		// A regeneration scheduled by a deletion may still be writing
+		// policy maps and identities.json: finish it while the datapath
+		// is open and the daemon lock held.
+		d.policy.wait()
 	}
 	if d.datapath != nil {
 		if err := d.datapath.Close(); err != nil {

@@ -60,12 +60,9 @@ type gwAllocCheckResponse struct {
 	SkipIPv6 bool
 }
 
-// newDockerAPI serves drv and ipd; observe (nil for none) learns every
-// call's duration.
+// newDockerAPI serves drv and ipd; observe learns every call's duration
+// (noObserver when metrics are off, never nil).
 func newDockerAPI(drv network.Driver, ipd ipam.Ipam, log logrus.FieldLogger, inflight *sync.WaitGroup, observe callObserver) *dockerAPI {
-	if observe == nil {
-		observe = noObserver{}
-	}
 	a := &dockerAPI{log: log, inflight: inflight, handler: sdk.NewHandler(manifest), observe: observe}
 	a.registerNetwork(drv)
 	a.registerIPAM(ipd)

@@ -46,6 +46,9 @@ type policyController struct {
 	// regenPending is set while a regeneration after a deletion is
 	// scheduled but has not started: more deletions join it.
 	regenPending atomic.Bool
+	// deferred counts those regenerations, so that shutdown can wait for
+	// them before the datapath closes (see wait).
+	deferred sync.WaitGroup
 }
 
 func newPolicyController(libDir string, dp *datapath.Datapath, drv *driver.Driver, log logrus.FieldLogger) (*policyController, error) {
@@ -85,12 +88,8 @@ func (c *policyController) hooks() driver.Hooks {
 			// and once for a burst of deletions (200 containers removed
 			// at once would otherwise regenerate 200 times).
 			if c.regenPending.CompareAndSwap(false, true) {
-				go func() {
-					c.regenPending.Store(false)
-					if err := c.regenerateAll(); err != nil {
-						c.log.WithError(err).Warn("regenerate policy after an endpoint left")
-					}
-				}()
+				c.deferred.Add(1)
+				go c.regenerateAfterDeletion()
 			}
 		},
 		NetworksChanged: func() {
@@ -99,6 +98,25 @@ func (c *policyController) hooks() driver.Hooks {
 			go c.syncHostAddresses()
 		},
 	}
+}
+
+// regenerateAfterDeletion is the regeneration the Deleted hook schedules.
+// It clears regenPending before it starts, so a deletion from now on
+// schedules another rather than being missed by this one.
+func (c *policyController) regenerateAfterDeletion() {
+	defer c.deferred.Done()
+	c.regenPending.Store(false)
+	if err := c.regenerateAll(); err != nil {
+		c.log.WithError(err).Warn("regenerate policy after an endpoint left")
+	}
+}
+
+// wait returns once the regenerations scheduled by deletions have ended.
+// The daemon calls it at shutdown, after Docker's calls and reconcile have
+// stopped (so no deletion schedules another), before the datapath closes:
+// they write policy maps and identities.json.
+func (c *policyController) wait() {
+	c.deferred.Wait()
 }
 
 // policyInputs are what every endpoint's compilation reads: the rules and
@@ -201,12 +219,17 @@ func (c *policyController) regenerateAll() error {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.releaseUnusedIdentities()
+	// One snapshot serves both the release and the compilation, so they
+	// agree on which endpoints and rules exist.
+	eps, rules := c.datapath.Endpoints(), c.repo.Rules()
+	c.releaseUnusedIdentities(eps, rules)
 	c.generation++
-	in := c.inputs()
+	// The identities are read after the release: compiled policy must not
+	// name one that was just forgotten.
+	in := policyInputs{rules: rules, ids: c.alloc.All()}
 	var firstErr error
 	added, removed := 0, 0
-	for _, ep := range c.datapath.Endpoints() {
+	for _, ep := range eps {
 		n, ok := networks[ep.DockerNetworkID]
 		if !ok {
 			continue
@@ -235,7 +258,8 @@ func (c *policyController) attach(a dockerwatch.Attachment) bool {
 		return true // not ours, or already known
 	}
 	ls := labels.FromDocker(a.Container.Labels)
-	network, netKnown := c.networkOf(ep)
+	// Before mu: NetworkByID takes the driver's lock (see the lock order).
+	network, netKnown := c.driver.NetworkByID(ep.DockerNetworkID)
 	c.mu.Lock()
 	_, known := c.alloc.Find(ls)
 	id, err := c.alloc.Allocate(ls)
@@ -275,17 +299,6 @@ func (c *policyController) attach(a dockerwatch.Attachment) bool {
 		}
 	}
 	return true
-}
-
-// networkOf returns the driver's record of ep's network. It takes the
-// driver's lock, so it is called before mu.
-func (c *policyController) networkOf(ep datapath.Endpoint) (driver.Network, bool) {
-	for _, n := range c.driver.Networks() {
-		if n.ID == ep.DockerNetworkID {
-			return n, true
-		}
-	}
-	return driver.Network{}, false
 }
 
 // applyOne compiles ep's policy and writes what changed. Called with mu
@@ -435,48 +448,67 @@ func (c *policyController) syncEndpointAddresses() {
 	}
 }
 
-// releaseUnusedIdentities forgets the label identities no endpoint has and
-// the CIDR identities no rule names (with their ipcache entries), so that
-// identities.json does not grow with every label set ever seen. Called
-// with mu held, before a regeneration.
-func (c *policyController) releaseUnusedIdentities() {
-	inUse := map[identity.ID]bool{}
-	for _, ep := range c.datapath.Endpoints() {
-		inUse[identity.ID(ep.Identity)] = true
-	}
-	cidrsInUse := map[netip.Prefix]bool{}
-	for _, p := range policy.CIDRs(c.repo.Rules()) {
-		cidrsInUse[p.Masked()] = true
-	}
-	var unused []identity.Entry
-	var ids []identity.ID
-	for _, e := range c.alloc.List() {
-		switch e.ID.Kind() {
-		case identity.KindAllocated:
-			if inUse[e.ID] {
-				continue
-			}
-		case identity.KindCIDR:
-			if p, ok := identity.CIDRPrefix(e.Labels); !ok || cidrsInUse[p.Masked()] {
-				continue
-			}
-		default:
-			continue
-		}
-		unused = append(unused, e)
-		ids = append(ids, e.ID)
+// releaseUnusedIdentities forgets the label identities no endpoint in eps
+// has and the CIDR identities no rule names (with their ipcache entries),
+// so that identities.json does not grow with every label set ever seen.
+// Called with mu held, before a regeneration.
+func (c *policyController) releaseUnusedIdentities(eps []datapath.Endpoint, rules []policy.Rule) {
+	unused := c.unusedIdentities(eps, rules)
+	ids := make([]identity.ID, len(unused))
+	for i, u := range unused {
+		ids[i] = u.ID
 	}
 	// One write of identities.json for all of them.
 	if err := c.alloc.Release(ids...); err != nil {
 		c.log.WithError(err).Warn("release unused identities")
 		return
 	}
-	for _, e := range unused {
-		if prefix, ok := identity.CIDRPrefix(e.Labels); ok {
-			if err := c.datapath.DeleteIPCache(prefix); err != nil {
-				c.log.WithError(err).WithField("prefix", prefix).Warn("remove an unused CIDR's ipcache entry")
+	for _, u := range unused {
+		if u.prefix.IsValid() {
+			if err := c.datapath.DeleteIPCache(u.prefix); err != nil {
+				c.log.WithError(err).WithField("prefix", u.prefix).Warn("remove an unused CIDR's ipcache entry")
 			}
 		}
-		c.log.WithFields(logrus.Fields{"identity": uint32(e.ID), "labels": e.Labels.String()}).Debug("released an unused identity")
+		c.log.WithFields(logrus.Fields{"identity": uint32(u.ID), "labels": u.Labels.String()}).Debug("released an unused identity")
 	}
+}
+
+// unusedIdentity is an identity to release. prefix is the CIDR a CIDR
+// identity names (its ipcache entry goes too); invalid for a label set.
+type unusedIdentity struct {
+	identity.Entry
+	prefix netip.Prefix
+}
+
+// unusedIdentities lists the allocated identities no endpoint in eps has
+// and the CIDR identities no rule names. Reserved ones are never released.
+func (c *policyController) unusedIdentities(eps []datapath.Endpoint, rules []policy.Rule) []unusedIdentity {
+	inUse := map[identity.ID]bool{}
+	for _, ep := range eps {
+		inUse[identity.ID(ep.Identity)] = true
+	}
+	cidrsInUse := map[netip.Prefix]bool{}
+	for _, p := range policy.CIDRs(rules) {
+		cidrsInUse[p.Masked()] = true
+	}
+	var unused []unusedIdentity
+	for _, e := range c.alloc.List() {
+		u := unusedIdentity{Entry: e}
+		switch e.ID.Kind() {
+		case identity.KindAllocated:
+			if inUse[e.ID] {
+				continue
+			}
+		case identity.KindCIDR:
+			p, ok := identity.CIDRPrefix(e.Labels)
+			if !ok || cidrsInUse[p.Masked()] {
+				continue
+			}
+			u.prefix = p
+		default:
+			continue
+		}
+		unused = append(unused, u)
+	}
+	return unused
 }
