@@ -39,6 +39,9 @@ type outside struct {
 // packets to a real network.
 func makeOutside(t *testing.T, containerSubnets ...string) *outside {
 	t.Helper()
+	// iptables guards the uplink and shows our rules (dnatRules,
+	// ourChains); busybox is the outside host's httpd and the node's wget.
+	testutil.RequireCommand(t, "iptables", "busybox")
 	if routes := run(t, "ip", "-o", "route", "show", "to", "match", outIP); strings.TrimSpace(strings.ReplaceAll(routes, "\n", " ")) != "" &&
 		!regexp.MustCompile(`^default [^\n]*$`).MatchString(routes) {
 		t.Fatalf("a route of this machine already covers %s: %s", outIP, routes)
@@ -187,17 +190,21 @@ func wgetFrom(container, url string) (string, error) {
 	return execIn(container, "timeout", "4", "wget", "-q", "-O", "-", url)
 }
 
-// dnatRules lists our published-port rules.
-func dnatRules() string {
-	out, _ := tryRun("iptables", "-t", "nat", "-S", "EBPFNET-DNAT")
-	return out
+// dnatRules lists our published-port rules. The chain exists as long as one
+// of our networks does, which every caller has: an iptables failure fails
+// the test rather than reading as "no rules".
+func dnatRules(t testing.TB) string {
+	t.Helper()
+	return run(t, "iptables", "-t", "nat", "-S", "EBPFNET-DNAT")
 }
 
-// ourChains lists the EBPFNET-* chains present in the nat and filter tables.
-func ourChains() []string {
+// ourChains lists the EBPFNET-* chains present in the nat and filter tables;
+// an iptables failure fails the test rather than reading as "none".
+func ourChains(t testing.TB) []string {
+	t.Helper()
 	var out []string
 	for _, table := range []string{"nat", "filter"} {
-		rules, _ := tryRun("iptables", "-t", table, "-S")
+		rules := run(t, "iptables", "-t", table, "-S")
 		for _, l := range strings.Split(rules, "\n") {
 			if strings.HasPrefix(l, "-N EBPFNET-") || (strings.HasPrefix(l, "-A ") && !strings.HasPrefix(l, "-A EBPFNET-") && strings.Contains(l, "EBPFNET-")) {
 				out = append(out, table+": "+l)
@@ -235,8 +242,8 @@ func TestExternalMasqueradeAndPublishedPorts(t *testing.T) {
 	// -p 18080:80 and UDP -p 18053:5353/udp.
 	httpd(t, "e2e-ext-web", "e2e-ext", "--label", "id=web", "-p", "18080:80")
 	webIP := containerIP(t, "e2e-ext-web", "e2e-ext")
-	if !strings.Contains(dnatRules(), webIP+":80") {
-		t.Fatalf("no DNAT rule to %s:80:\n%s", webIP, dnatRules())
+	if !strings.Contains(dnatRules(t), webIP+":80") {
+		t.Fatalf("no DNAT rule to %s:80:\n%s", webIP, dnatRules(t))
 	}
 	published := "http://" + nodeOnOut + ":18080/"
 	if page, err := out.get(published); err != nil || !strings.Contains(page, "hello from ebpfnet") {
@@ -275,15 +282,15 @@ func TestExternalMasqueradeAndPublishedPorts(t *testing.T) {
 	// the test reads our rules, as a user would.
 	httpd(t, "e2e-ext-range", "e2e-ext", "-p", "18090-18095:80")
 	rangeIP := containerIP(t, "e2e-ext-range", "e2e-ext")
-	if m := regexp.MustCompile(`--dport (1809[0-5]) .*--to-destination ` + regexp.QuoteMeta(rangeIP) + `:80`).FindStringSubmatch(dnatRules()); m == nil {
-		t.Errorf("no DNAT rule from 18090-18095 to %s:80:\n%s", rangeIP, dnatRules())
+	if m := regexp.MustCompile(`--dport (1809[0-5]) .*--to-destination ` + regexp.QuoteMeta(rangeIP) + `:80`).FindStringSubmatch(dnatRules(t)); m == nil {
+		t.Errorf("no DNAT rule from 18090-18095 to %s:80:\n%s", rangeIP, dnatRules(t))
 	} else if page, err := out.get("http://" + nodeOnOut + ":" + m[1] + "/"); err != nil || !strings.Contains(page, "hello from ebpfnet") {
 		t.Errorf("outside -> range port %s: %q, %v", m[1], page, err)
 	}
 	httpd(t, "e2e-ext-all", "e2e-ext", "--expose", "80", "-P")
 	allIP := containerIP(t, "e2e-ext-all", "e2e-ext")
-	if m := regexp.MustCompile(`--dport (\d+) .*--to-destination ` + regexp.QuoteMeta(allIP) + `:80`).FindStringSubmatch(dnatRules()); m == nil {
-		t.Errorf("no DNAT rule for -P to %s:80:\n%s", allIP, dnatRules())
+	if m := regexp.MustCompile(`--dport (\d+) .*--to-destination ` + regexp.QuoteMeta(allIP) + `:80`).FindStringSubmatch(dnatRules(t)); m == nil {
+		t.Errorf("no DNAT rule for -P to %s:80:\n%s", allIP, dnatRules(t))
 	} else {
 		if page, err := out.get("http://" + nodeOnOut + ":" + m[1] + "/"); err != nil || !strings.Contains(page, "hello from ebpfnet") {
 			t.Errorf("outside -> -P port %s: %q, %v", m[1], page, err)
@@ -335,7 +342,7 @@ func TestExternalMasqueradeAndPublishedPorts(t *testing.T) {
 	for _, name := range []string{"e2e-ext-web", "e2e-ext-udp", "e2e-ext-lo", "e2e-ext-range", "e2e-ext-all"} {
 		run(t, "docker", "rm", "-f", name)
 	}
-	if rules := dnatRules(); strings.Contains(rules, "-j DNAT") {
+	if rules := dnatRules(t); strings.Contains(rules, "-j DNAT") {
 		t.Errorf("DNAT rules left after docker rm -f:\n%s", rules)
 	}
 	run(t, "docker", "rm", "-f", "e2e-ext-client")
@@ -343,7 +350,7 @@ func TestExternalMasqueradeAndPublishedPorts(t *testing.T) {
 	if others, _ := tryRun("docker", "network", "ls", "-q", "--filter", "driver=ebpfnet"); others != "" {
 		testutil.Missing(t, "other ebpfnet networks remain (%s): cannot check that the chains go with the last one", strings.Join(strings.Fields(others), " "))
 	}
-	if left := ourChains(); len(left) > 0 {
+	if left := ourChains(t); len(left) > 0 {
 		t.Errorf("left in iptables after the last network:\n%s", strings.Join(left, "\n"))
 	}
 }
@@ -359,6 +366,13 @@ func TestExternalInternalAndNoMasquerade(t *testing.T) {
 	network(t, "e2e-nomasq", "--subnet", "10.246.0.0/24", "-o", "com.docker.network.bridge.enable_ip_masquerade=false")
 
 	sleeper(t, "e2e-int-c", "e2e-int")
+	// The outside host gets a route back to the internal network, as to
+	// the one without masquerade below: without it, packets the node
+	// forwarded with the container's address would go unanswered and the
+	// checks below would pass all the same. It goes with the namespace.
+	if _, err := out.exec("ip", "route", "add", "10.245.0.0/24", "via", nodeOnOut); err != nil {
+		t.Fatal(err)
+	}
 	if page, err := wgetFrom("e2e-int-c", "http://"+outIP+":"+outPort+"/"); err == nil {
 		t.Errorf("a container of an --internal network reached the outside host: %q", page)
 	}
@@ -417,11 +431,11 @@ func TestPublishedPortsAcrossDaemonRestart(t *testing.T) {
 	if page, err := out.get("http://" + nodeOnOut + ":18180/"); err != nil || !strings.Contains(page, "hello from ebpfnet") {
 		t.Errorf("published port after restart: %q, %v", page, err)
 	}
-	if rules := dnatRules(); strings.Contains(rules, gone+":80") || strings.Count(rules, "-j DNAT") != 1 {
+	if rules := dnatRules(t); strings.Contains(rules, gone+":80") || strings.Count(rules, "-j DNAT") != 1 {
 		t.Errorf("after restart, want only e2e-pubr-keep's rule:\n%s", rules)
 	}
 	run(t, "docker", "rm", "-f", "e2e-pubr-keep")
-	if rules := dnatRules(); strings.Contains(rules, "-j DNAT") {
+	if rules := dnatRules(t); strings.Contains(rules, "-j DNAT") {
 		t.Errorf("DNAT rules left after docker rm -f:\n%s", rules)
 	}
 }
