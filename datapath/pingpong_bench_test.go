@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"runtime"
 	"sort"
+	"sync"
 	"testing"
 	"time"
 
@@ -97,9 +98,10 @@ func (e *testEnv) bareVethPair() (client, server string, serverAddr netip.Addr) 
 // pingPong is one TCP connection between a client thread in one namespace
 // and an echo server thread in another.
 type pingPong struct {
-	req  chan int
-	resp chan []time.Duration
-	errs chan error
+	req      chan int
+	resp     chan []time.Duration
+	errs     chan error
+	stopOnce sync.Once
 }
 
 const pingPongPort = 7777
@@ -111,6 +113,9 @@ const pingPongPort = 7777
 func startPingPong(b *testing.B, clientNS, serverNS string, server netip.Addr, cpu int) *pingPong {
 	b.Helper()
 	p := &pingPong{req: make(chan int), resp: make(chan []time.Duration), errs: make(chan error, 2)}
+	// A benchmark that fails half-way stops its client (and so the
+	// server) all the same.
+	b.Cleanup(p.stop)
 	ready := make(chan error, 1)
 	go func() {
 		err := enterNetnsForever(serverNS, cpu)
@@ -197,7 +202,9 @@ func (p *pingPong) run(b *testing.B, k int) []time.Duration {
 	return nil
 }
 
-func (p *pingPong) stop() { close(p.req) }
+// stop ends the client, whose closed connection ends the server. Stopping
+// twice is fine.
+func (p *pingPong) stop() { p.stopOnce.Do(func() { close(p.req) }) }
 
 // enterNetnsForever locks the calling goroutine to its thread for good,
 // moves the thread into the named namespace and pins it to cpu.

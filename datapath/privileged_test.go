@@ -480,6 +480,9 @@ func TestDatapathCreateFailureAfterAttachLeavesNothing(t *testing.T) {
 
 	ep := &Endpoint{DockerEndpointID: "full-" + e.suffix, IPv4: hostAddr(n, 41), Network: n}
 	err := e.dp.CreateEndpoint(ep)
+	// Should the rollback regress, its veth goes at cleanup all the same
+	// (assertGone still reports it).
+	e.links = append(e.links, ep.IfName)
 	if err == nil || !strings.Contains(err.Error(), EndpointsMapName) {
 		t.Fatalf("CreateEndpoint with a full %s: %v", EndpointsMapName, err)
 	}
@@ -514,7 +517,11 @@ func TestDatapathCreateFailureLeavesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = deleteLinkByName(la.Name) })
-	if err := e.dp.CreateEndpoint(ep); err == nil {
+	err := e.dp.CreateEndpoint(ep)
+	// Should creation or its rollback regress, the veth goes at cleanup
+	// all the same.
+	e.links = append(e.links, ep.IfName)
+	if err == nil {
 		t.Fatal("CreateEndpoint succeeded despite the name collision")
 	}
 	if _, err := os.Stat(e.dp.epDir(ep.ID)); !os.IsNotExist(err) {

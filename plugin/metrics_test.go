@@ -7,7 +7,6 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -264,17 +263,10 @@ func TestMetricsBadAddressFailsStart(t *testing.T) {
 	}
 	defer taken.Close()
 	for _, addr := range []string{"127.0.0.1", taken.Addr().String()} {
-		dir := t.TempDir()
-		cfg := Config{
-			PluginSocket: filepath.Join(dir, "plugins", "ebpfnet-test.sock"),
-			APISocket:    filepath.Join(dir, "run", "ebpfnet.sock"),
-			StateDir:     filepath.Join(dir, "run", "state"),
-			LibDir:       filepath.Join(dir, "lib"),
-			// Never reached: the address is checked before the datapath.
-			PinDir:      "/sys/fs/bpf/ebpfnet-test-" + randomHex(t, 4),
-			HostDevice:  "ebt" + randomHex(t, 4),
-			MetricsAddr: addr,
-		}
+		// Its PinDir and HostDevice are never reached: the address is
+		// checked before the datapath.
+		cfg := testConfig(t)
+		cfg.MetricsAddr = addr
 		log := logrus.New()
 		log.SetOutput(io.Discard)
 		d, err := start(cfg, log)

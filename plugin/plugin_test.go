@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -19,7 +20,9 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
+	"github.com/vishvananda/netlink"
 
+	"github.com/ebpfnet/ebpfnet/datapath"
 	"github.com/ebpfnet/ebpfnet/testutil"
 )
 
@@ -35,13 +38,15 @@ type testDaemon struct {
 	stop func()
 }
 
-// startTestDaemon starts a testDaemon; configure adjusts its Config first.
-func startTestDaemon(tb testing.TB, configure ...func(*Config)) *testDaemon {
+// testConfig is a daemon's Config on private paths: sockets, state and
+// library under a temporary directory, and a bpffs directory and host
+// device of a random name, so that it never meets a production daemon nor
+// another test's.
+func testConfig(tb testing.TB) Config {
 	tb.Helper()
-	testutil.RequireRoot(tb)
 	suffix := randomHex(tb, 4)
 	dir := tb.TempDir()
-	cfg := Config{
+	return Config{
 		PluginSocket:    filepath.Join(dir, "plugins", "ebpfnet-test.sock"),
 		APISocket:       filepath.Join(dir, "run", "ebpfnet.sock"),
 		StateDir:        filepath.Join(dir, "run", "state"),
@@ -52,6 +57,13 @@ func startTestDaemon(tb testing.TB, configure ...func(*Config)) *testDaemon {
 		DefaultPoolSize: 24,
 		Version:         "test",
 	}
+}
+
+// startTestDaemon starts a testDaemon; configure adjusts its Config first.
+func startTestDaemon(tb testing.TB, configure ...func(*Config)) *testDaemon {
+	tb.Helper()
+	testutil.RequireRoot(tb)
+	cfg := testConfig(tb)
 	for _, c := range configure {
 		c(&cfg)
 	}
@@ -71,6 +83,7 @@ func startTestDaemon(tb testing.TB, configure ...func(*Config)) *testDaemon {
 			if err := <-done; err != nil {
 				tb.Errorf("serve: %v", err)
 			}
+			removeHostSide(tb, d)
 			d.close()
 			os.RemoveAll(cfg.PinDir)
 		})
@@ -91,6 +104,57 @@ func startTestDaemon(tb testing.TB, configure ...func(*Config)) *testDaemon {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// removeHostSide removes what the daemon still holds on the host, which
+// Datapath.Close keeps (it outlives a daemon restart): the veths of live
+// endpoints, and each network's gateway address on the host device and
+// unreachable route, then the host device itself. A test that ran to its
+// end removed them through the socket already; one that failed half-way
+// must not leave them to the next.
+func removeHostSide(tb testing.TB, d *Daemon) {
+	tb.Helper()
+	for _, ep := range d.datapath.Endpoints() {
+		if err := deleteLink(ep.IfName); err != nil {
+			tb.Errorf("remove endpoint %d's veth: %v", ep.ID, err)
+		}
+	}
+	for _, n := range d.driver.Networks() {
+		subnet, err := netip.ParsePrefix(n.Subnet)
+		if err != nil {
+			tb.Errorf("network %s: subnet %q: %v", n.ID, n.Subnet, err)
+			continue
+		}
+		gateway, err := netip.ParseAddr(n.Gateway)
+		if err != nil {
+			tb.Errorf("network %s: gateway %q: %v", n.ID, n.Gateway, err)
+			continue
+		}
+		if err := d.datapath.RemoveNetwork(datapath.Network{Index: n.Index, Subnet: subnet, Gateway: gateway}); err != nil {
+			tb.Errorf("remove network %s from the host: %v", n.ID, err)
+		}
+	}
+	// RemoveNetwork deletes it with the last network's address; also
+	// when a network could not be removed.
+	if err := deleteLink(d.cfg.HostDevice); err != nil {
+		tb.Errorf("remove the host device: %v", err)
+	}
+}
+
+// deleteLink deletes a network device; one already gone is fine.
+func deleteLink(name string) error {
+	l, err := netlink.LinkByName(name)
+	if err != nil {
+		var nf netlink.LinkNotFoundError
+		if errors.As(err, &nf) {
+			return nil
+		}
+		return fmt.Errorf("look up %s: %w", name, err)
+	}
+	if err := netlink.LinkDel(l); err != nil {
+		return fmt.Errorf("delete %s: %w", name, err)
+	}
+	return nil
 }
 
 func randomHex(tb testing.TB, n int) string {
@@ -169,9 +233,22 @@ func TestEveryCallIsAnswered(t *testing.T) {
 		t.Errorf("Join of an unknown endpoint: HTTP %d %v; want 500 with Err", code, out)
 	}
 	code, out = td.call(t, "/IpamDriver.RequestPool", map[string]any{"AddressSpace": "ebpfnet-local", "Pool": "10.0.0.0/31"})
-	if code != http.StatusInternalServerError || out["Err"] == "" || out["Error"] == "" {
+	if code != http.StatusInternalServerError || !nonEmptyString(out["Err"]) || !nonEmptyString(out["Error"]) {
 		t.Errorf("RequestPool of a /31: HTTP %d %v; want 500 with Err and Error", code, out)
 	}
+}
+
+// nonEmptyString tells whether a decoded JSON value is a string with
+// something in it: a missing key or another type is not.
+func nonEmptyString(v any) bool {
+	s, ok := v.(string)
+	return ok && s != ""
+}
+
+// isMAC tells whether s is an Ethernet MAC address.
+func isMAC(s string) bool {
+	mac, err := net.ParseMAC(s)
+	return err == nil && len(mac) == 6
 }
 
 // createTestNetwork walks Docker's order of calls for `docker network create`.
@@ -200,7 +277,7 @@ func TestEndpointThroughTheSocket(t *testing.T) {
 	created := td.mustCall(t, "/NetworkDriver.CreateEndpoint", map[string]any{
 		"NetworkID": "net-a", "EndpointID": epID, "Interface": map[string]any{"Address": addr}})
 	iface, _ := created["Interface"].(map[string]any)
-	if iface == nil || iface["MacAddress"] == "" || iface["Address"] != nil && iface["Address"] != "" {
+	if mac, _ := iface["MacAddress"].(string); iface == nil || !isMAC(mac) || iface["Address"] != nil && iface["Address"] != "" {
 		t.Errorf("CreateEndpoint answered %v: want only a MAC", created)
 	}
 	join := td.mustCall(t, "/NetworkDriver.Join", map[string]any{"NetworkID": "net-a", "EndpointID": epID, "SandboxKey": "/x"})
