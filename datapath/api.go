@@ -7,6 +7,8 @@ package datapath
 import (
 	"net"
 	"net/netip"
+
+	"github.com/ebpfnet/ebpfnet/policy"
 )
 
 // Config says where the datapath keeps its files. Production uses the
@@ -63,7 +65,7 @@ type Endpoint struct {
 	// endpoint's policy map and flags before its programs are attached,
 	// so the container is under policy from its first packet. Not part
 	// of the record: the policy lives in pinned maps.
-	InitialPolicy *EndpointPolicy `json:"-"`
+	InitialPolicy *policy.EndpointPolicy `json:"-"`
 	// PolicyFlags (Flag*) and PolicyEntries (how many entries the policy
 	// map holds) report the endpoint's current policy; set on the
 	// endpoints the Datapath returns, ignored by CreateEndpoint.
@@ -97,8 +99,8 @@ type HardwareAddr net.HardwareAddr
 // The policy engine uses these:
 //
 //	(*Datapath) SetEndpointIdentity(id uint16, identity uint32, containerID, containerName string, labels map[string]string) error
-//	(*Datapath) ApplyPolicy(id uint16, p EndpointPolicy) (added, removed int, err error)
-//	(*Datapath) PolicyEntries(id uint16) ([]PolicyKey, error)
+//	(*Datapath) ApplyPolicy(id uint16, p policy.EndpointPolicy) (added, removed int, err error)
+//	(*Datapath) PolicyEntries(id uint16) ([]policy.Key, error)
 //	(*Datapath) UpsertIPCache(netip.Prefix, identity uint32) error
 //	(*Datapath) DeleteIPCache(netip.Prefix) error
 //	(*Datapath) IPCache() (map[netip.Prefix]uint32, error)

@@ -6,6 +6,8 @@ import (
 	"testing"
 
 	"github.com/cilium/ebpf"
+
+	"github.com/ebpfnet/ebpfnet/policy"
 )
 
 // TestConntrackOneKeyPerFlow: the programs record a flow under the key
@@ -127,10 +129,10 @@ func TestMetricsMapOfEarlierVersionReplaced(t *testing.T) {
 	if !ping(ns, n.Gateway) {
 		t.Fatal("container -> gateway: no reply")
 	}
-	if e.metric(ReasonARPReply, DirEgress) == 0 || e.metric(ReasonToStack, DirIngress) == 0 {
+	if e.metric(ReasonARPReply, policy.Egress) == 0 || e.metric(ReasonToStack, policy.Ingress) == 0 {
 		t.Errorf("metrics after replacing the map: %v", must(e.dp.Metrics()))
 	}
-	for _, k := range []MetricKey{{Reason: DropPolicy, Dir: DirEgress}, {Reason: ReasonForwarded, Dir: DirIngress}} {
+	for _, k := range []MetricKey{{Reason: DropPolicy, Dir: policy.Egress}, {Reason: ReasonForwarded, Dir: policy.Ingress}} {
 		if got := metricKeyOf(metricSlot(k)); got != k {
 			t.Errorf("slot of %+v reads back as %+v", k, got)
 		}

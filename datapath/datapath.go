@@ -17,6 +17,7 @@ import (
 
 	"github.com/ebpfnet/ebpfnet/atomicfile"
 	"github.com/ebpfnet/ebpfnet/bpf"
+	"github.com/ebpfnet/ebpfnet/policy"
 )
 
 // File names inside an endpoint's state directory and the pin directory.
@@ -74,7 +75,7 @@ type endpointState struct {
 	// and policy map hold, so ApplyPolicy writes only the difference
 	// without reading the map back. Restore rebuilds them from the maps.
 	flags   uint32
-	entries map[PolicyKey]struct{}
+	entries map[policy.Key]struct{}
 }
 
 // snapshot is the endpoint as callers see it, with its policy state.

@@ -11,6 +11,9 @@ import (
 	"github.com/sirupsen/logrus"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/ebpfnet/ebpfnet/identity"
+	"github.com/ebpfnet/ebpfnet/policy"
 )
 
 // undoStack collects the reverse of every step taken, so a failed
@@ -67,7 +70,7 @@ func (d *Datapath) CreateEndpoint(ep *Endpoint) (retErr error) {
 	}
 	initial := ep.InitialPolicy
 	if initial != nil {
-		if err := initial.validate(); err != nil {
+		if err := initial.Validate(policyEntriesMax); err != nil {
 			return fmt.Errorf("endpoint %s initial policy: %w", ep.DockerEndpointID, err)
 		}
 	}
@@ -83,7 +86,7 @@ func (d *Datapath) CreateEndpoint(ep *Endpoint) (retErr error) {
 	ep.IfIndex = 0
 	if ep.Identity == 0 {
 		// Labels arrive later (Docker events); until then it is init.
-		ep.Identity = IdentityInit
+		ep.Identity = uint32(identity.Init)
 	}
 	var undo undoStack
 	defer func() {
@@ -183,7 +186,7 @@ type loadResult struct {
 // and loads the programs of obj (the endpoint's instance of the template)
 // against it. It touches st and the endpoint's pin only, so it runs beside
 // the veth's creation.
-func (d *Datapath) prepareLoad(st *endpointState, obj []byte, initial *EndpointPolicy) (r loadResult) {
+func (d *Datapath) prepareLoad(st *endpointState, obj []byte, initial *policy.EndpointPolicy) (r loadResult) {
 	r.undo.push(func() error { st.close(); return nil })
 	if r.err = d.createPolicyMap(st, &r.undo); r.err != nil {
 		return r

@@ -8,6 +8,8 @@ import (
 	"net/netip"
 
 	"github.com/cilium/ebpf/ringbuf"
+
+	"github.com/ebpfnet/ebpfnet/policy"
 )
 
 // EventType says what a notification on ebpfnet_events reports
@@ -65,8 +67,8 @@ type Event struct {
 	Type       EventType
 	Reason     Reason
 	Verdict    Verdict
-	Direction  Direction // egress: the packet left the container
-	EndpointID uint16    // the endpoint whose program reported it
+	Direction  policy.Direction // egress: the packet left the container
+	EndpointID uint16           // the endpoint whose program reported it
 	Src, Dst   netip.Addr
 	// SrcPort and DstPort are TCP/UDP ports in host order. For ICMP echo
 	// the echo id stands on the requester's side: SrcPort of a request,
@@ -80,6 +82,24 @@ type Event struct {
 	Len                      uint32 // packet length
 }
 
+// Directions as the programs count them (bpf/lib/maps.h METRIC_INGRESS,
+// METRIC_EGRESS): events carry these, and Event.Direction the policy one.
+const (
+	metricIngress = 1
+	metricEgress  = 2
+)
+
+// directionOfMetric turns an event's METRIC_* direction into a Direction.
+func directionOfMetric(v uint8) (policy.Direction, bool) {
+	switch v {
+	case metricIngress:
+		return policy.Ingress, true
+	case metricEgress:
+		return policy.Egress, true
+	}
+	return 0, false
+}
+
 // eventSize is sizeof(struct notify).
 const eventSize = 40
 
@@ -89,12 +109,16 @@ func decodeEvent(b []byte) (Event, error) {
 	if len(b) < eventSize {
 		return Event{}, fmt.Errorf("event of %d bytes, want %d", len(b), eventSize)
 	}
+	dir, ok := directionOfMetric(b[3])
+	if !ok {
+		return Event{}, fmt.Errorf("event direction %d is neither METRIC_INGRESS nor METRIC_EGRESS", b[3])
+	}
 	le := binary.LittleEndian
 	return Event{
 		Type:        EventType(b[0]),
 		Reason:      Reason(b[1]),
 		Verdict:     Verdict(b[2]),
-		Direction:   Direction(b[3]),
+		Direction:   dir,
 		EndpointID:  uint16(le.Uint32(b[4:8])),
 		Src:         netip.AddrFrom4([4]byte(b[8:12])),
 		Dst:         netip.AddrFrom4([4]byte(b[12:16])),

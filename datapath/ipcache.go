@@ -6,13 +6,6 @@ import (
 	"net/netip"
 )
 
-// Reserved identities, numbered as Cilium numbers them (bpf/lib/ipcache.h).
-const (
-	IdentityHost  uint32 = 1
-	IdentityWorld uint32 = 2
-	IdentityInit  uint32 = 5
-)
-
 // ipcacheKey mirrors struct ipcache_key: an LPM trie key, prefix length
 // first, then the address in network byte order.
 type ipcacheKey struct {

@@ -6,6 +6,8 @@ import (
 	"net/netip"
 
 	"github.com/cilium/ebpf"
+
+	"github.com/ebpfnet/ebpfnet/policy"
 )
 
 // Names of the pinned maps every endpoint shares (bpf/lib/maps.h).
@@ -76,22 +78,6 @@ func infoOf(ep *Endpoint, flags uint32) endpointInfo {
 	return info
 }
 
-// PolicyKey mirrors struct policy_key. DPort is in network byte order as the
-// program compares it; 0 means any port, Proto 0 any protocol, Identity 0
-// any identity.
-type PolicyKey struct {
-	Identity  uint32
-	DPort     uint16
-	Proto     uint8
-	Direction uint8
-}
-
-// Policy directions, as seen from the endpoint owning the map.
-const (
-	PolicyIngress uint8 = 0
-	PolicyEgress  uint8 = 1
-)
-
 // PolicyEntry mirrors struct policy_entry; the presence of an entry allows.
 type PolicyEntry struct {
 	Flags uint32
@@ -102,7 +88,7 @@ type PolicyEntry struct {
 // array with one slot per key (metricSlot).
 type MetricKey struct {
 	Reason Reason
-	Dir    Direction
+	Dir    policy.Direction
 }
 
 // MetricValue mirrors struct metrics_value, summed over CPUs by Metrics.
@@ -115,7 +101,7 @@ type MetricValue struct {
 // egress (METRICS_SLOTS, 512, holds every reason).
 func metricSlot(k MetricKey) uint32 {
 	s := uint32(k.Reason) << 1
-	if k.Dir == DirEgress {
+	if k.Dir == policy.Egress {
 		s |= 1
 	}
 	return s
@@ -123,9 +109,9 @@ func metricSlot(k MetricKey) uint32 {
 
 // metricKeyOf is the key of a slot.
 func metricKeyOf(slot uint32) MetricKey {
-	k := MetricKey{Reason: Reason(slot >> 1), Dir: DirIngress}
+	k := MetricKey{Reason: Reason(slot >> 1), Dir: policy.Ingress}
 	if slot&1 != 0 {
-		k.Dir = DirEgress
+		k.Dir = policy.Egress
 	}
 	return k
 }

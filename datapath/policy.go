@@ -4,23 +4,14 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"sort"
 
 	"github.com/cilium/ebpf"
+
+	"github.com/ebpfnet/ebpfnet/policy"
 )
 
-// EndpointPolicy is everything the datapath enforces for one endpoint: the
-// enforcement flags and the allow entries of its policy map.
-type EndpointPolicy struct {
-	IngressEnforced bool
-	EgressEnforced  bool
-	// Audit lets denied new flows pass, reported with verdict audit.
-	Audit   bool
-	Entries map[PolicyKey]struct{}
-}
-
-// Flags is the policy's ebpfnet_endpoints flags word.
-func (p *EndpointPolicy) Flags() uint32 {
+// flagsOf is a policy's ebpfnet_endpoints flags word.
+func flagsOf(p *policy.EndpointPolicy) uint32 {
 	var f uint32
 	if p.IngressEnforced {
 		f |= FlagEnforceIngress
@@ -32,53 +23,6 @@ func (p *EndpointPolicy) Flags() uint32 {
 		f |= FlagAudit
 	}
 	return f
-}
-
-func (p *EndpointPolicy) validate() error {
-	for k := range p.Entries {
-		if k.Direction != PolicyIngress && k.Direction != PolicyEgress {
-			return fmt.Errorf("policy key %+v: direction must be %d or %d", k, PolicyIngress, PolicyEgress)
-		}
-	}
-	if len(p.Entries) > policyEntriesMax {
-		return fmt.Errorf("policy has %d entries, the map holds %d", len(p.Entries), policyEntriesMax)
-	}
-	return nil
-}
-
-// policyDiff returns the keys of want that have holds lacks (to add) and
-// those holds has that want lacks (to delete), each sorted so that updates
-// happen in a stable order.
-func policyDiff(holds, want map[PolicyKey]struct{}) (add, del []PolicyKey) {
-	for k := range want {
-		if _, ok := holds[k]; !ok {
-			add = append(add, k)
-		}
-	}
-	for k := range holds {
-		if _, ok := want[k]; !ok {
-			del = append(del, k)
-		}
-	}
-	sortPolicyKeys(add)
-	sortPolicyKeys(del)
-	return add, del
-}
-
-func sortPolicyKeys(ks []PolicyKey) {
-	sort.Slice(ks, func(i, j int) bool {
-		a, b := ks[i], ks[j]
-		if a.Direction != b.Direction {
-			return a.Direction < b.Direction
-		}
-		if a.Identity != b.Identity {
-			return a.Identity < b.Identity
-		}
-		if a.Proto != b.Proto {
-			return a.Proto < b.Proto
-		}
-		return a.DPort < b.DPort
-	})
 }
 
 // liveEndpoint is endpoint id, for a change of its policy or identity; d.mu
@@ -105,8 +49,8 @@ func (d *Datapath) liveEndpoint(id uint16) (*endpointState, error) {
 // established (conntrack) stay allowed, as in Cilium. On error the map
 // holds a mix of both and the counts say how far it got; calling again
 // with the same p finishes the job.
-func (d *Datapath) ApplyPolicy(id uint16, p EndpointPolicy) (added, removed int, err error) {
-	if err := p.validate(); err != nil {
+func (d *Datapath) ApplyPolicy(id uint16, p policy.EndpointPolicy) (added, removed int, err error) {
+	if err := p.Validate(policyEntriesMax); err != nil {
 		return 0, 0, fmt.Errorf("endpoint %d: %w", id, err)
 	}
 	d.mu.Lock()
@@ -115,7 +59,7 @@ func (d *Datapath) ApplyPolicy(id uint16, p EndpointPolicy) (added, removed int,
 	if err != nil {
 		return 0, 0, err
 	}
-	add, del := policyDiff(st.entries, p.Entries)
+	add, del := policy.Diff(st.entries, p.Entries)
 	for _, k := range add {
 		if err := st.policy.Put(k, PolicyEntry{}); err != nil {
 			return added, removed, fmt.Errorf("endpoint %d: add policy entry %+v: %w", id, k, err)
@@ -123,7 +67,7 @@ func (d *Datapath) ApplyPolicy(id uint16, p EndpointPolicy) (added, removed int,
 		st.entries[k] = struct{}{}
 		added++
 	}
-	if flags := p.Flags(); flags != st.flags {
+	if flags := flagsOf(&p); flags != st.flags {
 		if err := d.publishEndpoint(&st.ep, flags); err != nil {
 			return added, removed, err
 		}
@@ -142,13 +86,13 @@ func (d *Datapath) ApplyPolicy(id uint16, p EndpointPolicy) (added, removed int,
 // installPolicy writes a new endpoint's initial entries into its still
 // unused map and records them, before anything can run against it.
 // CreateEndpoint has validated p before creating anything.
-func installPolicy(st *endpointState, p *EndpointPolicy) error {
-	st.entries = map[PolicyKey]struct{}{}
+func installPolicy(st *endpointState, p *policy.EndpointPolicy) error {
+	st.entries = map[policy.Key]struct{}{}
 	st.flags = 0
 	if p == nil {
 		return nil
 	}
-	keys := make([]PolicyKey, 0, len(p.Entries))
+	keys := make([]policy.Key, 0, len(p.Entries))
 	for k := range p.Entries {
 		keys = append(keys, k)
 	}
@@ -159,14 +103,14 @@ func installPolicy(st *endpointState, p *EndpointPolicy) error {
 		}
 	}
 	st.entries = maps.Clone(p.Entries)
-	st.flags = p.Flags()
+	st.flags = flagsOf(p)
 	return nil
 }
 
 // readPolicyEntries lists what a policy map holds.
-func readPolicyEntries(m *ebpf.Map) (map[PolicyKey]struct{}, error) {
-	out := map[PolicyKey]struct{}{}
-	var k PolicyKey
+func readPolicyEntries(m *ebpf.Map) (map[policy.Key]struct{}, error) {
+	out := map[policy.Key]struct{}{}
+	var k policy.Key
 	var v PolicyEntry
 	it := m.Iterate()
 	for it.Next(&k, &v) {
@@ -181,7 +125,7 @@ func readPolicyEntries(m *ebpf.Map) (map[PolicyKey]struct{}, error) {
 // PolicyEntries lists what endpoint id's policy map holds, read from the
 // map itself (not the cache), sorted by direction, identity, protocol and
 // port.
-func (d *Datapath) PolicyEntries(id uint16) ([]PolicyKey, error) {
+func (d *Datapath) PolicyEntries(id uint16) ([]policy.Key, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	st, err := d.liveEndpoint(id)
@@ -192,11 +136,11 @@ func (d *Datapath) PolicyEntries(id uint16) ([]PolicyKey, error) {
 	if err != nil {
 		return nil, fmt.Errorf("endpoint %d: %w", id, err)
 	}
-	out := make([]PolicyKey, 0, len(held))
+	out := make([]policy.Key, 0, len(held))
 	for k := range held {
 		out = append(out, k)
 	}
-	sortPolicyKeys(out)
+	policy.SortKeys(out)
 	return out, nil
 }
 

@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ebpfnet/ebpfnet/identity"
+	"github.com/ebpfnet/ebpfnet/policy"
 	"github.com/ebpfnet/ebpfnet/testutil"
 )
 
@@ -127,8 +129,6 @@ func canConnect(ns string, addr netip.Addr, port uint16) bool {
 	return echo(c) == nil
 }
 
-func be16(p uint16) uint16 { return p<<8 | p>>8 }
-
 const (
 	protoICMP = 1
 	protoTCP  = 6
@@ -147,9 +147,9 @@ func TestPolicyPortsProtocolsConntrackAndEvents(t *testing.T) {
 	// a may send anything to b, and enforces ingress with no entry at
 	// all: only replies get in. b accepts TCP 8080 from a and enforces
 	// egress with no entry: it may only answer.
-	e.setPolicy(a, FlagEnforceIngress|FlagEnforceEgress, PolicyKey{Identity: b.Identity, Direction: PolicyEgress})
+	e.setPolicy(a, FlagEnforceIngress|FlagEnforceEgress, policy.Key{Identity: b.Identity, Direction: policy.Egress})
 	e.setPolicy(b, FlagEnforceIngress|FlagEnforceEgress,
-		PolicyKey{Identity: a.Identity, DPort: be16(8080), Proto: protoTCP, Direction: PolicyIngress})
+		policy.Key{Identity: a.Identity, Port: 8080, Proto: protoTCP, Direction: policy.Ingress})
 
 	if !canConnect(nsA, b.IPv4.Addr(), 8080) {
 		t.Error("a -> b TCP 8080 denied; replies of an allowed flow must pass both enforced sides")
@@ -160,18 +160,18 @@ func TestPolicyPortsProtocolsConntrackAndEvents(t *testing.T) {
 	if ping(nsA, b.IPv4.Addr()) {
 		t.Error("a -> b ICMP passed b's TCP-only ingress policy")
 	}
-	denied := e.metric(DropPolicy, DirEgress)
+	denied := e.metric(DropPolicy, policy.Egress)
 	if canConnect(nsB, a.IPv4.Addr(), 9090) {
 		t.Error("b -> a new connection passed b's egress policy")
 	}
-	if e.metric(DropPolicy, DirEgress) == denied {
+	if e.metric(DropPolicy, policy.Egress) == denied {
 		t.Error("b -> a: no egress DROP_POLICY counted")
 	}
 
 	// The events of those flows, with every field.
 	if _, ok := evs.find(func(ev Event) bool {
 		return ev.Type == EventPolicyVerdict && ev.Verdict == VerdictAllowed && ev.EndpointID == b.ID &&
-			ev.Direction == DirIngress && ev.DstPort == 8080 && ev.Proto == protoTCP &&
+			ev.Direction == policy.Ingress && ev.DstPort == 8080 && ev.Proto == protoTCP &&
 			ev.SrcIdentity == a.Identity && ev.DstIdentity == b.Identity
 	}); !ok {
 		t.Error("no allowed ingress verdict for a -> b:8080")
@@ -182,7 +182,7 @@ func TestPolicyPortsProtocolsConntrackAndEvents(t *testing.T) {
 	if !ok {
 		t.Fatal("no denied verdict for a -> b:8081")
 	}
-	if ev.EndpointID != b.ID || ev.Direction != DirIngress || ev.Reason != DropPolicy || ev.Proto != protoTCP ||
+	if ev.EndpointID != b.ID || ev.Direction != policy.Ingress || ev.Reason != DropPolicy || ev.Proto != protoTCP ||
 		ev.Src != a.IPv4.Addr() || ev.Dst != b.IPv4.Addr() || ev.SrcPort == 0 ||
 		ev.SrcIdentity != a.Identity || ev.DstIdentity != b.Identity || ev.IfIndex == 0 || ev.Len == 0 {
 		t.Errorf("denied verdict fields: %+v", ev)
@@ -200,7 +200,7 @@ func TestPolicyPortsProtocolsConntrackAndEvents(t *testing.T) {
 	}
 	if _, ok := evs.find(func(ev Event) bool {
 		return ev.Type == EventPolicyVerdict && ev.Verdict == VerdictDenied && ev.EndpointID == b.ID &&
-			ev.Direction == DirEgress && ev.DstPort == 9090 && ev.DstIdentity == a.Identity
+			ev.Direction == policy.Egress && ev.DstPort == 9090 && ev.DstIdentity == a.Identity
 	}); !ok {
 		t.Error("no denied egress verdict for b -> a:9090")
 	}
@@ -216,7 +216,7 @@ func TestPolicyEstablishedFlowSurvivesPolicyChange(t *testing.T) {
 	a, b := e.endpoint(n, 72), e.endpoint(n, 73)
 	nsA, nsB := e.container(a), e.container(b)
 	listen(t, nsB, b.IPv4.Addr(), 8080)
-	e.setPolicy(b, FlagEnforceIngress, PolicyKey{Identity: a.Identity, DPort: be16(8080), Proto: protoTCP, Direction: PolicyIngress})
+	e.setPolicy(b, FlagEnforceIngress, policy.Key{Identity: a.Identity, Port: 8080, Proto: protoTCP, Direction: policy.Ingress})
 
 	c, err := dial(nsA, b.IPv4.Addr(), 8080, time.Second)
 	if err != nil {
@@ -227,7 +227,7 @@ func TestPolicyEstablishedFlowSurvivesPolicyChange(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Deny everything: the rule goes, enforcement stays.
-	if added, removed, err := e.dp.ApplyPolicy(b.ID, EndpointPolicy{IngressEnforced: true}); err != nil || added != 0 || removed != 1 {
+	if added, removed, err := e.dp.ApplyPolicy(b.ID, policy.EndpointPolicy{IngressEnforced: true}); err != nil || added != 0 || removed != 1 {
 		t.Fatalf("ApplyPolicy: added %d removed %d, %v", added, removed, err)
 	}
 	if err := echo(c); err != nil {
@@ -249,20 +249,20 @@ func TestPolicyHostIPCacheIdentityAndAudit(t *testing.T) {
 	// Host -> a: the host's packets come from the gateway address
 	// (the /32 route's source), which is the world until the ipcache
 	// says it is the host.
-	e.setPolicy(a, FlagEnforceIngress, PolicyKey{Identity: IdentityHost, Direction: PolicyIngress})
+	e.setPolicy(a, FlagEnforceIngress, policy.Key{Identity: uint32(identity.Host), Direction: policy.Ingress})
 	if ping("", a.IPv4.Addr()) {
 		t.Error("host -> a passed without an ipcache entry for the host")
 	}
 	if _, ok := evs.find(func(ev Event) bool {
 		return ev.Type == EventPolicyVerdict && ev.Verdict == VerdictDenied && ev.EndpointID == a.ID &&
-			ev.SrcIdentity == IdentityWorld && ev.Src == n.Gateway && ev.DstIdentity == a.Identity
+			ev.SrcIdentity == uint32(identity.World) && ev.Src == n.Gateway && ev.DstIdentity == a.Identity
 	}); !ok {
 		t.Error("no denied verdict with the world identity")
 	}
-	if err := e.dp.UpsertIPCache(host, IdentityHost); err != nil {
+	if err := e.dp.UpsertIPCache(host, uint32(identity.Host)); err != nil {
 		t.Fatal(err)
 	}
-	if got, err := e.dp.IPCache(); err != nil || got[host] != IdentityHost || len(got) != 1 {
+	if got, err := e.dp.IPCache(); err != nil || got[host] != uint32(identity.Host) || len(got) != 1 {
 		t.Errorf("IPCache() = %v, %v", got, err)
 	}
 	if !ping("", a.IPv4.Addr()) {
@@ -270,7 +270,7 @@ func TestPolicyHostIPCacheIdentityAndAudit(t *testing.T) {
 	}
 	// a -> host: egress against the destination's ipcache identity; the
 	// reply passes a's enforced ingress as part of the flow.
-	e.setPolicy(a, FlagEnforceIngress|FlagEnforceEgress, PolicyKey{Identity: IdentityHost, Direction: PolicyEgress})
+	e.setPolicy(a, FlagEnforceIngress|FlagEnforceEgress, policy.Key{Identity: uint32(identity.Host), Direction: policy.Egress})
 	if !ping(nsA, n.Gateway) {
 		t.Error("a -> host denied with the host identity allowed")
 	}
@@ -282,7 +282,7 @@ func TestPolicyHostIPCacheIdentityAndAudit(t *testing.T) {
 	}
 
 	// b -> a: a accepts identity 900 only; b gets it from its labels.
-	e.setPolicy(a, FlagEnforceIngress|FlagEnforceEgress, PolicyKey{Identity: 900, Direction: PolicyIngress})
+	e.setPolicy(a, FlagEnforceIngress|FlagEnforceEgress, policy.Key{Identity: 900, Direction: policy.Ingress})
 	if ping(nsB, a.IPv4.Addr()) {
 		t.Error("b -> a passed before b had identity 900")
 	}
@@ -312,11 +312,11 @@ func TestPolicyHostIPCacheIdentityAndAudit(t *testing.T) {
 
 	// Audit: a's egress to b would be denied; it passes and says so.
 	e.setPolicy(a, FlagEnforceIngress|FlagEnforceEgress|FlagAudit)
-	audited := e.metric(ReasonPolicyAudit, DirEgress)
+	audited := e.metric(ReasonPolicyAudit, policy.Egress)
 	if !ping(nsA, b.IPv4.Addr()) {
 		t.Error("audit mode dropped a -> b")
 	}
-	if e.metric(ReasonPolicyAudit, DirEgress) == audited {
+	if e.metric(ReasonPolicyAudit, policy.Egress) == audited {
 		t.Error("no POLICY_AUDIT counted")
 	}
 	if ev, ok := evs.find(func(ev Event) bool {
@@ -334,17 +334,17 @@ func TestPolicyInitialPolicyAndRestore(t *testing.T) {
 	n := e.network(1)
 	a, c := e.endpoint(n, 76), e.endpoint(n, 77)
 	nsA, nsC := e.container(a), e.container(c)
-	fromA := PolicyKey{Identity: a.Identity, Proto: protoICMP, Direction: PolicyIngress}
+	fromA := policy.Key{Identity: a.Identity, Proto: protoICMP, Direction: policy.Ingress}
 	b := &Endpoint{
 		DockerEndpointID: "initial-" + e.suffix, DockerNetworkID: "net1",
 		IPv4: hostAddr(n, 78), Network: n,
-		InitialPolicy: &EndpointPolicy{IngressEnforced: true, Entries: keys(fromA)},
+		InitialPolicy: &policy.EndpointPolicy{IngressEnforced: true, Entries: keys(fromA)},
 	}
 	if err := e.dp.CreateEndpoint(b); err != nil {
 		t.Fatal(err)
 	}
 	got, _ := e.dp.EndpointByID(b.ID)
-	if got.Identity != IdentityInit || got.PolicyFlags != FlagEnforceIngress || got.PolicyEntries != 1 || got.InitialPolicy != nil {
+	if got.Identity != uint32(identity.Init) || got.PolicyFlags != FlagEnforceIngress || got.PolicyEntries != 1 || got.InitialPolicy != nil {
 		t.Errorf("new endpoint: identity %d flags %b entries %d initial %v", got.Identity, got.PolicyFlags, got.PolicyEntries, got.InitialPolicy)
 	}
 	e.container(b)
@@ -368,8 +368,8 @@ func TestPolicyInitialPolicyAndRestore(t *testing.T) {
 	if got.PolicyFlags != FlagEnforceIngress || got.PolicyEntries != 1 {
 		t.Errorf("restored: flags %b entries %d", got.PolicyFlags, got.PolicyEntries)
 	}
-	fromC := PolicyKey{Identity: c.Identity, Proto: protoICMP, Direction: PolicyIngress}
-	p := EndpointPolicy{IngressEnforced: true, Entries: keys(fromA)}
+	fromC := policy.Key{Identity: c.Identity, Proto: protoICMP, Direction: policy.Ingress}
+	p := policy.EndpointPolicy{IngressEnforced: true, Entries: keys(fromA)}
 	if added, removed, err := e.dp.ApplyPolicy(b.ID, p); err != nil || added != 0 || removed != 0 {
 		t.Errorf("same policy after restore: added %d removed %d, %v", added, removed, err)
 	}
@@ -394,7 +394,7 @@ func TestPolicyProtocolWithoutPort(t *testing.T) {
 	nsA, nsB := e.container(a), e.container(b)
 	listen(t, nsB, b.IPv4.Addr(), 8080)
 	listen(t, nsB, b.IPv4.Addr(), 9999)
-	e.setPolicy(b, FlagEnforceIngress, PolicyKey{Identity: a.Identity, Proto: protoTCP, Direction: PolicyIngress})
+	e.setPolicy(b, FlagEnforceIngress, policy.Key{Identity: a.Identity, Proto: protoTCP, Direction: policy.Ingress})
 	for _, port := range []uint16{8080, 9999} {
 		if !canConnect(nsA, b.IPv4.Addr(), port) {
 			t.Errorf("a -> b TCP %d denied by a TCP-any-port entry", port)

@@ -4,14 +4,15 @@ import (
 	"encoding/binary"
 	"errors"
 	"net/netip"
-	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/ebpfnet/ebpfnet/policy"
 )
 
 func TestDecodeEvent(t *testing.T) {
 	b := make([]byte, eventSize)
-	b[0], b[1], b[2], b[3] = byte(EventPolicyVerdict), byte(DropPolicy), byte(VerdictDenied), byte(DirEgress)
+	b[0], b[1], b[2], b[3] = byte(EventPolicyVerdict), byte(DropPolicy), byte(VerdictDenied), metricEgress
 	le := binary.LittleEndian
 	le.PutUint32(b[4:], 42)
 	copy(b[8:], []byte{10, 1, 2, 3})
@@ -28,7 +29,7 @@ func TestDecodeEvent(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := Event{
-		Type: EventPolicyVerdict, Reason: DropPolicy, Verdict: VerdictDenied, Direction: DirEgress,
+		Type: EventPolicyVerdict, Reason: DropPolicy, Verdict: VerdictDenied, Direction: policy.Egress,
 		EndpointID: 42, Src: netip.MustParseAddr("10.1.2.3"), Dst: netip.MustParseAddr("10.1.2.4"),
 		SrcPort: 40000, DstPort: 80, Proto: 6, SrcIdentity: 256, DstIdentity: 300, IfIndex: 17, Len: 74,
 	}
@@ -49,43 +50,21 @@ func TestDecodeEvent(t *testing.T) {
 	}
 }
 
-func keys(ks ...PolicyKey) map[PolicyKey]struct{} {
-	m := map[PolicyKey]struct{}{}
+func keys(ks ...policy.Key) map[policy.Key]struct{} {
+	m := map[policy.Key]struct{}{}
 	for _, k := range ks {
 		m[k] = struct{}{}
 	}
 	return m
 }
 
-func TestPolicyDiff(t *testing.T) {
-	a := PolicyKey{Identity: 256, Proto: 6, DPort: 0x5000, Direction: PolicyIngress}
-	b := PolicyKey{Identity: 257, Direction: PolicyIngress}
-	c := PolicyKey{Identity: 1, Direction: PolicyEgress}
-	d := PolicyKey{Direction: PolicyEgress}
-	add, del := policyDiff(keys(a, b, c), keys(b, c, d))
-	if !reflect.DeepEqual(add, []PolicyKey{d}) || !reflect.DeepEqual(del, []PolicyKey{a}) {
-		t.Errorf("add %v del %v", add, del)
-	}
-	add, del = policyDiff(nil, keys(c, a))
-	if !reflect.DeepEqual(add, []PolicyKey{a, c}) || len(del) != 0 {
-		t.Errorf("from nothing: add %v del %v (want sorted, ingress first)", add, del)
-	}
-	add, del = policyDiff(keys(a), nil)
-	if len(add) != 0 || !reflect.DeepEqual(del, []PolicyKey{a}) {
-		t.Errorf("to nothing: add %v del %v", add, del)
-	}
-	if add, del = policyDiff(keys(a, b), keys(b, a)); len(add)+len(del) != 0 {
-		t.Errorf("equal sets: add %v del %v", add, del)
-	}
-}
-
 func TestEndpointPolicyFlagsAndValidation(t *testing.T) {
-	p := EndpointPolicy{IngressEnforced: true, Audit: true}
-	if p.Flags() != FlagEnforceIngress|FlagAudit {
-		t.Errorf("flags %b", p.Flags())
+	p := policy.EndpointPolicy{IngressEnforced: true, Audit: true}
+	if f := flagsOf(&p); f != FlagEnforceIngress|FlagAudit {
+		t.Errorf("flags %b", f)
 	}
-	p.Entries = keys(PolicyKey{Direction: 2})
-	if err := p.validate(); err == nil {
+	p.Entries = keys(policy.Key{Direction: 2})
+	if err := p.Validate(policyEntriesMax); err == nil {
 		t.Error("direction 2 accepted")
 	}
 }
@@ -108,7 +87,7 @@ func TestIPCacheKey(t *testing.T) {
 // for policy and identity changes, not a nil map to write into.
 func TestPolicyOfEndpointBeingDeleted(t *testing.T) {
 	d := &Datapath{eps: map[uint16]*endpointState{7: {ep: Endpoint{ID: 7}}}}
-	if _, _, err := d.ApplyPolicy(7, EndpointPolicy{IngressEnforced: true}); !errors.Is(err, ErrNoEndpoint) {
+	if _, _, err := d.ApplyPolicy(7, policy.EndpointPolicy{IngressEnforced: true}); !errors.Is(err, ErrNoEndpoint) {
 		t.Errorf("ApplyPolicy: %v, want ErrNoEndpoint", err)
 	}
 	if _, err := d.PolicyEntries(7); !errors.Is(err, ErrNoEndpoint) {

@@ -18,6 +18,7 @@ import (
 	"github.com/sirupsen/logrus"
 	"github.com/vishvananda/netlink"
 
+	"github.com/ebpfnet/ebpfnet/policy"
 	"github.com/ebpfnet/ebpfnet/testutil"
 )
 
@@ -220,7 +221,7 @@ func tcpConnect(t *testing.T, serverNS string, server netip.Addr, clientNS strin
 	})
 }
 
-func (e *testEnv) metric(r Reason, dir Direction) uint64 {
+func (e *testEnv) metric(r Reason, dir policy.Direction) uint64 {
 	e.t.Helper()
 	m, err := e.dp.Metrics()
 	if err != nil {
@@ -242,7 +243,7 @@ func TestDatapathLocalDelivery(t *testing.T) {
 	if !strings.Contains(neigh, a.NodeMAC.String()) {
 		t.Errorf("gateway neighbour in container is %q, want NodeMAC %s", neigh, a.NodeMAC)
 	}
-	if e.metric(ReasonARPReply, DirEgress) == 0 {
+	if e.metric(ReasonARPReply, policy.Egress) == 0 {
 		t.Error("no ARP reply counted")
 	}
 
@@ -250,7 +251,7 @@ func TestDatapathLocalDelivery(t *testing.T) {
 	// node_policy_verdict after the receiver's ingress check on a flow's
 	// first packet, and in node_from_container for the rest; both
 	// redirect into the peer.
-	fwd := e.metric(ReasonForwarded, DirIngress)
+	fwd := e.metric(ReasonForwarded, policy.Ingress)
 	// The host's IPv6 chatter on a new link (DAD, MLD, router
 	// solicitations) would count below; it has nothing to do with this.
 	if err := os.WriteFile("/proc/sys/net/ipv6/conf/"+b.IfName+"/disable_ipv6", []byte("1"), 0o644); err != nil && !os.IsNotExist(err) {
@@ -263,7 +264,7 @@ func TestDatapathLocalDelivery(t *testing.T) {
 	if err := tcpConnect(t, nsB, b.IPv4.Addr(), nsA); err != nil {
 		t.Fatalf("container -> container TCP: %v", err)
 	}
-	if got := e.metric(ReasonForwarded, DirIngress); got < fwd+4 {
+	if got := e.metric(ReasonForwarded, policy.Ingress); got < fwd+4 {
 		t.Errorf("forwarded by redirect: %d -> %d, want at least 4 more", fwd, got)
 	}
 	// A peer of the same network is answered with its own MAC, so local
@@ -293,7 +294,7 @@ func TestDatapathLocalDelivery(t *testing.T) {
 	if !ping("", a.IPv4.Addr()) {
 		t.Error("host -> container: no reply")
 	}
-	if e.metric(ReasonToStack, DirIngress) == 0 {
+	if e.metric(ReasonToStack, policy.Ingress) == 0 {
 		t.Error("to_container counted nothing")
 	}
 }
@@ -309,21 +310,21 @@ func TestDatapathDropsSpoofing(t *testing.T) {
 
 	spoofed := hostAddr(n, 99)
 	run(t, "ip", "-n", nsA, "addr", "add", spoofed.String(), "dev", "eth0")
-	sip := e.metric(DropInvalidSIP, DirEgress)
+	sip := e.metric(DropInvalidSIP, policy.Egress)
 	if ping(nsA, b.IPv4.Addr(), "-I", spoofed.Addr().String()) {
 		t.Error("ping from a spoofed source IP was answered")
 	}
-	if e.metric(DropInvalidSIP, DirEgress) == sip {
+	if e.metric(DropInvalidSIP, policy.Egress) == sip {
 		t.Error("no DROP_INVALID_SIP counted")
 	}
 	run(t, "ip", "-n", nsA, "addr", "del", spoofed.String(), "dev", "eth0")
 
 	run(t, "ip", "-n", nsA, "link", "set", "eth0", "address", "02:00:00:00:00:99")
-	smac := e.metric(DropInvalidSMAC, DirEgress)
+	smac := e.metric(DropInvalidSMAC, policy.Egress)
 	if ping(nsA, b.IPv4.Addr()) {
 		t.Error("ping from a spoofed source MAC was answered")
 	}
-	if e.metric(DropInvalidSMAC, DirEgress) == smac {
+	if e.metric(DropInvalidSMAC, policy.Egress) == smac {
 		t.Error("no DROP_INVALID_SMAC counted")
 	}
 }
@@ -336,11 +337,11 @@ func TestDatapathIsolatesNetworks(t *testing.T) {
 	if !ping(nsA, n1.Gateway) || !ping(nsB, n2.Gateway) {
 		t.Fatal("containers cannot reach their gateways")
 	}
-	before := e.metric(DropNotSameNetwork, DirEgress)
+	before := e.metric(DropNotSameNetwork, policy.Egress)
 	if ping(nsA, b.IPv4.Addr()) {
 		t.Error("container reached a container of another network")
 	}
-	if e.metric(DropNotSameNetwork, DirEgress) == before {
+	if e.metric(DropNotSameNetwork, policy.Egress) == before {
 		t.Error("no DROP_NOT_SAME_NETWORK counted")
 	}
 	// The unused addresses of a network are unreachable, not routed away.
@@ -363,13 +364,13 @@ func hostTxPackets(t *testing.T, ifname string) uint64 {
 
 // setPolicy does what the policy engine does: enforcement flags and allow
 // entries, added to what the endpoint's map already holds.
-func (e *testEnv) setPolicy(ep *Endpoint, flags uint32, allow ...PolicyKey) {
+func (e *testEnv) setPolicy(ep *Endpoint, flags uint32, allow ...policy.Key) {
 	e.t.Helper()
 	held, err := e.dp.PolicyEntries(ep.ID)
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	p := EndpointPolicy{
+	p := policy.EndpointPolicy{
 		IngressEnforced: flags&FlagEnforceIngress != 0,
 		EgressEnforced:  flags&FlagEnforceEgress != 0,
 		Audit:           flags&FlagAudit != 0,
@@ -393,29 +394,29 @@ func TestDatapathPolicy(t *testing.T) {
 
 	// b accepts ICMP from a only: the receiver's ingress check, with its
 	// handle_policy, sees the sender's identity.
-	e.setPolicy(b, FlagEnforceIngress, PolicyKey{Identity: a.Identity, Proto: 1, Direction: PolicyIngress})
+	e.setPolicy(b, FlagEnforceIngress, policy.Key{Identity: a.Identity, Proto: 1, Direction: policy.Ingress})
 	if !ping(nsA, b.IPv4.Addr()) {
 		t.Error("allowed a -> b denied")
 	}
-	denied := e.metric(DropPolicy, DirIngress)
+	denied := e.metric(DropPolicy, policy.Ingress)
 	if ping(nsC, b.IPv4.Addr()) {
 		t.Error("c -> b passed b's ingress policy")
 	}
-	if e.metric(DropPolicy, DirIngress) == denied {
+	if e.metric(DropPolicy, policy.Ingress) == denied {
 		t.Error("no ingress DROP_POLICY counted")
 	}
 
 	// a may send to c only; replies of the allowed flow are a's ingress,
 	// which a does not enforce.
-	e.setPolicy(a, FlagEnforceEgress, PolicyKey{Identity: c.Identity, Direction: PolicyEgress})
+	e.setPolicy(a, FlagEnforceEgress, policy.Key{Identity: c.Identity, Direction: policy.Egress})
 	if !ping(nsA, c.IPv4.Addr()) {
 		t.Error("allowed a -> c denied")
 	}
-	denied = e.metric(DropPolicy, DirEgress)
+	denied = e.metric(DropPolicy, policy.Egress)
 	if ping(nsA, b.IPv4.Addr()) {
 		t.Error("a -> b passed a's egress policy")
 	}
-	if e.metric(DropPolicy, DirEgress) == denied {
+	if e.metric(DropPolicy, policy.Egress) == denied {
 		t.Error("no egress DROP_POLICY counted")
 	}
 
@@ -429,18 +430,18 @@ func TestDatapathPolicy(t *testing.T) {
 	// A receiver that enforces ingress but has no policy lookup in the
 	// array cannot be checked, so nothing reaches it (the packet is in
 	// its ingress check when it is dropped).
-	e.setPolicy(b, FlagEnforceIngress, PolicyKey{Identity: a.Identity, Proto: 1, Direction: PolicyIngress})
+	e.setPolicy(b, FlagEnforceIngress, policy.Key{Identity: a.Identity, Proto: 1, Direction: policy.Ingress})
 	if !ping(nsA, b.IPv4.Addr()) {
 		t.Error("allowed a -> b denied")
 	}
 	if err := e.dp.shared[PolicyLookupsName].Delete(uint32(b.ID)); err != nil {
 		t.Fatal(err)
 	}
-	missed := e.metric(DropMissedTailCall, DirIngress)
+	missed := e.metric(DropMissedTailCall, policy.Ingress)
 	if ping(nsA, b.IPv4.Addr()) {
 		t.Error("delivered to an endpoint without handle_policy")
 	}
-	if e.metric(DropMissedTailCall, DirIngress) == missed {
+	if e.metric(DropMissedTailCall, policy.Ingress) == missed {
 		t.Error("no DROP_MISSED_TAIL_CALL counted")
 	}
 }
@@ -761,7 +762,7 @@ func TestDatapathRestoreRecreatesPolicyMap(t *testing.T) {
 	e := newTestEnv(t)
 	n := e.network(1)
 	lost, other := e.endpoint(n, 90), e.endpoint(n, 91)
-	e.setPolicy(other, FlagEnforceIngress, PolicyKey{Identity: lost.Identity, Direction: PolicyIngress})
+	e.setPolicy(other, FlagEnforceIngress, policy.Key{Identity: lost.Identity, Direction: policy.Ingress})
 	if err := e.dp.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -860,11 +861,11 @@ func TestDatapathNodePrograms(t *testing.T) {
 			t.Fatalf("delete %s: %v", np.name, err)
 		}
 	}
-	missed := e.metric(DropMissedTailCall, DirEgress)
+	missed := e.metric(DropMissedTailCall, policy.Egress)
 	if ping(nsA, b.IPv4.Addr()) {
 		t.Error("a -> b passed without the node programs")
 	}
-	if e.metric(DropMissedTailCall, DirEgress) == missed {
+	if e.metric(DropMissedTailCall, policy.Egress) == missed {
 		t.Error("no DROP_MISSED_TAIL_CALL counted by the entry program")
 	}
 	if err := e.dp.loadNodePrograms(); err != nil {

@@ -99,24 +99,3 @@ func (r Reason) String() string {
 	}
 	return fmt.Sprintf("Unknown reason %d", uint8(r))
 }
-
-// Direction is the metric direction, as Cilium counts it: traffic leaving
-// the container is egress.
-type Direction uint8
-
-// Metric directions; keep in sync with bpf/lib/maps.h.
-const (
-	DirIngress Direction = 1
-	DirEgress  Direction = 2
-)
-
-// String names the direction.
-func (d Direction) String() string {
-	switch d {
-	case DirIngress:
-		return "ingress"
-	case DirEgress:
-		return "egress"
-	}
-	return fmt.Sprintf("dir-%d", uint8(d))
-}

@@ -13,6 +13,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/ebpfnet/ebpfnet/atomicfile"
+	"github.com/ebpfnet/ebpfnet/identity"
 )
 
 // Restore re-adopts every endpoint whose state directory holds a valid
@@ -142,7 +143,7 @@ func (d *Datapath) readopt(st *endpointState) error {
 	ep := &st.ep
 	if ep.Identity == 0 {
 		// Recorded before identities existed: init, as a new endpoint.
-		ep.Identity = IdentityInit
+		ep.Identity = uint32(identity.Init)
 	}
 	pin := d.policyPin(ep.ID)
 	pm, err := ebpf.LoadPinnedMap(pin, nil)

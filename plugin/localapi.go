@@ -15,7 +15,6 @@ import (
 	"github.com/ebpfnet/ebpfnet/datapath"
 	"github.com/ebpfnet/ebpfnet/identity"
 	"github.com/ebpfnet/ebpfnet/metrics"
-	"github.com/ebpfnet/ebpfnet/policy"
 )
 
 // newLocalAPI serves the CLI's read-only views of the daemon.
@@ -157,14 +156,9 @@ func policyRoutes(mux *http.ServeMux, d *Daemon) {
 		out := api.BPFPolicy{Endpoint: ep.ID, PolicyMap: datapath.PolicyMapName(ep.ID), Entries: []api.PolicyEntry{}}
 		out.PolicyIngress, out.PolicyEgress = enforcement(ep.PolicyFlags)
 		for _, k := range keys {
-			pk := fromDatapathKey(k)
-			dir := "ingress"
-			if pk.Direction == policy.DirectionEgress {
-				dir = "egress"
-			}
 			out.Entries = append(out.Entries, api.PolicyEntry{
-				Direction: dir, Identity: pk.Identity, Labels: c.labelsOf(pk.Identity),
-				Port: pk.Port, Protocol: strings.ToUpper(protocolName(pk.Proto)),
+				Direction: k.Direction.String(), Identity: k.Identity, Labels: c.labelsOf(k.Identity),
+				Port: k.Port, Protocol: strings.ToUpper(protocolName(k.Proto)),
 			})
 		}
 		writeJSON(w, http.StatusOK, out)

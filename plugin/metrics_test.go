@@ -19,6 +19,7 @@ import (
 
 	"github.com/ebpfnet/ebpfnet/datapath"
 	"github.com/ebpfnet/ebpfnet/metrics"
+	"github.com/ebpfnet/ebpfnet/policy"
 	"github.com/ebpfnet/ebpfnet/testutil"
 )
 
@@ -291,13 +292,13 @@ func TestMetricsBadAddressFailsStart(t *testing.T) {
 // fate (REASON_POLICY, an event only) feeds none.
 func TestMetricsVerdictsFromDatapath(t *testing.T) {
 	got := verdictsOf(map[datapath.MetricKey]datapath.MetricValue{
-		{Reason: datapath.ReasonForwarded, Dir: datapath.DirIngress}:   {Packets: 1, Bytes: 10},
-		{Reason: datapath.ReasonToStack, Dir: datapath.DirEgress}:      {Packets: 2, Bytes: 20},
-		{Reason: datapath.ReasonARPReply, Dir: datapath.DirEgress}:     {Packets: 3, Bytes: 30},
-		{Reason: datapath.ReasonPolicy, Dir: datapath.DirEgress}:       {Packets: 4, Bytes: 40},
-		{Reason: datapath.ReasonPolicyAudit, Dir: datapath.DirIngress}: {Packets: 5, Bytes: 50},
-		{Reason: datapath.DropPolicy, Dir: datapath.DirIngress}:        {Packets: 6, Bytes: 60},
-		{Reason: datapath.Reason(200), Dir: datapath.DirEgress}:        {Packets: 7, Bytes: 70},
+		{Reason: datapath.ReasonForwarded, Dir: policy.Ingress}:   {Packets: 1, Bytes: 10},
+		{Reason: datapath.ReasonToStack, Dir: policy.Egress}:      {Packets: 2, Bytes: 20},
+		{Reason: datapath.ReasonARPReply, Dir: policy.Egress}:     {Packets: 3, Bytes: 30},
+		{Reason: datapath.ReasonPolicy, Dir: policy.Egress}:       {Packets: 4, Bytes: 40},
+		{Reason: datapath.ReasonPolicyAudit, Dir: policy.Ingress}: {Packets: 5, Bytes: 50},
+		{Reason: datapath.DropPolicy, Dir: policy.Ingress}:        {Packets: 6, Bytes: 60},
+		{Reason: datapath.Reason(200), Dir: policy.Egress}:        {Packets: 7, Bytes: 70},
 	})
 	want := map[metrics.Verdict]bool{
 		{Kind: metrics.Forward, Reason: "Forwarded", Direction: "INGRESS", Packets: 1, Bytes: 10}:      true,

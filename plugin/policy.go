@@ -1,7 +1,6 @@
 package plugin
 
 import (
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -136,10 +135,10 @@ func (c *policyController) inputs() policyInputs {
 // enforced both ways as soon as any rule exists (only rules naming
 // reserved:init allow it anything): it never has an allow-all window.
 // Called with mu held.
-func (c *policyController) compile(ep datapath.Endpoint, n driver.Network, in policyInputs) (datapath.EndpointPolicy, error) {
+func (c *policyController) compile(ep datapath.Endpoint, n driver.Network, in policyInputs) (policy.EndpointPolicy, error) {
 	mode, err := policy.ParseMode(n.Options[driver.OptionPolicyEnforcement])
 	if err != nil {
-		return datapath.EndpointPolicy{}, err
+		return policy.EndpointPolicy{}, err
 	}
 	audit, _ := strconv.ParseBool(n.Options[driver.OptionPolicyAudit])
 	id := identity.ID(ep.Identity)
@@ -152,46 +151,21 @@ func (c *policyController) compile(ep datapath.Endpoint, n driver.Network, in po
 	}
 	compiled, err := policy.Compile(in.rules, own, in.ids, mode)
 	if err != nil {
-		return datapath.EndpointPolicy{}, err
+		return policy.EndpointPolicy{}, err
 	}
-	out := datapath.EndpointPolicy{
-		IngressEnforced: compiled.IngressEnforced,
-		EgressEnforced:  compiled.EgressEnforced,
-		Audit:           audit,
-		Entries:         make(map[datapath.PolicyKey]struct{}, len(compiled.Entries)),
-	}
-	for k := range compiled.Entries {
-		out.Entries[toDatapathKey(k)] = struct{}{}
-	}
-	return out, nil
+	compiled.Audit = audit
+	return compiled, nil
 }
 
 // compileOrDeny is compile failing closed: a policy that cannot be
 // computed denies both ways rather than allowing all. Called with mu held.
-func (c *policyController) compileOrDeny(ep datapath.Endpoint, n driver.Network, in policyInputs) datapath.EndpointPolicy {
+func (c *policyController) compileOrDeny(ep datapath.Endpoint, n driver.Network, in policyInputs) policy.EndpointPolicy {
 	p, err := c.compile(ep, n, in)
 	if err != nil {
 		c.log.WithError(err).WithField("epid", ep.ID).Warn("compile policy; the endpoint denies all")
-		return datapath.EndpointPolicy{IngressEnforced: true, EgressEnforced: true}
+		return policy.DenyAll()
 	}
 	return p
-}
-
-func toDatapathKey(k policy.Key) datapath.PolicyKey {
-	var port [2]byte
-	binary.BigEndian.PutUint16(port[:], k.Port)
-	return datapath.PolicyKey{
-		Identity:  k.Identity,
-		DPort:     binary.NativeEndian.Uint16(port[:]), // network order in memory
-		Proto:     k.Proto,
-		Direction: k.Direction,
-	}
-}
-
-func fromDatapathKey(k datapath.PolicyKey) policy.Key {
-	var port [2]byte
-	binary.NativeEndian.PutUint16(port[:], k.DPort)
-	return policy.Key{Identity: k.Identity, Port: binary.BigEndian.Uint16(port[:]), Proto: k.Proto, Direction: k.Direction}
 }
 
 // catchUp applies the current policy to a just-created endpoint when a

@@ -9,59 +9,12 @@ import (
 	"github.com/ebpfnet/ebpfnet/labels"
 )
 
-// Directions, with the values of the datapath's policy map key.
-const (
-	DirectionIngress uint8 = 0
-	DirectionEgress  uint8 = 1
-)
-
 // IP protocol numbers in Key.Proto.
 const (
 	ProtoAny uint8 = 0
 	ProtoTCP uint8 = 6
 	ProtoUDP uint8 = 17
 )
-
-// Key is one allow entry of an endpoint's policy map: traffic with the peer
-// Identity, to destination Port over Proto, in Direction. Identity 0 means
-// any peer; Port 0 means any port; Proto 0 means any protocol and comes only
-// with Port 0 (an item without toPorts). Port is in host byte order; the
-// datapath converts it for its __be16 field. Port 0 with TCP or UDP (a rule
-// port "0" or without a port) means every port of that protocol, so a
-// datapath honouring it must also look up (identity, 0, proto) and
-// (0, 0, proto), besides the exact key and the (…, 0, 0) wildcards.
-type Key struct {
-	Identity  uint32 `json:"identity"`
-	Port      uint16 `json:"port"`
-	Proto     uint8  `json:"proto"`
-	Direction uint8  `json:"direction"`
-}
-
-func (k Key) String() string {
-	dir := "ingress"
-	if k.Direction == DirectionEgress {
-		dir = "egress"
-	}
-	return fmt.Sprintf("%s identity=%d port=%d proto=%d", dir, k.Identity, k.Port, k.Proto)
-}
-
-func (k Key) less(o Key) bool {
-	if k.Direction != o.Direction {
-		return k.Direction < o.Direction
-	}
-	if k.Identity != o.Identity {
-		return k.Identity < o.Identity
-	}
-	if k.Proto != o.Proto {
-		return k.Proto < o.Proto
-	}
-	return k.Port < o.Port
-}
-
-// SortKeys orders keys by direction, identity, protocol, port.
-func SortKeys(keys []Key) {
-	sort.Slice(keys, func(i, j int) bool { return keys[i].less(keys[j]) })
-}
 
 // Mode is a network's policy enforcement mode.
 type Mode string
@@ -93,25 +46,6 @@ func ParseMode(s string) (Mode, error) {
 type Endpoint struct {
 	Identity identity.ID
 	Labels   labels.Labels
-}
-
-// EndpointPolicy is what the datapath needs for one endpoint: whether each
-// direction is enforced (default-deny) and the entries that allow traffic
-// in an enforced direction. A direction that is not enforced has no entries.
-type EndpointPolicy struct {
-	IngressEnforced bool
-	EgressEnforced  bool
-	Entries         map[Key]struct{}
-}
-
-// SortedEntries returns the entries in SortKeys order.
-func (p EndpointPolicy) SortedEntries() []Key {
-	out := make([]Key, 0, len(p.Entries))
-	for k := range p.Entries {
-		out = append(out, k)
-	}
-	SortKeys(out)
-	return out
 }
 
 // Compile computes an endpoint's policy from the rules, with Cilium's
@@ -157,12 +91,12 @@ func Compile(rules []Rule, ep Endpoint, ids map[identity.ID]labels.Labels, mode 
 	for _, r := range selected {
 		if out.IngressEnforced {
 			for _, item := range r.Ingress {
-				item.peers().allow(ids, DirectionIngress, out.Entries)
+				item.peers().allow(ids, Ingress, out.Entries)
 			}
 		}
 		if out.EgressEnforced {
 			for _, item := range r.Egress {
-				item.peers().allow(ids, DirectionEgress, out.Entries)
+				item.peers().allow(ids, Egress, out.Entries)
 			}
 		}
 	}
@@ -170,7 +104,7 @@ func Compile(rules []Rule, ep Endpoint, ids map[identity.ID]labels.Labels, mode 
 }
 
 // allow adds the product of the item's peers and ports.
-func (p peerRule) allow(ids map[identity.ID]labels.Labels, dir uint8, into map[Key]struct{}) {
+func (p peerRule) allow(ids map[identity.ID]labels.Labels, dir Direction, into map[Key]struct{}) {
 	peers := p.resolve(ids)
 	ports := portKeys(p.ports)
 	for id := range peers {
@@ -369,23 +303,4 @@ func CIDRs(rules []Rule) []netip.Prefix {
 		return out[i].Bits() < out[j].Bits()
 	})
 	return out
-}
-
-// Diff returns what to add to and remove from a policy map holding old so
-// that it holds new, each sorted, so the datapath can update in place
-// instead of rewriting the map (which would drop traffic in between).
-func Diff(old, new map[Key]struct{}) (add, remove []Key) {
-	for k := range new {
-		if _, ok := old[k]; !ok {
-			add = append(add, k)
-		}
-	}
-	for k := range old {
-		if _, ok := new[k]; !ok {
-			remove = append(remove, k)
-		}
-	}
-	SortKeys(add)
-	SortKeys(remove)
-	return add, remove
 }

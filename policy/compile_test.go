@@ -52,11 +52,11 @@ func compile(t *testing.T, policy string, ep identity.ID, mode Mode) EndpointPol
 }
 
 func in(id identity.ID, port uint16, proto uint8) Key {
-	return Key{Identity: uint32(id), Port: port, Proto: proto, Direction: DirectionIngress}
+	return Key{Identity: uint32(id), Port: port, Proto: proto, Direction: Ingress}
 }
 
 func out(id identity.ID, port uint16, proto uint8) Key {
-	return Key{Identity: uint32(id), Port: port, Proto: proto, Direction: DirectionEgress}
+	return Key{Identity: uint32(id), Port: port, Proto: proto, Direction: Egress}
 }
 
 // expect asserts the enforcement flags and the exact entry set.
