@@ -17,6 +17,8 @@ import (
 	"github.com/docker/docker/api/types/filters"
 	dockerclient "github.com/docker/docker/client"
 	"github.com/sirupsen/logrus"
+
+	"github.com/ebpfnet/ebpfnet/dockerid"
 )
 
 // Container is what policy needs to know of a container.
@@ -116,7 +118,7 @@ func (w *Watcher) handleEvent(ctx context.Context, m events.Message, handle Hand
 		if c, err := w.inspect(ctx, m.Actor.ID); err == nil {
 			w.remember(c.Container)
 		} else {
-			w.log.WithError(err).WithField("container", short(m.Actor.ID)).Debug("inspect at create")
+			w.log.WithError(err).WithField("container", dockerid.Short(m.Actor.ID)).Debug("inspect at create")
 		}
 	case m.Type == events.ContainerEventType && m.Action == events.ActionDestroy:
 		w.mu.Lock()
@@ -155,7 +157,7 @@ func (w *Watcher) resolveLater(ctx context.Context, containerID, networkID strin
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
-	w.log.WithField("container", short(containerID)).Warn("could not match the container to its endpoint; it keeps the init identity")
+	w.log.WithField("container", dockerid.Short(containerID)).Warn("could not match the container to its endpoint; it keeps the init identity")
 }
 
 // resync reports every running container's attachments.
@@ -167,7 +169,7 @@ func (w *Watcher) resync(ctx context.Context, handle Handler) error {
 	for _, s := range list {
 		info, err := w.inspect(ctx, s.ID)
 		if err != nil {
-			w.log.WithError(err).WithField("container", short(s.ID)).Debug("inspect at resync")
+			w.log.WithError(err).WithField("container", dockerid.Short(s.ID)).Debug("inspect at resync")
 			continue
 		}
 		w.remember(info.Container)
@@ -188,7 +190,7 @@ func (w *Watcher) inspect(ctx context.Context, id string) (inspected, error) {
 	defer cancel()
 	resp, err := w.cli.ContainerInspect(callCtx, id)
 	if err != nil {
-		return inspected{}, fmt.Errorf("inspect container %s: %w", short(id), err)
+		return inspected{}, fmt.Errorf("inspect container %s: %w", dockerid.Short(id), err)
 	}
 	c := Container{ID: resp.ID}
 	if resp.Config != nil {
@@ -212,11 +214,4 @@ func (w *Watcher) remember(c Container) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.known[c.ID] = c
-}
-
-func short(id string) string {
-	if len(id) > 12 {
-		return id[:12]
-	}
-	return id
 }

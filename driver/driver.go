@@ -17,6 +17,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/ebpfnet/ebpfnet/datapath"
+	"github.com/ebpfnet/ebpfnet/dockerid"
 	"github.com/ebpfnet/ebpfnet/external"
 	"github.com/ebpfnet/ebpfnet/identity"
 )
@@ -128,7 +129,7 @@ func New(statePath string, dp Datapath, log logrus.FieldLogger) (*Driver, error)
 	d := &Driver{log: log, datapath: dp, networks: store}
 	for _, n := range store.list() {
 		if err := dp.AddNetwork(n.Datapath); err != nil {
-			return nil, fmt.Errorf("restore network %s: %w", short(n.ID), err)
+			return nil, fmt.Errorf("restore network %s: %w", dockerid.Short(n.ID), err)
 		}
 	}
 	return d, nil
@@ -221,11 +222,11 @@ func (d *Driver) CreateNetwork(req *network.CreateNetworkRequest) error {
 		if existing.Datapath.Subnet == subnet {
 			return nil
 		}
-		return fmt.Errorf("create network: network %s already exists with subnet %s", short(req.NetworkID), existing.Datapath.Subnet)
+		return fmt.Errorf("create network: network %s already exists with subnet %s", dockerid.Short(req.NetworkID), existing.Datapath.Subnet)
 	}
 	for _, n := range d.networks.list() {
 		if n.Datapath.Subnet.Overlaps(subnet) {
-			return fmt.Errorf("create network: subnet %s overlaps %s of ebpfnet network %s", subnet, n.Datapath.Subnet, short(n.ID))
+			return fmt.Errorf("create network: subnet %s overlaps %s of ebpfnet network %s", subnet, n.Datapath.Subnet, dockerid.Short(n.ID))
 		}
 	}
 	index, err := d.networks.freeIndex()
@@ -239,7 +240,7 @@ func (d *Driver) CreateNetwork(req *network.CreateNetworkRequest) error {
 		Options:  options,
 	}
 	if err := d.datapath.AddNetwork(rec.Datapath); err != nil {
-		return fmt.Errorf("create network %s: %w", short(req.NetworkID), err)
+		return fmt.Errorf("create network %s: %w", dockerid.Short(req.NetworkID), err)
 	}
 	undoPlumbing := func() {
 		if undo := d.datapath.RemoveNetwork(rec.Datapath); undo != nil {
@@ -249,7 +250,7 @@ func (d *Driver) CreateNetwork(req *network.CreateNetworkRequest) error {
 	if d.external != nil {
 		if err := d.external.AddNetwork(rec.toExternal()); err != nil {
 			undoPlumbing()
-			return fmt.Errorf("create network %s: external connectivity: %w", short(req.NetworkID), err)
+			return fmt.Errorf("create network %s: external connectivity: %w", dockerid.Short(req.NetworkID), err)
 		}
 	}
 	if err := d.networks.put(rec); err != nil {
@@ -259,9 +260,9 @@ func (d *Driver) CreateNetwork(req *network.CreateNetworkRequest) error {
 			}
 		}
 		undoPlumbing()
-		return fmt.Errorf("create network %s: %w", short(req.NetworkID), err)
+		return fmt.Errorf("create network %s: %w", dockerid.Short(req.NetworkID), err)
 	}
-	d.log.WithFields(logrus.Fields{"network": short(req.NetworkID), "subnet": subnet, "gateway": gateway, "index": index}).Info("network created")
+	d.log.WithFields(logrus.Fields{"network": dockerid.Short(req.NetworkID), "subnet": subnet, "gateway": gateway, "index": index}).Info("network created")
 	if d.hooks.NetworksChanged != nil {
 		d.hooks.NetworksChanged()
 	}
@@ -279,16 +280,16 @@ func (d *Driver) DeleteNetwork(req *network.DeleteNetworkRequest) error {
 	}
 	if d.external != nil {
 		if err := d.external.RemoveNetwork(rec.ID); err != nil {
-			return fmt.Errorf("delete network %s: external connectivity: %w", short(req.NetworkID), err)
+			return fmt.Errorf("delete network %s: external connectivity: %w", dockerid.Short(req.NetworkID), err)
 		}
 	}
 	if err := d.datapath.RemoveNetwork(rec.Datapath); err != nil {
-		return fmt.Errorf("delete network %s: %w", short(req.NetworkID), err)
+		return fmt.Errorf("delete network %s: %w", dockerid.Short(req.NetworkID), err)
 	}
 	if err := d.networks.remove(req.NetworkID); err != nil {
-		return fmt.Errorf("delete network %s: %w", short(req.NetworkID), err)
+		return fmt.Errorf("delete network %s: %w", dockerid.Short(req.NetworkID), err)
 	}
-	d.log.WithField("network", short(req.NetworkID)).Info("network deleted")
+	d.log.WithField("network", dockerid.Short(req.NetworkID)).Info("network deleted")
 	if d.hooks.NetworksChanged != nil {
 		d.hooks.NetworksChanged()
 	}
@@ -327,7 +328,7 @@ func (d *Driver) CreateEndpoint(req *network.CreateEndpointRequest) (*network.Cr
 	defer d.mu.Unlock()
 	rec, ok := d.networks.get(req.NetworkID)
 	if !ok {
-		return nil, fmt.Errorf("create endpoint: network %s is not an ebpfnet network known to this node", short(req.NetworkID))
+		return nil, fmt.Errorf("create endpoint: network %s is not an ebpfnet network known to this node", dockerid.Short(req.NetworkID))
 	}
 	if !rec.Datapath.Subnet.Contains(addr.Addr()) {
 		return nil, fmt.Errorf("create endpoint: address %s is outside the network's subnet %s", addr.Addr(), rec.Datapath.Subnet)
@@ -349,13 +350,13 @@ func (d *Driver) CreateEndpoint(req *network.CreateEndpointRequest) (*network.Cr
 		created = d.hooks.Prepare(ep, toNetwork(rec))
 	}
 	if err := d.datapath.CreateEndpoint(ep); err != nil {
-		return nil, fmt.Errorf("create endpoint %s: %w", short(req.EndpointID), err)
+		return nil, fmt.Errorf("create endpoint %s: %w", dockerid.Short(req.EndpointID), err)
 	}
 	if created != nil {
 		created(*ep)
 	}
 	d.log.WithFields(logrus.Fields{
-		"endpoint": short(req.EndpointID), "epid": ep.ID, "ifname": ep.IfName, "ipv4": ep.IPv4,
+		"endpoint": dockerid.Short(req.EndpointID), "epid": ep.ID, "ifname": ep.IfName, "ipv4": ep.IPv4,
 	}).Info("endpoint created")
 	return endpointResponse(req, *ep), nil
 }
@@ -377,12 +378,12 @@ func (d *Driver) DeleteEndpoint(req *network.DeleteEndpointRequest) error {
 	defer d.mu.Unlock()
 	ep, existed := d.datapath.Endpoint(req.EndpointID)
 	if err := d.datapath.DeleteEndpoint(req.EndpointID); err != nil {
-		return fmt.Errorf("delete endpoint %s: %w", short(req.EndpointID), err)
+		return fmt.Errorf("delete endpoint %s: %w", dockerid.Short(req.EndpointID), err)
 	}
 	if existed {
 		d.endpointDeleted(ep)
 	}
-	d.log.WithField("endpoint", short(req.EndpointID)).Info("endpoint deleted")
+	d.log.WithField("endpoint", dockerid.Short(req.EndpointID)).Info("endpoint deleted")
 	return nil
 }
 
@@ -406,7 +407,7 @@ func (d *Driver) endpointDeleted(ep datapath.Endpoint) {
 func (d *Driver) EndpointInfo(req *network.InfoRequest) (*network.InfoResponse, error) {
 	ep, ok := d.datapath.Endpoint(req.EndpointID)
 	if !ok {
-		return nil, fmt.Errorf("endpoint info: unknown endpoint %s", short(req.EndpointID))
+		return nil, fmt.Errorf("endpoint info: unknown endpoint %s", dockerid.Short(req.EndpointID))
 	}
 	return &network.InfoResponse{Value: map[string]string{
 		"ebpfnet.endpoint-id": strconv.Itoa(int(ep.ID)),
@@ -420,7 +421,7 @@ func (d *Driver) EndpointInfo(req *network.InfoRequest) (*network.InfoResponse, 
 func (d *Driver) Join(req *network.JoinRequest) (*network.JoinResponse, error) {
 	ep, ok := d.datapath.Endpoint(req.EndpointID)
 	if !ok {
-		return nil, fmt.Errorf("join: unknown endpoint %s", short(req.EndpointID))
+		return nil, fmt.Errorf("join: unknown endpoint %s", dockerid.Short(req.EndpointID))
 	}
 	return &network.JoinResponse{
 		InterfaceName: network.InterfaceName{SrcName: ep.PeerName, DstPrefix: ContainerPrefix},
@@ -457,7 +458,7 @@ func (d *Driver) ProgramExternalConnectivity(req *network.ProgramExternalConnect
 	}
 	ep, ok := d.datapath.Endpoint(req.EndpointID)
 	if !ok {
-		return fmt.Errorf("publish ports: unknown endpoint %s", short(req.EndpointID))
+		return fmt.Errorf("publish ports: unknown endpoint %s", dockerid.Short(req.EndpointID))
 	}
 	if _, err := d.external.Program(req.NetworkID, req.EndpointID, ep.IfName, ep.IPv4.Addr(), bindings); err != nil {
 		return fmt.Errorf("publish ports: %w", err)
@@ -585,12 +586,4 @@ func truthy(v interface{}) bool {
 		return b
 	}
 	return false
-}
-
-// short abbreviates a Docker ID the way the docker CLI does.
-func short(id string) string {
-	if len(id) > 12 {
-		return id[:12]
-	}
-	return id
 }

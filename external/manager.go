@@ -17,6 +17,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/ebpfnet/ebpfnet/atomicfile"
+	"github.com/ebpfnet/ebpfnet/dockerid"
 )
 
 // Tables is the part of go-iptables we use; unit tests use a fake.
@@ -132,7 +133,7 @@ func (m *Manager) Restore(networks []Network, endpoints map[string]bool) error {
 	}
 	for id, ep := range m.st.Endpoints {
 		if _, ok := m.st.Networks[ep.NetworkID]; !ok || !endpoints[id] {
-			m.log.WithField("endpoint", short(id)).Info("dropping the published ports of an endpoint that is gone")
+			m.log.WithField("endpoint", dockerid.Short(id)).Info("dropping the published ports of an endpoint that is gone")
 			delete(m.st.Endpoints, id)
 		}
 	}
@@ -253,7 +254,7 @@ func (m *Manager) Program(networkID, endpointID, ifName string, ip netip.Addr, b
 	}
 	n, ok := m.st.Networks[networkID]
 	if !ok {
-		return nil, fmt.Errorf("publish ports: network %s is unknown", short(networkID))
+		return nil, fmt.Errorf("publish ports: network %s is unknown", dockerid.Short(networkID))
 	}
 	if n.Internal {
 		return nil, errors.New("publish ports: the network is --internal and has no path off the node")
@@ -291,7 +292,7 @@ func (m *Manager) Program(networkID, endpointID, ifName string, ip netip.Addr, b
 		return nil, err
 	}
 	for _, mp := range chosen {
-		m.log.WithFields(logrus.Fields{"endpoint": short(endpointID), "mapping": mp.String()}).Info("port published")
+		m.log.WithFields(logrus.Fields{"endpoint": dockerid.Short(endpointID), "mapping": mp.String()}).Info("port published")
 	}
 	return chosen, nil
 }
@@ -328,7 +329,7 @@ func (m *Manager) revokeLocked(endpointID string) error {
 		rules = append(rules, m.nm.mappingRule(endpointID, mp))
 	}
 	if err := m.deleteAll(rules); err != nil {
-		return fmt.Errorf("revoke published ports of %s: %w", short(endpointID), err)
+		return fmt.Errorf("revoke published ports of %s: %w", dockerid.Short(endpointID), err)
 	}
 	delete(m.st.Endpoints, endpointID)
 	return nil
@@ -608,11 +609,4 @@ func ephemeralRange() (uint16, uint16) {
 		}
 	}
 	return 49153, 60999
-}
-
-func short(id string) string {
-	if len(id) > 12 {
-		return id[:12]
-	}
-	return id
 }

@@ -13,6 +13,8 @@ import (
 	"github.com/docker/go-plugins-helpers/ipam"
 	"github.com/docker/go-plugins-helpers/network"
 	"github.com/sirupsen/logrus"
+
+	"github.com/ebpfnet/ebpfnet/dockerid"
 )
 
 // Docker forgets an endpoint, an address or a whole network even when our
@@ -153,7 +155,7 @@ func (d *Daemon) reconcileWithDocker(ctx context.Context, own ownState) bool {
 func (d *Daemon) applyCleanup(plan cleanupPlan, log logrus.FieldLogger) {
 	for _, id := range plan.endpoints {
 		err := d.driver.DeleteEndpoint(&network.DeleteEndpointRequest{EndpointID: id})
-		log.WithError(err).WithField("endpoint", shortID(id)).Info("removed endpoint that Docker no longer knows")
+		log.WithError(err).WithField("endpoint", dockerid.Short(id)).Info("removed endpoint that Docker no longer knows")
 	}
 	for _, a := range plan.addresses {
 		err := d.ipam.ReleaseAddress(&ipam.ReleaseAddressRequest{PoolID: a.poolID, Address: a.addr.String()})
@@ -161,7 +163,7 @@ func (d *Daemon) applyCleanup(plan cleanupPlan, log logrus.FieldLogger) {
 	}
 	for _, id := range plan.networks {
 		err := d.driver.DeleteNetwork(&network.DeleteNetworkRequest{NetworkID: id})
-		log.WithError(err).WithField("network", shortID(id)).Info("removed network that Docker no longer knows")
+		log.WithError(err).WithField("network", dockerid.Short(id)).Info("removed network that Docker no longer knows")
 	}
 	for _, id := range plan.pools {
 		err := d.ipam.ReleasePool(&ipam.ReleasePoolRequest{PoolID: id})
@@ -222,13 +224,6 @@ func addAddr(set map[netip.Addr]bool, s string) {
 	if a, err := netip.ParseAddr(s); err == nil {
 		set[a] = true
 	}
-}
-
-func shortID(id string) string {
-	if len(id) > 12 {
-		return id[:12]
-	}
-	return id
 }
 
 // driverNames are the names Docker knows our drivers by. The configured name
