@@ -39,8 +39,11 @@ const (
 // Config configures a Driver.
 type Config struct {
 	// StatePath is the file holding pools and addresses, e.g.
-	// /var/lib/ebpfnet/ipam.json. Its directory is created if missing.
+	// /var/lib/ebpfnet/ipam.json, when Store is nil. Its directory is
+	// created if missing.
 	StatePath string
+	// Store, if set, keeps the state instead of a FileStore at StatePath.
+	Store Store
 	// DefaultPools is where pools come from when Docker requests one without
 	// a subnet; empty means DefaultPoolRange.
 	DefaultPools []netip.Prefix
@@ -76,7 +79,7 @@ type Driver struct {
 	// file always reflects the order in which changes were made.
 	mu         sync.Mutex
 	alloc      *allocator
-	statePath  string
+	store      Store
 	hostRoutes func() ([]netip.Prefix, error)
 	log        logrus.FieldLogger
 }
@@ -86,8 +89,8 @@ var _ ipamapi.Ipam = (*Driver)(nil)
 // New validates cfg and loads the persisted state. A missing state file is
 // an empty state; an unreadable or corrupt one is an error.
 func New(cfg Config) (*Driver, error) {
-	if cfg.StatePath == "" {
-		return nil, errors.New("ipam: StatePath is required")
+	if cfg.StatePath == "" && cfg.Store == nil {
+		return nil, errors.New("ipam: StatePath or Store is required")
 	}
 	defaults := cfg.DefaultPools
 	if len(defaults) == 0 {
@@ -116,14 +119,17 @@ func New(cfg Config) (*Driver, error) {
 	}
 	d := &Driver{
 		alloc:      newAllocator(append([]netip.Prefix(nil), defaults...), size),
-		statePath:  cfg.StatePath,
+		store:      cfg.Store,
 		hostRoutes: cfg.HostRoutes,
 		log:        log.WithField("component", "ipam"),
 	}
-	if err := os.MkdirAll(filepath.Dir(cfg.StatePath), 0o700); err != nil {
-		return nil, fmt.Errorf("ipam: create state directory: %w", err)
+	if d.store == nil {
+		if err := os.MkdirAll(filepath.Dir(cfg.StatePath), 0o700); err != nil {
+			return nil, fmt.Errorf("ipam: create state directory: %w", err)
+		}
+		d.store = FileStore{Path: cfg.StatePath}
 	}
-	if err := d.alloc.load(cfg.StatePath); err != nil {
+	if err := d.alloc.load(d.store); err != nil {
 		return nil, fmt.Errorf("ipam: %w", err)
 	}
 	return d, nil
@@ -132,7 +138,7 @@ func New(cfg Config) (*Driver, error) {
 // commit persists the current state; if that fails it runs undo, so that
 // memory never holds a change the file lacks.
 func (d *Driver) commit(undo func()) error {
-	if err := d.alloc.save(d.statePath); err != nil {
+	if err := d.store.Save(d.alloc.snapshot()); err != nil {
 		undo()
 		return err
 	}

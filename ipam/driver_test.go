@@ -385,7 +385,7 @@ func TestNewRejectsBadConfig(t *testing.T) {
 		cfg  Config
 		want string
 	}{
-		{Config{}, "ipam: StatePath is required"},
+		{Config{}, "ipam: StatePath or Store is required"},
 		{Config{StatePath: filepath.Join(dir, "a"), DefaultPoolSize: 31}, "ipam: default pool size /31 must be between /8 and /30"},
 		{Config{StatePath: filepath.Join(dir, "a"), DefaultPools: []netip.Prefix{netip.MustParsePrefix("10.0.0.1/16")}}, "ipam: default pool 10.0.0.1/16 must be a canonical IPv4 prefix"},
 		{Config{StatePath: filepath.Join(dir, "a"), DefaultPools: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/25")}}, "ipam: default pool 10.0.0.0/25 is smaller than the default pool size /24"},
@@ -570,5 +570,40 @@ func TestConcurrentRequestsGetDistinctAddresses(t *testing.T) {
 	}
 	if n := len(d.Pools()[0].Addresses); n != workers*each {
 		t.Fatalf("Pools lists %d addresses, want %d", n, workers*each)
+	}
+}
+
+// memStore is a Store in memory, to show that the Driver keeps its state
+// wherever it is given one.
+type memStore struct {
+	st    State
+	saves int
+}
+
+func (m *memStore) Load() (State, error) { return m.st, nil }
+func (m *memStore) Save(st State) error  { m.st = st; m.saves++; return nil }
+
+func TestStoreIsPluggable(t *testing.T) {
+	store := &memStore{}
+	d, err := New(Config{Store: store})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool, err := d.RequestPool(&ipamapi.RequestPoolRequest{AddressSpace: LocalAddressSpace, Pool: "10.77.0.0/24"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.RequestAddress(&ipamapi.RequestAddressRequest{PoolID: pool.PoolID}); err != nil {
+		t.Fatal(err)
+	}
+	if store.saves != 2 || len(store.st.Pools) != 1 || len(store.st.Pools[0].Addresses) != 1 {
+		t.Fatalf("store after a pool and an address: %d saves, %+v", store.saves, store.st)
+	}
+	again, err := New(Config{Store: store})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pools := again.Pools(); len(pools) != 1 || len(pools[0].Addresses) != 1 {
+		t.Fatalf("a driver on the same store holds %+v", pools)
 	}
 }

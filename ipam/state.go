@@ -15,13 +15,27 @@ import (
 // that an older or newer daemon refuses a file it would misread.
 const stateVersion = 1
 
-// stateFile is the JSON document at Config.StatePath.
-type stateFile struct {
-	Version int         `json:"version"`
-	Pools   []poolState `json:"pools"`
+// Store keeps the IPAM state across restarts, since Docker never replays
+// pool or address requests to a remote IPAM driver. FileStore is the one
+// node's backend; the Driver writes the whole state after every change
+// and reads it once at start.
+type Store interface {
+	// Load returns the saved state; a store that never saved anything
+	// returns an empty State.
+	Load() (State, error)
+	// Save replaces the saved state, atomically.
+	Save(State) error
 }
 
-type poolState struct {
+// State is every pool with its addresses: the JSON document of a
+// FileStore.
+type State struct {
+	Version int         `json:"version"`
+	Pools   []PoolState `json:"pools"`
+}
+
+// PoolState is one pool of State.
+type PoolState struct {
 	ID           string       `json:"id"`
 	AddressSpace string       `json:"addressSpace"`
 	Pool         netip.Prefix `json:"pool"`
@@ -35,10 +49,10 @@ type poolState struct {
 
 // snapshot renders the allocator as the state document, pools and addresses
 // sorted so that the file is stable and diffable.
-func (a *allocator) snapshot() stateFile {
-	st := stateFile{Version: stateVersion, Pools: []poolState{}}
+func (a *allocator) snapshot() State {
+	st := State{Version: stateVersion, Pools: []PoolState{}}
 	for _, p := range a.sortedPools() {
-		st.Pools = append(st.Pools, poolState{
+		st.Pools = append(st.Pools, PoolState{
 			ID:           p.id,
 			AddressSpace: p.addressSpace,
 			Pool:         p.prefix,
@@ -51,43 +65,63 @@ func (a *allocator) snapshot() stateFile {
 	return st
 }
 
-// save writes the allocator to path atomically.
-func (a *allocator) save(path string) error {
-	data, err := json.MarshalIndent(a.snapshot(), "", "  ")
+// FileStore keeps the state in one JSON file, written atomically.
+type FileStore struct {
+	Path string
+}
+
+// String names the store in errors: "file /var/lib/ebpfnet/ipam.json".
+func (f FileStore) String() string { return "file " + f.Path }
+
+// Save implements Store.
+func (f FileStore) Save(st State) error {
+	data, err := json.MarshalIndent(st, "", "  ")
 	if err != nil {
 		return fmt.Errorf("encode IPAM state: %w", err)
 	}
-	if err := atomicfile.Write(path, append(data, '\n'), 0o600); err != nil {
+	if err := atomicfile.Write(f.Path, append(data, '\n'), 0o600); err != nil {
 		return fmt.Errorf("persist IPAM state: %w", err)
 	}
 	return nil
 }
 
-// load fills an empty allocator from path. A missing file is a fresh node; a
-// file that cannot be read or does not hold consistent state is an error,
-// because discarding it would hand out addresses that running containers
-// still use.
-func (a *allocator) load(path string) error {
-	data, err := os.ReadFile(path)
+// Load implements Store. A missing file is a fresh node; a file that does
+// not decode is an error, because discarding it would hand out addresses
+// that running containers still use.
+func (f FileStore) Load() (State, error) {
+	data, err := os.ReadFile(f.Path)
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil
+		return State{}, nil
 	}
 	if err != nil {
-		return fmt.Errorf("read IPAM state: %w", err)
+		return State{}, fmt.Errorf("read IPAM state: %w", err)
 	}
-	var st stateFile
+	var st State
 	if err := json.Unmarshal(data, &st); err != nil {
-		return fmt.Errorf("IPAM state file %s is corrupt: %w", path, err)
+		return State{}, fmt.Errorf("IPAM state file %s is corrupt: %w", f.Path, err)
+	}
+	return st, nil
+}
+
+// load fills an empty allocator from the store. State that does not hold
+// together is an error, for the same reason as an undecodable file.
+func (a *allocator) load(store Store) error {
+	st, err := store.Load()
+	if err != nil {
+		return err
+	}
+	if st.Version == 0 && len(st.Pools) == 0 {
+		return nil // never saved
 	}
 	if err := a.restore(st); err != nil {
-		return fmt.Errorf("IPAM state file %s is corrupt: %w", path, err)
+		return fmt.Errorf("IPAM state %v is corrupt: %w", store, err)
 	}
 	return nil
 }
 
 // restore rebuilds pools from st, checking every invariant the allocator
 // relies on instead of trusting the file.
-func (a *allocator) restore(st stateFile) error {
+func (a *allocator) restore(st State) error {
 	if st.Version != stateVersion {
 		return fmt.Errorf("version %d, want %d", st.Version, stateVersion)
 	}
@@ -99,7 +133,7 @@ func (a *allocator) restore(st stateFile) error {
 	return nil
 }
 
-func (a *allocator) restorePool(ps poolState) error {
+func (a *allocator) restorePool(ps PoolState) error {
 	if !validAddressSpace(ps.AddressSpace) {
 		return fmt.Errorf("unknown address space %q", ps.AddressSpace)
 	}
