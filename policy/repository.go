@@ -20,6 +20,13 @@ type Repository struct {
 	mu       sync.RWMutex
 	rules    []Rule
 	revision uint64
+
+	// subs learn every new revision, in order (notifyMu keeps two
+	// changes from reaching them crossed).
+	subsMu   sync.Mutex
+	subs     map[int]func(revision uint64)
+	nextSub  int
+	notifyMu sync.Mutex
 }
 
 type repositoryFile struct {
@@ -94,7 +101,6 @@ func (r *Repository) Import(rules []Rule) (uint64, error) {
 		}
 	}
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	var next []Rule
 	for _, old := range r.rules {
 		if len(old.Labels) == 0 || !incoming[labelSetKey(old.Labels)] {
@@ -105,23 +111,64 @@ func (r *Repository) Import(rules []Rule) (uint64, error) {
 		next = append(next, nr.clone())
 	}
 	if err := r.persist(next, r.revision+1); err != nil {
+		r.mu.Unlock()
 		return 0, fmt.Errorf("import policy: %w", err)
 	}
 	r.rules = next
 	r.revision++
-	return r.revision, nil
+	return r.changed(), nil
 }
 
 // DeleteAll removes every rule and returns the new revision.
 func (r *Repository) DeleteAll() (uint64, error) {
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	if err := r.persist(nil, r.revision+1); err != nil {
+		r.mu.Unlock()
 		return 0, fmt.Errorf("delete policy: %w", err)
 	}
 	r.rules = nil
 	r.revision++
-	return r.revision, nil
+	return r.changed(), nil
+}
+
+// changed tells the subscribers about the revision just made; r.mu is held
+// on entry and released here, before they are called (they may read the
+// rules back). notifyMu, taken before r.mu goes, keeps a later change from
+// overtaking this one.
+func (r *Repository) changed() uint64 {
+	rev := r.revision
+	r.notifyMu.Lock()
+	r.mu.Unlock()
+	defer r.notifyMu.Unlock()
+	r.subsMu.Lock()
+	fns := make([]func(uint64), 0, len(r.subs))
+	for _, fn := range r.subs {
+		fns = append(fns, fn)
+	}
+	r.subsMu.Unlock()
+	for _, fn := range fns {
+		fn(rev)
+	}
+	return rev
+}
+
+// Subscribe calls fn with every new revision from now on, in order, until
+// cancel is called. fn must not block (the daemon only queues a
+// regeneration).
+func (r *Repository) Subscribe(fn func(revision uint64)) (cancel func()) {
+	r.subsMu.Lock()
+	defer r.subsMu.Unlock()
+	if r.subs == nil {
+		r.subs = map[int]func(uint64){}
+	}
+	id := r.nextSub
+	r.nextSub++
+	r.subs[id] = fn
+	return func() {
+		r.subsMu.Lock()
+		defer r.subsMu.Unlock()
+		delete(r.subs, id)
+	}
 }
 
 // Rules returns a copy of the current rules, in import order.
