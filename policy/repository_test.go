@@ -135,3 +135,41 @@ func TestCorruptPolicyStateIsAnError(t *testing.T) {
 		}
 	}
 }
+
+// Subscribers learn every revision, in order, and only the changes that
+// took effect; a cancelled one hears nothing more.
+func TestSubscribe(t *testing.T) {
+	dir := t.TempDir()
+	repo, err := NewRepository(filepath.Join(dir, "policy.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []uint64
+	cancel := repo.Subscribe(func(rev uint64) {
+		if rules, cur := repo.Snapshot(); cur != rev {
+			t.Errorf("told of revision %d while the repository is at %d (%d rules)", rev, cur, len(rules))
+		}
+		got = append(got, rev)
+	})
+	rules, err := Parse([]byte(`[{"endpointSelector": {}, "ingress": [{}]}]`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := repo.Import(rules); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := repo.DeleteAll(); err != nil {
+		t.Fatal(err)
+	}
+	bad := []Rule{{Ingress: []IngressRule{{ToPorts: []PortRule{{Ports: []PortProtocol{{Port: "eighty"}}}}}}}}
+	if _, err := repo.Import(bad); err == nil {
+		t.Fatal("an invalid rule was imported")
+	}
+	cancel()
+	if _, err := repo.DeleteAll(); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 || got[0] != 1 || got[1] != 2 {
+		t.Fatalf("revisions heard %v, want [1 2]", got)
+	}
+}
