@@ -101,7 +101,7 @@ type HardwareAddr net.HardwareAddr
 //	(*Datapath) SetEndpointIdentity(id uint16, identity uint32, containerID, containerName string, labels map[string]string) error
 //	(*Datapath) ApplyPolicy(id uint16, p policy.EndpointPolicy) (added, removed int, err error)
 //	(*Datapath) PolicyEntries(id uint16) ([]policy.Key, error)
-//	(*Datapath) UpsertIPCache(netip.Prefix, identity uint32) error
+//	(*Datapath) PutIPCache(netip.Prefix, identity.ID) error  (the ipcache package is its only writer)
 //	(*Datapath) DeleteIPCache(netip.Prefix) error
 //	(*Datapath) IPCache() (map[netip.Prefix]uint32, error)
 //	(*Datapath) ReadEvents(ctx context.Context, fn func(Event)) error

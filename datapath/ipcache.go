@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+
+	"github.com/ebpfnet/ebpfnet/identity"
 )
 
 // ipcacheKey mirrors struct ipcache_key: an LPM trie key, prefix length
@@ -29,16 +31,17 @@ func ipcacheKeyOf(p netip.Prefix) (ipcacheKey, error) {
 	return ipcacheKey{PrefixLen: uint32(p.Bits()), Addr: p.Addr().As4()}, nil
 }
 
-// UpsertIPCache sets the identity of a remote prefix: from_container uses
+// PutIPCache sets the identity of a remote prefix: from_container uses
 // it for destinations that are not local endpoints, to_container for the
 // sources of what the host stack sends in. Identity 0 is refused: in a
-// policy key it means "any".
-func (d *Datapath) UpsertIPCache(p netip.Prefix, identity uint32) error {
+// policy key it means "any". The ipcache package decides what goes in;
+// this only writes.
+func (d *Datapath) PutIPCache(p netip.Prefix, id identity.ID) error {
 	key, err := ipcacheKeyOf(p)
 	if err != nil {
 		return err
 	}
-	if identity == 0 {
+	if id == identity.Unknown {
 		return fmt.Errorf("ipcache %v: identity 0 is reserved for \"any\"", p)
 	}
 	d.mu.Lock()
@@ -46,8 +49,8 @@ func (d *Datapath) UpsertIPCache(p netip.Prefix, identity uint32) error {
 	if d.closed {
 		return errors.New("datapath closed")
 	}
-	if err := d.shared[IPCacheMapName].Put(key, ipcacheValue{Identity: identity}); err != nil {
-		return fmt.Errorf("ipcache %v -> %d: %w", p, identity, err)
+	if err := d.shared[IPCacheMapName].Put(key, ipcacheValue{Identity: uint32(id)}); err != nil {
+		return fmt.Errorf("ipcache %v -> %d: %w", p, id, err)
 	}
 	return nil
 }

@@ -259,7 +259,7 @@ func TestPolicyHostIPCacheIdentityAndAudit(t *testing.T) {
 	}); !ok {
 		t.Error("no denied verdict with the world identity")
 	}
-	if err := e.dp.UpsertIPCache(host, uint32(identity.Host)); err != nil {
+	if err := e.dp.PutIPCache(host, identity.Host); err != nil {
 		t.Fatal(err)
 	}
 	if got, err := e.dp.IPCache(); err != nil || got[host] != uint32(identity.Host) || len(got) != 1 {

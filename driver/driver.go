@@ -4,6 +4,7 @@
 package driver
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -20,15 +21,21 @@ import (
 	"github.com/ebpfnet/ebpfnet/dockerid"
 	"github.com/ebpfnet/ebpfnet/external"
 	"github.com/ebpfnet/ebpfnet/identity"
+	"github.com/ebpfnet/ebpfnet/policy"
 )
 
-// Datapath is what the driver needs of the kernel side. *datapath.Datapath
-// implements it; unit tests use a fake.
+// Datapath is the host-side plumbing of networks (gateway address,
+// routes). *datapath.Datapath implements it; unit tests use a fake.
 type Datapath interface {
 	AddNetwork(datapath.Network) error
 	RemoveNetwork(datapath.Network) error
-	CreateEndpoint(*datapath.Endpoint) error
-	DeleteEndpoint(dockerEndpointID string) error
+}
+
+// Endpoints builds and removes endpoints once the driver has translated
+// Docker's request. *endpoint.Manager implements it; unit tests use a fake.
+type Endpoints interface {
+	CreateEndpoint(ctx context.Context, ep *datapath.Endpoint) error
+	DeleteEndpoint(ctx context.Context, dockerEndpointID string) error
 	Endpoint(dockerEndpointID string) (datapath.Endpoint, bool)
 }
 
@@ -92,41 +99,29 @@ func knownOptions() map[string]func(string) error {
 	}
 }
 
-// Hooks let the policy side take part in an endpoint's life without the
-// driver knowing policy. Each may be nil. They run under the driver's lock.
-type Hooks struct {
-	// Prepare runs before the datapath builds the endpoint; it may set the
-	// endpoint's initial policy so the first packet is already judged. The
-	// function it returns, if any, runs once the endpoint exists; a failed
-	// creation never calls it, so it holds nothing to clean up.
-	Prepare func(ep *datapath.Endpoint, n Network) (created func(datapath.Endpoint))
-	// Deleted runs once the endpoint is gone.
-	Deleted func(ep datapath.Endpoint)
-	// NetworksChanged runs after a network was added or removed.
-	NetworksChanged func()
-}
-
 // Driver implements network.Driver.
 type Driver struct {
-	log      logrus.FieldLogger
-	datapath Datapath
-	hooks    Hooks
-	external External
+	log       logrus.FieldLogger
+	datapath  Datapath
+	endpoints Endpoints
+	external  External
 
-	mu       sync.Mutex // serialises every change to networks and endpoints
+	mu       sync.Mutex // serialises every change to networks
 	networks *networkStore
+	// observe learns the networks after every change (OnNetworks).
+	observe func([]Network)
 }
 
 var _ network.Driver = (*Driver)(nil)
 
 // New loads the persisted networks from statePath and makes sure the
 // datapath has each of them (gateway address, routes) again.
-func New(statePath string, dp Datapath, log logrus.FieldLogger) (*Driver, error) {
+func New(statePath string, dp Datapath, eps Endpoints, log logrus.FieldLogger) (*Driver, error) {
 	store, err := loadNetworkStore(statePath)
 	if err != nil {
 		return nil, err
 	}
-	d := &Driver{log: log, datapath: dp, networks: store}
+	d := &Driver{log: log, datapath: dp, endpoints: eps, networks: store}
 	for _, n := range store.list() {
 		if err := dp.AddNetwork(n.Datapath); err != nil {
 			return nil, fmt.Errorf("restore network %s: %w", dockerid.Short(n.ID), err)
@@ -135,11 +130,26 @@ func New(statePath string, dp Datapath, log logrus.FieldLogger) (*Driver, error)
 	return d, nil
 }
 
-// SetHooks installs the hooks; call it before serving Docker.
-func (d *Driver) SetHooks(h Hooks) {
+// OnNetworks installs fn, which learns every network after each change.
+// It is called under the driver's lock, so that the lists arrive in the
+// order the changes happened: fn must only take note (the endpoint
+// manager queues them). Call it before serving Docker.
+func (d *Driver) OnNetworks(fn func([]Network)) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.hooks = h
+	d.observe = fn
+}
+
+// networksChanged tells the observer; d.mu is held.
+func (d *Driver) networksChanged() {
+	if d.observe == nil {
+		return
+	}
+	var out []Network
+	for _, n := range d.networks.list() {
+		out = append(out, toNetwork(n))
+	}
+	d.observe(out)
 }
 
 // SetExternal installs the NAT and port publishing side; call it before
@@ -150,15 +160,11 @@ func (d *Driver) SetExternal(e External) {
 	d.external = e
 }
 
-// NetworkByID returns one network.
-func (d *Driver) NetworkByID(id string) (Network, bool) {
+// network returns one network's record.
+func (d *Driver) network(id string) (networkRecord, bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	n, ok := d.networks.get(id)
-	if !ok {
-		return Network{}, false
-	}
-	return toNetwork(n), true
+	return d.networks.get(id)
 }
 
 // Network is the read-only view of a network for the local API.
@@ -169,6 +175,19 @@ type Network struct {
 	Gateway  string            `json:"gateway"`
 	Internal bool              `json:"internal,omitempty"`
 	Options  map[string]string `json:"options,omitempty"`
+}
+
+// PolicyMode is the network's enforcement mode, as -o
+// ebpfnet.policy-enforcement gave it (checked at creation); empty is
+// the default.
+func (n Network) PolicyMode() policy.Mode {
+	return policy.Mode(n.Options[OptionPolicyEnforcement])
+}
+
+// PolicyAudit reports whether -o ebpfnet.policy-audit=true was given.
+func (n Network) PolicyAudit() bool {
+	audit, _ := strconv.ParseBool(n.Options[OptionPolicyAudit])
+	return audit
 }
 
 // Networks lists the networks, ordered by index.
@@ -263,9 +282,7 @@ func (d *Driver) CreateNetwork(req *network.CreateNetworkRequest) error {
 		return fmt.Errorf("create network %s: %w", dockerid.Short(req.NetworkID), err)
 	}
 	d.log.WithFields(logrus.Fields{"network": dockerid.Short(req.NetworkID), "subnet": subnet, "gateway": gateway, "index": index}).Info("network created")
-	if d.hooks.NetworksChanged != nil {
-		d.hooks.NetworksChanged()
-	}
+	d.networksChanged()
 	return nil
 }
 
@@ -290,9 +307,7 @@ func (d *Driver) DeleteNetwork(req *network.DeleteNetworkRequest) error {
 		return fmt.Errorf("delete network %s: %w", dockerid.Short(req.NetworkID), err)
 	}
 	d.log.WithField("network", dockerid.Short(req.NetworkID)).Info("network deleted")
-	if d.hooks.NetworksChanged != nil {
-		d.hooks.NetworksChanged()
-	}
+	d.networksChanged()
 	return nil
 }
 
@@ -324,16 +339,14 @@ func (d *Driver) CreateEndpoint(req *network.CreateEndpointRequest) (*network.Cr
 		}
 	}
 
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	rec, ok := d.networks.get(req.NetworkID)
+	rec, ok := d.network(req.NetworkID)
 	if !ok {
 		return nil, fmt.Errorf("create endpoint: network %s is not an ebpfnet network known to this node", dockerid.Short(req.NetworkID))
 	}
 	if !rec.Datapath.Subnet.Contains(addr.Addr()) {
 		return nil, fmt.Errorf("create endpoint: address %s is outside the network's subnet %s", addr.Addr(), rec.Datapath.Subnet)
 	}
-	if existing, ok := d.datapath.Endpoint(req.EndpointID); ok {
+	if existing, ok := d.endpoints.Endpoint(req.EndpointID); ok {
 		// A retried call: answer as the first time.
 		return endpointResponse(req, existing), nil
 	}
@@ -345,15 +358,8 @@ func (d *Driver) CreateEndpoint(req *network.CreateEndpointRequest) (*network.Cr
 		Network:          rec.Datapath,
 		Identity:         uint32(identity.Init),
 	}
-	var created func(datapath.Endpoint)
-	if d.hooks.Prepare != nil {
-		created = d.hooks.Prepare(ep, toNetwork(rec))
-	}
-	if err := d.datapath.CreateEndpoint(ep); err != nil {
+	if err := d.endpoints.CreateEndpoint(context.TODO(), ep); err != nil {
 		return nil, fmt.Errorf("create endpoint %s: %w", dockerid.Short(req.EndpointID), err)
-	}
-	if created != nil {
-		created(*ep)
 	}
 	d.log.WithFields(logrus.Fields{
 		"endpoint": dockerid.Short(req.EndpointID), "epid": ep.ID, "ifname": ep.IfName, "ipv4": ep.IPv4,
@@ -373,39 +379,29 @@ func endpointResponse(req *network.CreateEndpointRequest, ep datapath.Endpoint) 
 }
 
 // DeleteEndpoint tears the endpoint down. Unknown endpoints are fine.
+// Docker revokes published ports on leave, but not for an endpoint removed
+// while the daemon was down, which reconcile deletes through
+// DeleteEndpoint: so every delete revokes too.
 func (d *Driver) DeleteEndpoint(req *network.DeleteEndpointRequest) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	ep, existed := d.datapath.Endpoint(req.EndpointID)
-	if err := d.datapath.DeleteEndpoint(req.EndpointID); err != nil {
+	_, existed := d.endpoints.Endpoint(req.EndpointID)
+	if err := d.endpoints.DeleteEndpoint(context.TODO(), req.EndpointID); err != nil {
 		return fmt.Errorf("delete endpoint %s: %w", dockerid.Short(req.EndpointID), err)
 	}
-	if existed {
-		d.endpointDeleted(ep)
+	if existed && d.external != nil {
+		d.mu.Lock()
+		err := d.external.Revoke(req.EndpointID)
+		d.mu.Unlock()
+		if err != nil {
+			d.log.WithError(err).Warn("revoke a deleted endpoint's published ports")
+		}
 	}
 	d.log.WithField("endpoint", dockerid.Short(req.EndpointID)).Info("endpoint deleted")
 	return nil
 }
 
-// endpointDeleted tells the policy side and revokes the endpoint's
-// published ports. Docker revokes them on leave, but not for an endpoint
-// removed while the daemon was down, which reconcile deletes through
-// DeleteEndpoint: so every delete revokes too. Called with mu held.
-func (d *Driver) endpointDeleted(ep datapath.Endpoint) {
-	if d.hooks.Deleted != nil {
-		d.hooks.Deleted(ep)
-	}
-	if d.external == nil {
-		return
-	}
-	if err := d.external.Revoke(ep.DockerEndpointID); err != nil {
-		d.log.WithError(err).Warn("revoke a deleted endpoint's published ports")
-	}
-}
-
 // EndpointInfo shows up in `docker network inspect`-style diagnostics.
 func (d *Driver) EndpointInfo(req *network.InfoRequest) (*network.InfoResponse, error) {
-	ep, ok := d.datapath.Endpoint(req.EndpointID)
+	ep, ok := d.endpoints.Endpoint(req.EndpointID)
 	if !ok {
 		return nil, fmt.Errorf("endpoint info: unknown endpoint %s", dockerid.Short(req.EndpointID))
 	}
@@ -419,7 +415,7 @@ func (d *Driver) EndpointInfo(req *network.InfoRequest) (*network.InfoResponse, 
 // Join tells Docker which interface to move into the sandbox and which
 // gateway to route through. The container process does not exist yet.
 func (d *Driver) Join(req *network.JoinRequest) (*network.JoinResponse, error) {
-	ep, ok := d.datapath.Endpoint(req.EndpointID)
+	ep, ok := d.endpoints.Endpoint(req.EndpointID)
 	if !ok {
 		return nil, fmt.Errorf("join: unknown endpoint %s", dockerid.Short(req.EndpointID))
 	}
@@ -456,7 +452,7 @@ func (d *Driver) ProgramExternalConnectivity(req *network.ProgramExternalConnect
 	if len(bindings) == 0 {
 		return nil
 	}
-	ep, ok := d.datapath.Endpoint(req.EndpointID)
+	ep, ok := d.endpoints.Endpoint(req.EndpointID)
 	if !ok {
 		return fmt.Errorf("publish ports: unknown endpoint %s", dockerid.Short(req.EndpointID))
 	}

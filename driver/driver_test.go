@@ -1,6 +1,7 @@
 package driver
 
 import (
+	"context"
 	"errors"
 	"net/netip"
 	"os"
@@ -14,7 +15,8 @@ import (
 	"github.com/ebpfnet/ebpfnet/datapath"
 )
 
-// fakeDatapath records what the driver asks of the kernel side.
+// fakeDatapath records what the driver asks of the kernel side and of the
+// endpoint manager.
 type fakeDatapath struct {
 	networks  map[uint32]datapath.Network
 	endpoints map[string]datapath.Endpoint
@@ -45,7 +47,7 @@ func (f *fakeDatapath) RemoveNetwork(n datapath.Network) error {
 	return nil
 }
 
-func (f *fakeDatapath) CreateEndpoint(ep *datapath.Endpoint) error {
+func (f *fakeDatapath) CreateEndpoint(_ context.Context, ep *datapath.Endpoint) error {
 	if err := f.fail(); err != nil {
 		return err
 	}
@@ -60,7 +62,7 @@ func (f *fakeDatapath) CreateEndpoint(ep *datapath.Endpoint) error {
 	return nil
 }
 
-func (f *fakeDatapath) DeleteEndpoint(id string) error {
+func (f *fakeDatapath) DeleteEndpoint(_ context.Context, id string) error {
 	delete(f.endpoints, id)
 	return nil
 }
@@ -74,7 +76,7 @@ func newTestDriver(t *testing.T) (*Driver, *fakeDatapath, string) {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "networks.json")
 	fake := newFake()
-	d, err := New(path, fake, logrus.New())
+	d, err := New(path, fake, fake, logrus.New())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -106,7 +108,7 @@ func TestCreateNetworkPersistsAndRestores(t *testing.T) {
 	}
 	// A new driver on the same file gives the datapath the network again.
 	fake2 := newFake()
-	if _, err := New(path, fake2, logrus.New()); err != nil {
+	if _, err := New(path, fake2, fake2, logrus.New()); err != nil {
 		t.Fatal(err)
 	}
 	if fake2.networks[1] != want {
@@ -147,7 +149,7 @@ func TestCreateNetworkRefusesBadInputAndChangesNothing(t *testing.T) {
 func TestCreateNetworkUndoesPlumbingWhenPersistFails(t *testing.T) {
 	dir := t.TempDir()
 	fake := newFake()
-	d, err := New(filepath.Join(dir, "gone", "networks.json"), fake, logrus.New())
+	d, err := New(filepath.Join(dir, "gone", "networks.json"), fake, fake, logrus.New())
 	if err != nil {
 		t.Fatal(err)
 	}

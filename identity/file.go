@@ -1,9 +1,11 @@
 package identity
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"os"
 	"sort"
@@ -13,114 +15,38 @@ import (
 	"github.com/ebpfnet/ebpfnet/labels"
 )
 
-const (
-	// MaxAllocated is the last identity handed to a label set. Cilium keeps
-	// cluster-scope identities below 2^16; keeping the same bound means our
-	// numbers never collide with the local-scope range below.
-	MaxAllocated ID = 1<<16 - 1
-	// LocalScope is the first CIDR identity. Cilium gives CIDR identities
-	// node-local numbers from 2^24 up ("local scope"); so do we, so that an
-	// ID alone tells a CIDR identity from a container's.
-	LocalScope ID = 1 << 24
-	// MaxLocal is the last CIDR identity.
-	MaxLocal ID = 1<<25 - 1
-)
-
-// Kind classifies an identity by its number.
-type Kind int
-
-// Kinds of identities.
-const (
-	KindReserved  Kind = iota // below MinAllocated
-	KindAllocated             // a container label set, MinAllocated..MaxAllocated
-	KindCIDR                  // a CIDR prefix, LocalScope..MaxLocal
-	KindInvalid               // outside every range
-)
-
-// Kind tells which range id falls in.
-func (id ID) Kind() Kind {
-	switch {
-	case id < MinAllocated:
-		return KindReserved
-	case id <= MaxAllocated:
-		return KindAllocated
-	case id >= LocalScope && id <= MaxLocal:
-		return KindCIDR
-	}
-	return KindInvalid
-}
-
-// ReservedLabels returns the label set of a reserved identity (host, world,
-// init); ok is false for any other ID, Unknown included.
-func ReservedLabels(id ID) (labels.Labels, bool) {
-	switch id {
-	case Host:
-		return labels.FromLabels(labels.Host()), true
-	case World:
-		return labels.FromLabels(labels.World()), true
-	case Init:
-		return labels.FromLabels(labels.Init()), true
-	}
-	return nil, false
-}
-
-// CIDRLabels is the label set of a CIDR identity: cidr:<prefix> and
-// reserved:world, because everything a CIDR names lies outside the node, as
-// Cilium's CIDR identities also carry reserved:world. Cilium adds a label for
-// every containing prefix too; we do not, because the policy compiler decides
-// containment from the prefix itself (see CIDRPrefix).
-func CIDRLabels(p netip.Prefix) labels.Labels {
-	return labels.FromLabels(labels.New(labels.SourceCIDR, p.Masked().String(), ""), labels.World())
-}
-
-// CIDRPrefix returns the prefix a CIDR identity's label set names.
-func CIDRPrefix(ls labels.Labels) (netip.Prefix, bool) {
-	for _, l := range ls {
-		if l.Source == labels.SourceCIDR {
-			p, err := netip.ParsePrefix(l.Key)
-			if err == nil {
-				return p, true
-			}
-		}
-	}
-	return netip.Prefix{}, false
-}
-
-// reservedID returns the reserved identity whose label set is exactly ls.
-// Allocate and Find both answer such a set without touching the allocator's
-// state: reserved identities are fixed, never allocated or persisted.
-func reservedID(ls labels.Labels) (ID, bool) {
-	for _, id := range []ID{Host, World, Init} {
-		if r, _ := ReservedLabels(id); r.Equal(ls) {
-			return id, true
-		}
-	}
-	return 0, false
-}
-
-// Entry is one identity and its labels.
-type Entry struct {
-	ID     ID            `json:"id"`
-	Labels labels.Labels `json:"labels"`
-}
-
-// Allocator hands out identities for container label sets and CIDR
-// prefixes and keeps them in a file, so that an identity keeps its number
-// across restarts (the pinned maps and other nodes' views depend on it). It
-// is safe for concurrent use.
-type Allocator struct {
+// FileAllocator is the identity backend of a single node: it numbers
+// container label sets (Allocator) and CIDR prefixes (CIDRAllocator) and
+// keeps the numbers in a file, so that an identity keeps its number across
+// restarts (the pinned maps hold numbers). References are counted in
+// memory: after a restart the daemon takes them again for the endpoints it
+// restores, then calls CollectUnreferenced. It is safe for concurrent use.
+type FileAllocator struct {
 	path string
 
 	mu       sync.Mutex
 	byKey    map[string]ID // canonical label string -> ID
 	byID     map[ID]labels.Labels
+	refs     map[ID]int
 	byPrefix map[netip.Prefix]ID
 	prefixOf map[ID]netip.Prefix
+	// next is where the search for a free label identity starts: numbers
+	// are handed out in a circle rather than lowest first, so a freed
+	// number is reused as late as possible (a policy map that still names
+	// it somewhere would otherwise allow its next owner).
+	next ID
+	subs subscribers
 }
+
+var (
+	_ Allocator     = (*FileAllocator)(nil)
+	_ CIDRAllocator = (*FileAllocator)(nil)
+)
 
 // stateFile is the persisted form.
 type stateFile struct {
 	Version    int          `json:"version"`
+	Next       ID           `json:"next,omitempty"`
 	Identities []stateEntry `json:"identities"`
 	CIDRs      []stateCIDR  `json:"cidrs"`
 }
@@ -137,17 +63,19 @@ type stateCIDR struct {
 
 const stateVersion = 1
 
-// NewAllocator loads the identities kept in path. A missing file is an
+// NewFileAllocator loads the identities kept in path. A missing file is an
 // empty allocator; a file that cannot be read back exactly is an error, not
 // a fresh start, because renumbering identities silently would break the
 // policy of every running container.
-func NewAllocator(path string) (*Allocator, error) {
-	a := &Allocator{
+func NewFileAllocator(path string) (*FileAllocator, error) {
+	a := &FileAllocator{
 		path:     path,
 		byKey:    map[string]ID{},
 		byID:     map[ID]labels.Labels{},
+		refs:     map[ID]int{},
 		byPrefix: map[netip.Prefix]ID{},
 		prefixOf: map[ID]netip.Prefix{},
+		next:     MinAllocated,
 	}
 	data, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
@@ -162,7 +90,7 @@ func NewAllocator(path string) (*Allocator, error) {
 	return a, nil
 }
 
-func (a *Allocator) load(data []byte) error {
+func (a *FileAllocator) load(data []byte) error {
 	var st stateFile
 	if err := json.Unmarshal(data, &st); err != nil {
 		return fmt.Errorf("decode: %w", err)
@@ -184,6 +112,17 @@ func (a *Allocator) load(data []byte) error {
 		}
 		a.byID[e.ID] = ls
 		a.byKey[key] = e.ID
+		// A file of a version without a cursor continues after the
+		// highest number it holds.
+		if e.ID >= a.next && e.ID < MaxAllocated {
+			a.next = e.ID + 1
+		}
+	}
+	if st.Next != 0 {
+		if st.Next.Kind() != KindAllocated {
+			return fmt.Errorf("next identity %d is outside %d..%d", st.Next, MinAllocated, MaxAllocated)
+		}
+		a.next = st.Next
 	}
 	for _, c := range st.CIDRs {
 		if c.ID.Kind() != KindCIDR {
@@ -204,26 +143,37 @@ func (a *Allocator) load(data []byte) error {
 	return nil
 }
 
-// persist writes the current state, changed by the given additions and
-// removals, and is called before the maps change: if it fails, memory still
-// matches the file.
-func (a *Allocator) persist(addLabels *stateEntry, addCIDR *stateCIDR, drop map[ID]bool) error {
-	st := stateFile{Version: stateVersion, Identities: []stateEntry{}, CIDRs: []stateCIDR{}}
+// change is one persisted step: what to add, what to drop, where the
+// cursor goes.
+type change struct {
+	addLabels *stateEntry
+	addCIDR   *stateCIDR
+	drop      map[ID]bool
+	next      ID
+}
+
+// persist writes the current state changed by ch. It is called before
+// memory changes: if it fails, memory still matches the file.
+func (a *FileAllocator) persist(ch change) error {
+	st := stateFile{Version: stateVersion, Next: a.next, Identities: []stateEntry{}, CIDRs: []stateCIDR{}}
+	if ch.next != 0 {
+		st.Next = ch.next
+	}
 	for id, ls := range a.byID {
-		if !drop[id] {
+		if !ch.drop[id] {
 			st.Identities = append(st.Identities, stateEntry{ID: id, Labels: ls.Sorted()})
 		}
 	}
 	for id, p := range a.prefixOf {
-		if !drop[id] {
+		if !ch.drop[id] {
 			st.CIDRs = append(st.CIDRs, stateCIDR{ID: id, Prefix: p})
 		}
 	}
-	if addLabels != nil {
-		st.Identities = append(st.Identities, *addLabels)
+	if ch.addLabels != nil {
+		st.Identities = append(st.Identities, *ch.addLabels)
 	}
-	if addCIDR != nil {
-		st.CIDRs = append(st.CIDRs, *addCIDR)
+	if ch.addCIDR != nil {
+		st.CIDRs = append(st.CIDRs, *ch.addCIDR)
 	}
 	sort.Slice(st.Identities, func(i, j int) bool { return st.Identities[i].ID < st.Identities[j].ID })
 	sort.Slice(st.CIDRs, func(i, j int) bool { return st.CIDRs[i].ID < st.CIDRs[j].ID })
@@ -237,14 +187,12 @@ func (a *Allocator) persist(addLabels *stateEntry, addCIDR *stateCIDR, drop map[
 	return nil
 }
 
-// Allocate returns the identity of a container label set: the one it already
-// has, or the lowest free number from MinAllocated, written to the file
-// before it is returned. The empty set is a label set like any other and gets
-// its own identity, as in Cilium. A set that is exactly one reserved label
-// (reserved:host, reserved:world, reserved:init) returns that reserved
-// identity; any other set with reserved or CIDR labels is refused, because
-// those identities are not the allocator's to invent (use AllocateCIDR).
-func (a *Allocator) Allocate(ls labels.Labels) (ID, error) {
+// Allocate returns the identity of a container label set and takes a
+// reference: the one the set has already, or the next free number after
+// the last one handed out, written to the file before it is returned. The
+// empty set is a label set like any other and gets its own identity, as in
+// Cilium.
+func (a *FileAllocator) Allocate(_ context.Context, ls labels.Labels) (ID, error) {
 	if ls.HasSource(labels.SourceReserved) || ls.HasSource(labels.SourceCIDR) {
 		if id, ok := reservedID(ls); ok {
 			return id, nil
@@ -253,32 +201,129 @@ func (a *Allocator) Allocate(ls labels.Labels) (ID, error) {
 	}
 	key := ls.String()
 	a.mu.Lock()
-	defer a.mu.Unlock()
 	if id, ok := a.byKey[key]; ok {
+		a.refs[id]++
+		a.mu.Unlock()
 		return id, nil
 	}
-	id := MinAllocated
-	for ; id <= MaxAllocated; id++ {
-		if _, used := a.byID[id]; !used {
-			break
-		}
-	}
-	if id > MaxAllocated {
+	id, ok := a.freeLabelID()
+	if !ok {
+		a.mu.Unlock()
 		return 0, fmt.Errorf("allocate identity for %q: all identities %d..%d are in use", key, MinAllocated, MaxAllocated)
 	}
 	own := ls.Clone()
-	if err := a.persist(&stateEntry{ID: id, Labels: own.Sorted()}, nil, nil); err != nil {
+	next := id + 1
+	if next > MaxAllocated {
+		next = MinAllocated
+	}
+	if err := a.persist(change{addLabels: &stateEntry{ID: id, Labels: own.Sorted()}, next: next}); err != nil {
+		a.mu.Unlock()
 		return 0, fmt.Errorf("allocate identity for %q: %w", key, err)
 	}
 	a.byID[id] = own
 	a.byKey[key] = id
+	a.refs[id] = 1
+	a.next = next
+	a.subs.queue(Change{ID: id, Labels: own.Clone()})
+	a.mu.Unlock()
+	a.subs.deliver()
 	return id, nil
+}
+
+// freeLabelID finds the first unused number from the cursor on, round the
+// circle. a.mu is held.
+func (a *FileAllocator) freeLabelID() (ID, bool) {
+	size := int(MaxAllocated - MinAllocated + 1)
+	id := a.next
+	for range size {
+		if id < MinAllocated || id > MaxAllocated {
+			id = MinAllocated
+		}
+		if _, used := a.byID[id]; !used {
+			return id, true
+		}
+		id++
+	}
+	return 0, false
+}
+
+// Release drops a reference; the identity is freed, and its number may
+// go to another label set much later, when the last one goes.
+func (a *FileAllocator) Release(_ context.Context, id ID) error {
+	if id.Kind() == KindReserved {
+		return nil
+	}
+	a.mu.Lock()
+	if a.refs[id] <= 0 {
+		a.mu.Unlock()
+		return fmt.Errorf("release identity %d: no reference is held", id)
+	}
+	if a.refs[id] > 1 {
+		a.refs[id]--
+		a.mu.Unlock()
+		return nil
+	}
+	if err := a.freeLocked(map[ID]bool{id: true}); err != nil {
+		a.mu.Unlock()
+		return fmt.Errorf("release identity %d: %w", id, err)
+	}
+	a.mu.Unlock()
+	a.subs.deliver()
+	return nil
+}
+
+// CollectUnreferenced frees the label identities nobody holds a reference
+// on, with one write of the file. The daemon calls it at start, once it
+// has taken the references of the endpoints it restored: the file outlives
+// the references, which live in memory.
+func (a *FileAllocator) CollectUnreferenced() ([]ID, error) {
+	a.mu.Lock()
+	drop := map[ID]bool{}
+	for id := range a.byID {
+		if a.refs[id] == 0 {
+			drop[id] = true
+		}
+	}
+	if len(drop) == 0 {
+		a.mu.Unlock()
+		return nil, nil
+	}
+	if err := a.freeLocked(drop); err != nil {
+		a.mu.Unlock()
+		return nil, fmt.Errorf("collect unreferenced identities: %w", err)
+	}
+	a.mu.Unlock()
+	a.subs.deliver()
+	out := make([]ID, 0, len(drop))
+	for id := range drop {
+		out = append(out, id)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
+	return out, nil
+}
+
+// freeLocked forgets label identities, persisted first, and queues their
+// changes. a.mu is held.
+func (a *FileAllocator) freeLocked(drop map[ID]bool) error {
+	if err := a.persist(change{drop: drop}); err != nil {
+		return err
+	}
+	for id := range drop {
+		ls := a.byID[id]
+		delete(a.byID, id)
+		delete(a.byKey, ls.String())
+		delete(a.refs, id)
+		a.subs.queue(Change{ID: id, Labels: ls, Freed: true})
+	}
+	return nil
 }
 
 // AllocateCIDR returns the identity of a prefix, the same one every time for
 // the same (masked) prefix, from LocalScope up, persisted like Allocate's.
 // A /0 prefix is the world itself and returns World without allocating.
-func (a *Allocator) AllocateCIDR(p netip.Prefix) (ID, error) {
+// CIDR identities are owned by the rule set as a whole (ReleaseCIDR), not
+// counted per reference.
+func (a *FileAllocator) AllocateCIDR(p netip.Prefix) (ID, error) {
 	if !p.IsValid() {
 		return 0, fmt.Errorf("allocate CIDR identity: invalid prefix %q", p)
 	}
@@ -300,7 +345,7 @@ func (a *Allocator) AllocateCIDR(p netip.Prefix) (ID, error) {
 	if id > MaxLocal {
 		return 0, fmt.Errorf("allocate CIDR identity for %s: all local identities are in use", p)
 	}
-	if err := a.persist(nil, &stateCIDR{ID: id, Prefix: p}, nil); err != nil {
+	if err := a.persist(change{addCIDR: &stateCIDR{ID: id, Prefix: p}}); err != nil {
 		return 0, fmt.Errorf("allocate CIDR identity for %s: %w", p, err)
 	}
 	a.prefixOf[id] = p
@@ -308,95 +353,68 @@ func (a *Allocator) AllocateCIDR(p netip.Prefix) (ID, error) {
 	return id, nil
 }
 
-// Release forgets allocated or CIDR identities, so that their numbers can
-// be handed out again, with one write of the file for all of them. The
-// caller decides when nothing uses them any more: the allocator keeps no
-// reference counts, because only the daemon knows which endpoints and rules
-// are alive. Releasing an unknown ID is not an error.
-func (a *Allocator) Release(ids ...ID) error {
+// ReleaseCIDR forgets CIDR identities, with one write of the file for all
+// of them. Releasing an unknown or non-CIDR ID is not an error.
+func (a *FileAllocator) ReleaseCIDR(ids ...ID) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	drop := map[ID]bool{}
 	for _, id := range ids {
-		_, isLabels := a.byID[id]
-		_, isCIDR := a.prefixOf[id]
-		if isLabels || isCIDR {
+		if _, ok := a.prefixOf[id]; ok {
 			drop[id] = true
 		}
 	}
 	if len(drop) == 0 {
 		return nil
 	}
-	if err := a.persist(nil, nil, drop); err != nil {
-		return fmt.Errorf("release identities %v: %w", ids, err)
+	if err := a.persist(change{drop: drop}); err != nil {
+		return fmt.Errorf("release CIDR identities %v: %w", ids, err)
 	}
 	for id := range drop {
-		if ls, ok := a.byID[id]; ok {
-			delete(a.byID, id)
-			delete(a.byKey, ls.String())
-		}
-		if p, ok := a.prefixOf[id]; ok {
-			delete(a.prefixOf, id)
-			delete(a.byPrefix, p)
-		}
+		delete(a.byPrefix, a.prefixOf[id])
+		delete(a.prefixOf, id)
 	}
 	return nil
 }
 
-// Find returns the identity label set ls already has, without allocating
-// one.
-func (a *Allocator) Find(ls labels.Labels) (ID, bool) {
-	if id, ok := reservedID(ls); ok {
-		return id, true
-	}
+// CIDRs lists every CIDR identity with its prefix.
+func (a *FileAllocator) CIDRs() map[ID]netip.Prefix {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	id, ok := a.byKey[ls.String()]
-	return id, ok
+	return maps.Clone(a.prefixOf)
 }
 
-// Lookup returns the labels of an identity: reserved ones resolve to their
-// reserved label, CIDR ones to CIDRLabels. The result is the caller's copy.
-func (a *Allocator) Lookup(id ID) (labels.Labels, bool) {
-	if ls, ok := ReservedLabels(id); ok {
-		return ls, true
-	}
+// Lookup returns the labels of an allocated label identity, the caller's
+// copy.
+func (a *FileAllocator) Lookup(id ID) (labels.Labels, bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if ls, ok := a.byID[id]; ok {
 		return ls.Clone(), true
 	}
-	if p, ok := a.prefixOf[id]; ok {
-		return CIDRLabels(p), true
-	}
 	return nil, false
 }
 
-// All returns every identity the policy compiler may meet — reserved,
-// allocated and CIDR — with its labels, as the caller's copy.
-func (a *Allocator) All() map[ID]labels.Labels {
+// All returns every allocated label identity, the caller's copy.
+func (a *FileAllocator) All() map[ID]labels.Labels {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	out := make(map[ID]labels.Labels, len(a.byID)+len(a.prefixOf)+3)
-	for _, id := range []ID{Host, World, Init} {
-		out[id], _ = ReservedLabels(id)
-	}
+	out := make(map[ID]labels.Labels, len(a.byID))
 	for id, ls := range a.byID {
 		out[id] = ls.Clone()
-	}
-	for id, p := range a.prefixOf {
-		out[id] = CIDRLabels(p)
 	}
 	return out
 }
 
-// List returns All as entries sorted by ID.
-func (a *Allocator) List() []Entry {
-	all := a.All()
-	out := make([]Entry, 0, len(all))
-	for id, ls := range all {
-		out = append(out, Entry{ID: id, Labels: ls})
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
-	return out
+// References returns how many references id has, for diagnostics and
+// tests.
+func (a *FileAllocator) References(id ID) int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.refs[id]
+}
+
+// Subscribe implements Allocator.
+func (a *FileAllocator) Subscribe(fn func(Change)) (cancel func()) {
+	return a.subs.add(fn)
 }

@@ -1,6 +1,7 @@
 package identity
 
 import (
+	"context"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -11,19 +12,21 @@ import (
 	"github.com/ebpfnet/ebpfnet/labels"
 )
 
-func newAlloc(t *testing.T) (*Allocator, string) {
+var ctx = context.Background()
+
+func newAlloc(t *testing.T) (*FileAllocator, string) {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "identities.json")
-	a, err := NewAllocator(path)
+	a, err := NewFileAllocator(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return a, path
 }
 
-func mustAlloc(t *testing.T, a *Allocator, ls labels.Labels) ID {
+func mustAlloc(t *testing.T, a *FileAllocator, ls labels.Labels) ID {
 	t.Helper()
-	id, err := a.Allocate(ls)
+	id, err := a.Allocate(ctx, ls)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -58,7 +61,7 @@ func TestAllocateIsStableAndPersisted(t *testing.T) {
 		t.Fatalf("cidr = %d, want %d", cidr, LocalScope)
 	}
 
-	b, err := NewAllocator(path)
+	b, err := NewFileAllocator(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -76,19 +79,119 @@ func TestAllocateIsStableAndPersisted(t *testing.T) {
 	}
 }
 
-func TestLowestFreeAfterRelease(t *testing.T) {
-	a, _ := newAlloc(t)
+// A freed number goes to a new label set only once the numbers after it
+// have been used: a policy map that still names it somewhere would
+// otherwise allow its next owner.
+func TestFreedNumberIsReusedLast(t *testing.T) {
+	a, path := newAlloc(t)
 	for i := range 3 {
 		mustAlloc(t, a, labels.FromDocker(map[string]string{"n": string(rune('a' + i))}))
 	}
-	if err := a.Release(257); err != nil {
+	if err := a.Release(ctx, 257); err != nil {
 		t.Fatal(err)
 	}
 	if _, ok := a.Lookup(257); ok {
 		t.Fatal("released identity still resolves")
 	}
-	if id := mustAlloc(t, a, labels.FromDocker(map[string]string{"n": "z"})); id != 257 {
-		t.Fatalf("got %d, want the freed 257", id)
+	if id := mustAlloc(t, a, labels.FromDocker(map[string]string{"n": "z"})); id != 259 {
+		t.Fatalf("got %d, want 259 after the last handed out", id)
+	}
+	// The cursor survives a restart.
+	b, err := NewFileAllocator(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if id := mustAlloc(t, b, labels.FromDocker(map[string]string{"n": "y"})); id != 260 {
+		t.Fatalf("after reload got %d, want 260", id)
+	}
+}
+
+// At the end of the range the search goes round to the numbers freed
+// meanwhile.
+func TestCursorWraps(t *testing.T) {
+	a, _ := newAlloc(t)
+	first := mustAlloc(t, a, labels.FromDocker(map[string]string{"n": "first"}))
+	a.mu.Lock()
+	a.next = MaxAllocated
+	a.mu.Unlock()
+	if id := mustAlloc(t, a, labels.FromDocker(map[string]string{"n": "last"})); id != MaxAllocated {
+		t.Fatalf("got %d, want %d", id, MaxAllocated)
+	}
+	if id := mustAlloc(t, a, labels.FromDocker(map[string]string{"n": "wrapped"})); id != first+1 {
+		t.Fatalf("got %d, want %d after wrapping past the used %d", id, first+1, first)
+	}
+}
+
+func TestReferences(t *testing.T) {
+	a, _ := newAlloc(t)
+	var changes []Change
+	cancel := a.Subscribe(func(c Change) { changes = append(changes, c) })
+	defer cancel()
+	app := labels.FromDocker(map[string]string{"id": "app"})
+	id := mustAlloc(t, a, app)
+	if again := mustAlloc(t, a, app); again != id || a.References(id) != 2 {
+		t.Fatalf("second allocate: %d with %d references", again, a.References(id))
+	}
+	if err := a.Release(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := a.Lookup(id); !ok {
+		t.Fatal("an identity with a reference left was freed")
+	}
+	if err := a.Release(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := a.Lookup(id); ok {
+		t.Fatal("an identity without references is still there")
+	}
+	if err := a.Release(ctx, id); err == nil {
+		t.Fatal("a release without a reference was accepted")
+	}
+	if err := a.Release(ctx, Host); err != nil {
+		t.Fatalf("releasing a reserved identity: %v", err)
+	}
+	want := []Change{{ID: id, Labels: app}, {ID: id, Labels: app, Freed: true}}
+	if len(changes) != len(want) {
+		t.Fatalf("changes %+v, want %+v", changes, want)
+	}
+	for i := range want {
+		if changes[i].ID != want[i].ID || changes[i].Freed != want[i].Freed || !changes[i].Labels.Equal(want[i].Labels) {
+			t.Fatalf("change %d: %+v, want %+v", i, changes[i], want[i])
+		}
+	}
+}
+
+// After a restart the file holds numbers whose references were in memory:
+// the daemon takes them again for the endpoints it restored, and the rest
+// go.
+func TestCollectUnreferenced(t *testing.T) {
+	a, path := newAlloc(t)
+	kept := labels.FromDocker(map[string]string{"id": "kept"})
+	keptID := mustAlloc(t, a, kept)
+	goneID := mustAlloc(t, a, labels.FromDocker(map[string]string{"id": "gone"}))
+	b, err := NewFileAllocator(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if id := mustAlloc(t, b, kept); id != keptID {
+		t.Fatalf("restored endpoint's identity %d, want %d", id, keptID)
+	}
+	freed, err := b.CollectUnreferenced()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(freed) != 1 || freed[0] != goneID {
+		t.Fatalf("freed %v, want [%d]", freed, goneID)
+	}
+	c, err := NewFileAllocator(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := c.Lookup(goneID); ok {
+		t.Fatal("the collected identity is still in the file")
+	}
+	if _, ok := c.Lookup(keptID); !ok {
+		t.Fatal("the referenced identity went with the collection")
 	}
 }
 
@@ -101,10 +204,13 @@ func TestReleaseSeveralPersists(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := a.Release(256, cidr, 9999); err != nil {
+	if err := a.Release(ctx, 256); err != nil {
 		t.Fatal(err)
 	}
-	b, err := NewAllocator(path)
+	if err := a.ReleaseCIDR(cidr, 9999); err != nil {
+		t.Fatal(err)
+	}
+	b, err := NewFileAllocator(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -120,21 +226,22 @@ func TestReleaseSeveralPersists(t *testing.T) {
 
 func TestReservedLookupAndAllocate(t *testing.T) {
 	a, _ := newAlloc(t)
+	reg := Registry{Labels: a, CIDRs: a}
 	for id, want := range map[ID]string{Host: "reserved:host", World: "reserved:world", Init: "reserved:init"} {
-		ls, ok := a.Lookup(id)
+		ls, ok := reg.Lookup(id)
 		if !ok || ls.String() != want {
 			t.Errorf("Lookup(%d) = %q %v, want %q", id, ls.String(), ok, want)
 		}
-		got, err := a.Allocate(ls)
+		got, err := a.Allocate(ctx, ls)
 		if err != nil || got != id {
 			t.Errorf("Allocate(%s) = %d %v, want %d", want, got, err, id)
 		}
 	}
-	if _, ok := a.Lookup(Unknown); ok {
+	if _, ok := reg.Lookup(Unknown); ok {
 		t.Error("Unknown resolves")
 	}
 	mixed := labels.FromLabels(labels.Host(), labels.New(labels.SourceContainer, "id", "x"))
-	if _, err := a.Allocate(mixed); err == nil || !strings.Contains(err.Error(), "reserved") {
+	if _, err := a.Allocate(ctx, mixed); err == nil || !strings.Contains(err.Error(), "reserved") {
 		t.Errorf("mixed set: err = %v", err)
 	}
 }
@@ -159,14 +266,15 @@ func TestCIDR(t *testing.T) {
 	if _, err := a.AllocateCIDR(netip.Prefix{}); err == nil {
 		t.Fatal("invalid prefix accepted")
 	}
-	ls, ok := a.Lookup(id8)
+	reg := Registry{Labels: a, CIDRs: a}
+	ls, ok := reg.Lookup(id8)
 	if !ok || ls.String() != "cidr:10.0.0.0/8,reserved:world" {
 		t.Fatalf("Lookup = %q %v", ls.String(), ok)
 	}
 	if p, ok := CIDRPrefix(ls); !ok || p != p8 {
 		t.Fatalf("CIDRPrefix = %v %v", p, ok)
 	}
-	list := a.List()
+	list := reg.List()
 	var ids []ID
 	for _, e := range list {
 		ids = append(ids, e.ID)
@@ -184,19 +292,19 @@ func TestCIDR(t *testing.T) {
 
 func TestFailedPersistChangesNothing(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "later")
-	a, err := NewAllocator(filepath.Join(dir, "ids.json"))
+	a, err := NewFileAllocator(filepath.Join(dir, "ids.json"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	ls := labels.FromDocker(map[string]string{"id": "x"})
-	if _, err := a.Allocate(ls); err == nil {
+	if _, err := a.Allocate(ctx, ls); err == nil {
 		t.Fatal("allocate into a missing directory succeeded")
 	}
 	if _, err := a.AllocateCIDR(netip.MustParsePrefix("10.0.0.0/8")); err == nil {
 		t.Fatal("CIDR allocate into a missing directory succeeded")
 	}
-	if n := len(a.List()); n != 3 {
-		t.Fatalf("List holds %d entries after failures, want the 3 reserved", n)
+	if n := len(a.All()) + len(a.CIDRs()); n != 0 {
+		t.Fatalf("%d identities after failures, want none", n)
 	}
 	if err := os.Mkdir(dir, 0o700); err != nil {
 		t.Fatal(err)
@@ -218,7 +326,7 @@ func TestCorruptFileIsAnError(t *testing.T) {
 		if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		_, err := NewAllocator(path)
+		_, err := NewFileAllocator(path)
 		if err == nil || !strings.Contains(err.Error(), "corrupt") {
 			t.Errorf("%s: err = %v", name, err)
 		}
@@ -233,7 +341,7 @@ func TestConcurrentAllocate(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			id, err := a.Allocate(labels.FromDocker(map[string]string{"n": string(rune('a' + i%4))}))
+			id, err := a.Allocate(ctx, labels.FromDocker(map[string]string{"n": string(rune('a' + i%4))}))
 			if err != nil {
 				t.Error(err)
 			}
@@ -246,25 +354,12 @@ func TestConcurrentAllocate(t *testing.T) {
 			t.Fatalf("same labels got %d and %d", got[i], got[i%4])
 		}
 	}
-	if n := len(a.List()); n != 3+4 {
-		t.Fatalf("%d identities, want 7", n)
+	if n := len(a.All()); n != 4 {
+		t.Fatalf("%d identities, want 4", n)
 	}
-}
-
-func TestFindDoesNotAllocate(t *testing.T) {
-	a, _ := newAlloc(t)
-	app1 := labels.FromDocker(map[string]string{"id": "app1"})
-	if id, ok := a.Find(app1); ok {
-		t.Fatalf("Find before Allocate = %d, true", id)
-	}
-	if _, ok := a.Find(app1); ok || len(a.List()) != 3 { // the reserved three only
-		t.Fatalf("Find allocated: %v", a.List())
-	}
-	want := mustAlloc(t, a, app1)
-	if id, ok := a.Find(app1); !ok || id != want {
-		t.Errorf("Find after Allocate = %d, %v; want %d, true", id, ok, want)
-	}
-	if id, ok := a.Find(labels.FromLabels(labels.Init())); !ok || id != Init {
-		t.Errorf("Find(init) = %d, %v; want %d, true", id, ok, Init)
+	for i := range 4 {
+		if r := a.References(got[i]); r != 4 {
+			t.Fatalf("identity %d has %d references, want 4", got[i], r)
+		}
 	}
 }

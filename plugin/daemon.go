@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/ebpfnet/ebpfnet/api"
@@ -28,10 +29,13 @@ import (
 	"github.com/ebpfnet/ebpfnet/datapath"
 	"github.com/ebpfnet/ebpfnet/dockerwatch"
 	"github.com/ebpfnet/ebpfnet/driver"
+	"github.com/ebpfnet/ebpfnet/endpoint"
 	"github.com/ebpfnet/ebpfnet/external"
 	"github.com/ebpfnet/ebpfnet/identity"
 	"github.com/ebpfnet/ebpfnet/ipam"
+	"github.com/ebpfnet/ebpfnet/ipcache"
 	"github.com/ebpfnet/ebpfnet/metrics"
+	"github.com/ebpfnet/ebpfnet/policy"
 	"github.com/ebpfnet/ebpfnet/procsys"
 )
 
@@ -85,16 +89,19 @@ func DefaultConfig(version string) Config {
 
 // Daemon is a running ebpfnet daemon.
 type Daemon struct {
-	cfg       Config
-	log       logrus.FieldLogger
-	startedAt time.Time
-	datapath  *datapath.Datapath
-	ipam      *ipam.Driver
-	driver    *driver.Driver
-	policy    *policyController
-	external  *external.Manager
-	monitor   *monitorBroker
-	restored  int
+	cfg        Config
+	log        logrus.FieldLogger
+	startedAt  time.Time
+	datapath   *datapath.Datapath
+	ipam       *ipam.Driver
+	driver     *driver.Driver
+	identities *identity.FileAllocator
+	rules      *policy.Repository
+	ipcache    *ipcache.Cache
+	endpoints  *endpoint.Manager
+	external   *external.Manager
+	monitor    *monitorBroker
+	restored   int
 	// startState is what we held before serving, for reconcileWithDocker.
 	startState ownState
 	reconciled atomic.Bool
@@ -174,13 +181,36 @@ func start(cfg Config, log logrus.FieldLogger) (_ *Daemon, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("start IPAM: %w", err)
 	}
-	d.driver, err = driver.New(filepath.Join(cfg.LibDir, "networks.json"), d.datapath, log.WithField("subsys", "driver"))
-	if err != nil {
-		return nil, fmt.Errorf("start network driver: %w", err)
+	if d.identities, err = identity.NewFileAllocator(filepath.Join(cfg.LibDir, "identities.json")); err != nil {
+		return nil, fmt.Errorf("load identities: %w", err)
 	}
-	d.policy, err = newPolicyController(cfg.LibDir, d.datapath, d.driver, log.WithField("subsys", "policy"))
+	if d.rules, err = policy.NewRepository(filepath.Join(cfg.LibDir, "policy.json")); err != nil {
+		return nil, fmt.Errorf("load policy: %w", err)
+	}
+	// Entries pinned by the last start stay until every source has put
+	// its own back (endpoint restore below), so no address falls to the
+	// world in between.
+	d.ipcache, err = ipcache.New(d.datapath, log.WithField("subsys", "ipcache"),
+		ipcache.SourceLocalEndpoint, ipcache.SourceHost, ipcache.SourceCIDR)
 	if err != nil {
 		return nil, err
+	}
+	d.endpoints, err = endpoint.New(endpoint.Config{
+		Datapath:      d.datapath,
+		IPCache:       d.ipcache,
+		Identities:    d.identities,
+		CIDRs:         d.identities,
+		Rules:         d.rules,
+		NodeAddresses: nodeIPv4Addresses,
+		Log:           log.WithField("subsys", "endpoint"),
+	})
+	if err != nil {
+		return nil, err
+	}
+	d.endpoints.Start()
+	d.driver, err = driver.New(filepath.Join(cfg.LibDir, "networks.json"), d.datapath, d.endpoints, log.WithField("subsys", "driver"))
+	if err != nil {
+		return nil, fmt.Errorf("start network driver: %w", err)
 	}
 	if cfg.External {
 		ext, err := external.New(external.Config{
@@ -194,8 +224,7 @@ func start(cfg Config, log logrus.FieldLogger) (_ *Daemon, err error) {
 		d.external = ext
 		d.driver.SetExternal(ext)
 	}
-	d.driver.SetHooks(d.policy.hooks())
-	d.monitor = newMonitorBroker(d.datapath, d.policy.labelsOf, log.WithField("subsys", "monitor"))
+	d.monitor = newMonitorBroker(d.datapath, d.labelsOf, log.WithField("subsys", "monitor"))
 	restored, err := d.datapath.Restore()
 	if err != nil {
 		return nil, fmt.Errorf("restore endpoints: %w", err)
@@ -206,12 +235,19 @@ func start(cfg Config, log logrus.FieldLogger) (_ *Daemon, err error) {
 			return nil, err
 		}
 	}
-	// Pinned maps kept the datapath's state; make it match what is
-	// persisted now (rules may have been imported by another version).
-	d.policy.syncEndpointAddresses()
-	d.policy.syncHostAddresses()
-	if err := d.policy.regenerateAll(); err != nil {
-		log.WithError(err).Warn("regenerate policy at start")
+	// Pinned maps kept the datapath's state; the manager makes it match
+	// what is persisted now (rules may have been imported by another
+	// version), with one regeneration once it has taken over.
+	if err := d.endpoints.Restore(context.Background(), restored, endpointNetworks(d.driver.Networks())); err != nil {
+		return nil, fmt.Errorf("restore endpoints' policy: %w", err)
+	}
+	d.driver.OnNetworks(func(ns []driver.Network) { d.endpoints.SetNetworks(endpointNetworks(ns)) })
+	// The file kept numbers whose references lived in memory: those the
+	// restored endpoints did not take again are free.
+	if freed, err := d.identities.CollectUnreferenced(); err != nil {
+		log.WithError(err).Warn("free identities no endpoint holds")
+	} else if len(freed) > 0 {
+		log.WithField("identities", freed).Debug("freed identities no endpoint holds")
 	}
 	d.startState = d.snapshotOwnState()
 	log.WithField("endpoints", d.restored).Info("endpoints restored")
@@ -275,7 +311,7 @@ func (d *Daemon) serve(ctx context.Context) error {
 			go func() {
 				defer background.Done()
 				defer watcher.Close()
-				watcher.Run(reconcileCtx, d.policy.attach)
+				watcher.Run(reconcileCtx, d.containerJoined)
 			}()
 		}
 	}
@@ -339,11 +375,11 @@ func (d *Daemon) close() {
 		// Already closed when serve ran; this is for a failed start.
 		_ = d.metricsLn.Close()
 	}
-	if d.policy != nil {
+	if d.endpoints != nil {
 		// A regeneration scheduled by a deletion may still be writing
 		// policy maps and identities.json: finish it while the datapath
 		// is open and the daemon lock held.
-		d.policy.wait()
+		d.endpoints.Close()
 	}
 	if d.datapath != nil {
 		if err := d.datapath.Close(); err != nil {
@@ -420,7 +456,7 @@ func (m daemonMetrics) EndpointsByState() map[string]int {
 // IdentitiesByType counts the identities policy knows, reserved included.
 func (m daemonMetrics) IdentitiesByType() map[string]int {
 	out := map[string]int{}
-	for id := range m.d.policy.alloc.All() {
+	for id := range m.d.endpoints.Registry().All() {
 		switch id.Kind() {
 		case identity.KindReserved:
 			out[metrics.IdentityReserved]++
@@ -435,7 +471,7 @@ func (m daemonMetrics) IdentitiesByType() map[string]int {
 	return out
 }
 
-func (m daemonMetrics) PolicyRevision() uint64 { return m.d.policy.repo.Revision() }
+func (m daemonMetrics) PolicyRevision() uint64 { return m.d.rules.Revision() }
 
 func (m daemonMetrics) Verdicts() ([]metrics.Verdict, error) {
 	counters, err := m.d.datapath.Metrics()
@@ -471,6 +507,49 @@ func verdictsOf(counters map[datapath.MetricKey]datapath.MetricValue) []metrics.
 			Packets:   v.Packets,
 			Bytes:     v.Bytes,
 		})
+	}
+	return out
+}
+
+// endpointNetworks is what the endpoint manager needs of the driver's
+// networks: their gateways and policy options.
+func endpointNetworks(ns []driver.Network) []endpoint.Network {
+	out := make([]endpoint.Network, 0, len(ns))
+	for _, n := range ns {
+		gw, _ := netip.ParseAddr(n.Gateway)
+		out = append(out, endpoint.Network{ID: n.ID, Gateway: gw, Mode: n.PolicyMode(), Audit: n.PolicyAudit()})
+	}
+	return out
+}
+
+// nodeIPv4Addresses lists the node's own IPv4 addresses, which the
+// ipcache maps to the host identity.
+func nodeIPv4Addresses() ([]netip.Addr, error) {
+	addrs, err := netlink.AddrList(nil, netlink.FAMILY_V4)
+	if err != nil {
+		return nil, fmt.Errorf("list node addresses: %w", err)
+	}
+	out := make([]netip.Addr, 0, len(addrs))
+	for _, a := range addrs {
+		if ip, ok := netip.AddrFromSlice(a.IP.To4()); ok {
+			out = append(out, ip)
+		}
+	}
+	return out, nil
+}
+
+// labelsOf resolves an identity to its labels for display.
+func (d *Daemon) labelsOf(id uint32) []string {
+	if id == 0 {
+		return []string{"reserved:all"}
+	}
+	ls, ok := d.endpoints.Registry().Lookup(identity.ID(id))
+	if !ok {
+		return []string{"unknown"}
+	}
+	var out []string
+	for _, l := range ls.Sorted() {
+		out = append(out, l.String())
 	}
 	return out
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/ebpfnet/ebpfnet/datapath"
 	"github.com/ebpfnet/ebpfnet/identity"
 	"github.com/ebpfnet/ebpfnet/metrics"
+	"github.com/ebpfnet/ebpfnet/policy"
 )
 
 // newLocalAPI serves the CLI's read-only views of the daemon.
@@ -104,14 +105,18 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 
 // policyRoutes adds the policy, identity, bpf and monitor views.
 func policyRoutes(mux *http.ServeMux, d *Daemon) {
-	c := d.policy
 	mux.HandleFunc("POST /v1/policy", func(w http.ResponseWriter, r *http.Request) {
 		data, err := io.ReadAll(io.LimitReader(r.Body, 64<<20))
 		if err != nil {
 			writeJSON(w, http.StatusBadRequest, api.Error{Message: "read rules: " + err.Error()})
 			return
 		}
-		rev, err := c.importRules(data)
+		rules, err := policy.Parse(data)
+		if err != nil {
+			writeJSON(w, http.StatusBadRequest, api.Error{Message: "policy import refused, the policy in force is unchanged: " + err.Error()})
+			return
+		}
+		rev, err := d.endpoints.ImportRules(r.Context(), rules)
 		if err != nil {
 			writeJSON(w, http.StatusBadRequest, api.Error{Message: "policy import refused, the policy in force is unchanged: " + err.Error()})
 			return
@@ -119,15 +124,15 @@ func policyRoutes(mux *http.ServeMux, d *Daemon) {
 		writeJSON(w, http.StatusOK, api.PolicyRevision{Revision: rev})
 	})
 	mux.HandleFunc("GET /v1/policy", func(w http.ResponseWriter, _ *http.Request) {
-		rules, rev, err := c.rulesJSON()
+		rules, rev, err := rulesJSON(d.rules)
 		if err != nil {
 			writeJSON(w, http.StatusInternalServerError, api.Error{Message: err.Error()})
 			return
 		}
 		writeJSON(w, http.StatusOK, api.Policy{Revision: rev, Rules: rules})
 	})
-	mux.HandleFunc("DELETE /v1/policy", func(w http.ResponseWriter, _ *http.Request) {
-		rev, err := c.deleteAll()
+	mux.HandleFunc("DELETE /v1/policy", func(w http.ResponseWriter, r *http.Request) {
+		rev, err := d.endpoints.DeleteAllRules(r.Context())
 		if err != nil {
 			writeJSON(w, http.StatusInternalServerError, api.Error{Message: err.Error()})
 			return
@@ -136,8 +141,8 @@ func policyRoutes(mux *http.ServeMux, d *Daemon) {
 	})
 	mux.HandleFunc("GET /v1/identities", func(w http.ResponseWriter, _ *http.Request) {
 		out := []api.Identity{}
-		for _, e := range c.alloc.List() {
-			out = append(out, api.Identity{ID: uint32(e.ID), Labels: c.labelsOf(uint32(e.ID))})
+		for _, e := range d.endpoints.Registry().List() {
+			out = append(out, api.Identity{ID: uint32(e.ID), Labels: d.labelsOf(uint32(e.ID))})
 		}
 		writeJSON(w, http.StatusOK, out)
 	})
@@ -157,7 +162,7 @@ func policyRoutes(mux *http.ServeMux, d *Daemon) {
 		out.PolicyIngress, out.PolicyEgress = enforcement(ep.PolicyFlags)
 		for _, k := range keys {
 			out.Entries = append(out.Entries, api.PolicyEntry{
-				Direction: k.Direction.String(), Identity: k.Identity, Labels: c.labelsOf(k.Identity),
+				Direction: k.Direction.String(), Identity: k.Identity, Labels: d.labelsOf(k.Identity),
 				Port: k.Port, Protocol: strings.ToUpper(protocolName(k.Proto)),
 			})
 		}
@@ -171,7 +176,7 @@ func policyRoutes(mux *http.ServeMux, d *Daemon) {
 		}
 		out := []api.IPCacheEntry{}
 		for p, id := range entries {
-			out = append(out, api.IPCacheEntry{Prefix: p.String(), Identity: id, Labels: c.labelsOf(id)})
+			out = append(out, api.IPCacheEntry{Prefix: p.String(), Identity: id, Labels: d.labelsOf(id)})
 		}
 		sort.Slice(out, func(i, j int) bool { return out[i].Prefix < out[j].Prefix })
 		writeJSON(w, http.StatusOK, out)
@@ -229,4 +234,14 @@ func endpointState(ep datapath.Endpoint) string {
 		return metrics.StateWaitingForIdentity
 	}
 	return metrics.StateReady
+}
+
+// rulesJSON returns the rules in force, in Cilium's format.
+func rulesJSON(repo *policy.Repository) (json.RawMessage, uint64, error) {
+	rules, rev := repo.Snapshot()
+	if rules == nil {
+		rules = []policy.Rule{}
+	}
+	data, err := json.Marshal(rules)
+	return data, rev, err
 }
