@@ -41,6 +41,7 @@
 #include "lib/ipcache.h"
 #include "lib/conntrack.h"
 #include "lib/verdict.h"
+#include "lib/abi.h"
 
 /* arp_answer answers the container's ARP requests for any address but its
  * own: a container of the same network is at its own MAC, so packets to it

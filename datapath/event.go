@@ -100,35 +100,59 @@ func directionOfMetric(v uint8) (policy.Direction, bool) {
 	return 0, false
 }
 
-// eventSize is sizeof(struct notify).
-const eventSize = 40
+// notifyRecord mirrors struct notify of bpf/lib/notify.h, as the ring
+// buffer carries it: addresses and ports in network byte order, the rest
+// in the host's (BPF runs little-endian here). datapath's layout test
+// holds it to the object's BTF.
+type notifyRecord struct {
+	Type        uint8
+	Reason      uint8
+	Verdict     uint8
+	Dir         uint8
+	EPID        uint32
+	Saddr       [4]byte
+	Daddr       [4]byte
+	Sport       [2]byte
+	Dport       [2]byte
+	Proto       uint8
+	Pad         [3]uint8
+	SrcIdentity uint32
+	DstIdentity uint32
+	IfIndex     uint32
+	Len         uint32
+}
 
-// decodeEvent parses struct notify. Addresses and ports are in network
-// byte order, the other fields in the host's (BPF runs little-endian here).
+// eventSize is sizeof(struct notify).
+var eventSize = binary.Size(notifyRecord{})
+
+// decodeEvent parses struct notify.
 func decodeEvent(b []byte) (Event, error) {
 	if len(b) < eventSize {
 		return Event{}, fmt.Errorf("event of %d bytes, want %d", len(b), eventSize)
 	}
-	dir, ok := directionOfMetric(b[3])
-	if !ok {
-		return Event{}, fmt.Errorf("event direction %d is neither METRIC_INGRESS nor METRIC_EGRESS", b[3])
+	var r notifyRecord
+	if _, err := binary.Decode(b[:eventSize], binary.LittleEndian, &r); err != nil {
+		return Event{}, fmt.Errorf("decode event: %w", err)
 	}
-	le := binary.LittleEndian
+	dir, ok := directionOfMetric(r.Dir)
+	if !ok {
+		return Event{}, fmt.Errorf("event direction %d is neither METRIC_INGRESS nor METRIC_EGRESS", r.Dir)
+	}
 	return Event{
-		Type:        EventType(b[0]),
-		Reason:      Reason(b[1]),
-		Verdict:     Verdict(b[2]),
+		Type:        EventType(r.Type),
+		Reason:      Reason(r.Reason),
+		Verdict:     Verdict(r.Verdict),
 		Direction:   dir,
-		EndpointID:  uint16(le.Uint32(b[4:8])),
-		Src:         netip.AddrFrom4([4]byte(b[8:12])),
-		Dst:         netip.AddrFrom4([4]byte(b[12:16])),
-		SrcPort:     binary.BigEndian.Uint16(b[16:18]),
-		DstPort:     binary.BigEndian.Uint16(b[18:20]),
-		Proto:       b[20],
-		SrcIdentity: le.Uint32(b[24:28]),
-		DstIdentity: le.Uint32(b[28:32]),
-		IfIndex:     le.Uint32(b[32:36]),
-		Len:         le.Uint32(b[36:40]),
+		EndpointID:  uint16(r.EPID),
+		Src:         netip.AddrFrom4(r.Saddr),
+		Dst:         netip.AddrFrom4(r.Daddr),
+		SrcPort:     binary.BigEndian.Uint16(r.Sport[:]),
+		DstPort:     binary.BigEndian.Uint16(r.Dport[:]),
+		Proto:       r.Proto,
+		SrcIdentity: r.SrcIdentity,
+		DstIdentity: r.DstIdentity,
+		IfIndex:     r.IfIndex,
+		Len:         r.Len,
 	}, nil
 }
 

@@ -26,6 +26,16 @@ const (
 	firstDropReason    Reason = 128
 )
 
+// knownReasons lists every reason this version knows, for the layout
+// test that holds them to bpf/lib/reason.h.
+func knownReasons() []Reason {
+	return []Reason{
+		ReasonForwarded, ReasonToStack, ReasonARPReply, ReasonPolicy, ReasonPolicyAudit,
+		DropInvalid, DropInvalidSMAC, DropInvalidSIP, DropPolicy, DropUnknownL3,
+		DropNotSameNetwork, DropInvalidARP, DropWriteError, DropMissedTailCall,
+	}
+}
+
 // IsDrop reports whether the reason stands for a dropped packet.
 func (r Reason) IsDrop() bool { return r >= firstDropReason }
 
@@ -33,15 +43,15 @@ func (r Reason) IsDrop() bool { return r >= firstDropReason }
 func (r Reason) Name() string {
 	switch r {
 	case ReasonForwarded:
-		return "FORWARDED"
+		return "REASON_FORWARDED"
 	case ReasonToStack:
-		return "TO_STACK"
+		return "REASON_TO_STACK"
 	case ReasonARPReply:
-		return "ARP_REPLY"
+		return "REASON_ARP_REPLY"
 	case ReasonPolicy:
-		return "POLICY"
+		return "REASON_POLICY"
 	case ReasonPolicyAudit:
-		return "POLICY_AUDIT"
+		return "REASON_POLICY_AUDIT"
 	case DropInvalid:
 		return "DROP_INVALID"
 	case DropInvalidSMAC:

@@ -6,10 +6,12 @@
 #include <bpf/bpf_helpers.h>
 #include "maps.h"
 
-/* Reserved identities, numbered as Cilium numbers them. */
-#define IDENTITY_HOST 1
-#define IDENTITY_WORLD 2
-#define IDENTITY_INIT 5
+/* Reserved identities, numbered as Cilium numbers them (Go: identity). */
+enum reserved_identity {
+	IDENTITY_HOST = 1,
+	IDENTITY_WORLD = 2,
+	IDENTITY_INIT = 5,
+};
 
 /* ipcache_identity returns the identity of the longest prefix holding
  * addr; an address the daemon has not described is the world. */

@@ -19,9 +19,11 @@
 /* endpoint_info.flags: policy enforcement per direction. With both bits
  * clear the endpoint allows everything, whatever its policy map holds.
  * EP_F_AUDIT lets a denied new flow pass, reported with verdict audit. */
-#define EP_F_ENFORCE_INGRESS (1U << 0)
-#define EP_F_ENFORCE_EGRESS (1U << 1)
-#define EP_F_AUDIT (1U << 2)
+enum endpoint_flags {
+	EP_F_ENFORCE_INGRESS = 1U << 0,
+	EP_F_ENFORCE_EGRESS = 1U << 1,
+	EP_F_AUDIT = 1U << 2,
+};
 
 /* An endpoint's entry is also where its programs read their own identity
  * and flags, so the daemon changes either with one map write. */
@@ -44,8 +46,10 @@ struct {
 } ebpfnet_endpoints SEC(".maps");
 
 /* Policy direction as seen from the endpoint that owns the map. */
-#define POLICY_INGRESS 0
-#define POLICY_EGRESS 1
+enum policy_dir {
+	POLICY_INGRESS = 0,
+	POLICY_EGRESS = 1,
+};
 
 struct policy_key {
 	__u32 identity;		/* the remote side; 0 = any */
@@ -153,9 +157,12 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } ebpfnet_ct4 SEC(".maps");
 
-/* Metric direction, as Cilium counts it: from the container is egress. */
-#define METRIC_INGRESS 1
-#define METRIC_EGRESS 2
+/* Metric direction, as Cilium counts it: from the container is egress.
+ * Events carry it too. */
+enum metric_dir {
+	METRIC_INGRESS = 1,
+	METRIC_EGRESS = 2,
+};
 
 /* Metrics: packets and bytes per reason (lib/reason.h, a byte) and
  * direction, in a per-CPU array indexed by metrics_slot (lib/metrics.h):

@@ -12,14 +12,18 @@
 #include "maps.h"
 #include "reason.h"
 
-#define NOTIFY_DROP 1
-#define NOTIFY_POLICY_VERDICT 2
+enum notify_type {
+	NOTIFY_DROP = 1,
+	NOTIFY_POLICY_VERDICT = 2,
+};
 
 /* Policy verdicts; drops that are not a policy decision carry VERDICT_NONE. */
-#define VERDICT_NONE 0
-#define VERDICT_ALLOWED 1
-#define VERDICT_DENIED 2
-#define VERDICT_AUDIT 3
+enum verdict {
+	VERDICT_NONE = 0,
+	VERDICT_ALLOWED = 1,
+	VERDICT_DENIED = 2,
+	VERDICT_AUDIT = 3,
+};
 
 struct notify {
 	__u8 type;

@@ -6,7 +6,7 @@
 #ifndef EBPFNET_REASON_H
 #define EBPFNET_REASON_H
 
-enum {
+enum reason {
 	REASON_FORWARDED = 0,		/* delivered to a local peer by redirect */
 	REASON_TO_STACK = 1,		/* handed to the host stack */
 	REASON_ARP_REPLY = 2,		/* ARP answered by the program */
