@@ -28,6 +28,10 @@ const (
 	tcHandle   = 0xeb
 )
 
+// AttachMode says how endpoint programs are attached, as `ebpfnet status`
+// reports it: tc clsact filters in direct-action mode.
+const AttachMode = "tc clsact (direct-action)"
+
 // tcFilterName is what `tc filter show` prints for our filters.
 func tcFilterName(prog string) string { return ObjectFile + ":[" + prog + "]" }
 

@@ -32,7 +32,8 @@ func commentSafe(s string) string {
 
 // WriteEPConfig renders an endpoint's ep_config.h the way Cilium lays it
 // out: the restore record, readable lines, then the DEFINE_* and #define
-// lines that describe the constants patched into the endpoint's bpf_lxc.o.
+// lines of exactly the constants patched into the endpoint's bpf_lxc.o
+// (lib/config.h; a test holds the two together), and the maps it uses.
 func WriteEPConfig(version string, ep *Endpoint) ([]byte, error) {
 	js, err := json.Marshal(ep)
 	if err != nil {
@@ -75,18 +76,11 @@ func WriteEPConfig(version string, ep *Endpoint) ([]byte, error) {
 	defineMAC(&b, "LXC_MAC", ep.LXCMAC)
 	defineMAC(&b, "NODE_MAC", ep.NodeMAC)
 	defineU32(&b, "NETWORK_ID", ep.Network.Index)
-	defineU32(&b, "SECLABEL", ep.Identity)
-	var nb [4]byte
-	binary.BigEndian.PutUint32(nb[:], ep.Identity)
-	defineU32(&b, "SECLABEL_NB", binary.LittleEndian.Uint32(nb[:]))
-	fmt.Fprintf(&b, "#define POLICY_MAP %s\n", PolicyMapName(ep.ID))
-	b.WriteString("#define ENDPOINTS_MAP ebpfnet_endpoints\n")
-	b.WriteString("#define METRICS_MAP ebpfnet_metrics\n")
-	b.WriteString("#define EVENTS_MAP ebpfnet_events\n")
-	b.WriteString("#define ENABLE_ARP_RESPONDER 1\n")
-	b.WriteString("#define ENABLE_ROUTING 1\n")
-	b.WriteString("#define LOCAL_DELIVERY_METRICS 1\n")
-	b.WriteString("#define DROP_NOTIFY 1\n")
+	// Documentation only, not defines: the object reads no map names
+	// and no identity from here (the identity is in the endpoint's
+	// ebpfnet_endpoints entry, so a label change is one map write).
+	fmt.Fprintf(&b, "\n/*\n * Maps: %s (own policy), %s, %s, %s, %s, %s, %s\n */\n",
+		PolicyMapName(ep.ID), EndpointsMapName, IPCacheMapName, CTMapName, MetricsMapName, EventsMapName, PolicyLookupsName)
 	return b.Bytes(), nil
 }
 

@@ -193,12 +193,32 @@ func TestEPConfigRoundTrip(t *testing.T) {
 		"DEFINE_U32(LXC_IPV4, 0x68ff0b0a); /* 1761544970 */\n#define LXC_IPV4 fetch_u32(LXC_IPV4)\n",
 		"DEFINE_U32(LXC_ID, 0x00000a69); /* 2665 */\n",
 		"DEFINE_MAC(NODE_MAC, 0x42, 0x23, 0xdc, 0x4d, 0x79, 0xb1);\n#define NODE_MAC fetch_mac(NODE_MAC)\n",
-		"DEFINE_U32(SECLABEL_NB, 0xf62e0000); /* 4130209792 */\n",
-		"#define POLICY_MAP ebpfnet_policy_02665\n",
+		" * Maps: ebpfnet_policy_02665 (own policy), ebpfnet_endpoints,",
 	} {
 		if !strings.Contains(s, want) {
 			t.Errorf("ep_config.h lacks %q", want)
 		}
+	}
+	// The defines are exactly the template's patched constants.
+	spec, err := ebpf.LoadCollectionSpecFromReader(bytes.NewReader(bpf.LXCTemplate))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defined := map[string]bool{}
+	for _, m := range regexp.MustCompile(`(?m)^DEFINE_(?:U32|MAC)\((\w+),`).FindAllStringSubmatch(s, -1) {
+		defined[m[1]] = true
+	}
+	for name := range spec.Variables {
+		if !defined[name] {
+			t.Errorf("the template's constant %s has no DEFINE line", name)
+		}
+		delete(defined, name)
+	}
+	for name := range defined {
+		t.Errorf("ep_config.h defines %s, which the template does not read", name)
+	}
+	if strings.Contains(s, "#define POLICY_MAP") || strings.Contains(s, "SECLABEL") {
+		t.Errorf("ep_config.h still carries defines nothing reads:\n%s", s)
 	}
 	// A label must not be able to end the comment early.
 	if strings.Contains(s, "x */ y") || !strings.Contains(s, " * - {evil x * / y container}\n") {

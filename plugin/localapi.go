@@ -54,7 +54,7 @@ func (d *Daemon) status() api.Status {
 		Version:    d.cfg.Version,
 		StartedAt:  d.startedAt,
 		Uptime:     time.Since(d.startedAt).Round(time.Second),
-		Datapath:   "tcx",
+		Datapath:   datapath.AttachMode,
 		Endpoints:  len(d.datapath.Endpoints()),
 		Restored:   d.restored,
 		Reconciled: d.reconciled.Load(),

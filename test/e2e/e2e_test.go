@@ -89,6 +89,10 @@ func TestContainersTalkThroughTheirOwnPrograms(t *testing.T) {
 		if !strings.Contains(progs, "from_container") || !strings.Contains(progs, "to_container") {
 			t.Errorf("bpftool net show dev %s: %s; want from_container and to_container attached", ep.IfName, progs)
 		}
+		// ... as tc filters in direct-action mode, which status reports.
+		if filters := run(t, "tc", "filter", "show", "dev", ep.IfName, "ingress"); !strings.Contains(filters, "direct-action") {
+			t.Errorf("tc filter show dev %s ingress: %s; want a direct-action filter", ep.IfName, filters)
+		}
 		dir := filepath.Join(stateDir, fmt.Sprint(ep.ID))
 		header, err := os.ReadFile(filepath.Join(dir, "ep_config.h"))
 		if err != nil {
@@ -100,6 +104,10 @@ func TestContainersTalkThroughTheirOwnPrograms(t *testing.T) {
 		if st, err := os.Stat(filepath.Join(dir, "bpf_lxc.o")); err != nil || st.Size() == 0 {
 			t.Errorf("endpoint %d bpf_lxc.o: %v", ep.ID, err)
 		}
+	}
+	var status api.Status
+	if err := json.Unmarshal([]byte(run(t, bin, "status", "-o", "json")), &status); err != nil || status.Datapath != "tc clsact (direct-action)" {
+		t.Errorf("status reports the datapath as %q (%v), want tc clsact (direct-action)", status.Datapath, err)
 	}
 	if out := run(t, "ip", "-o", "link", "show", "type", "bridge"); strings.Contains(out, "10.231") {
 		t.Errorf("a bridge carries the network: %s", out)
