@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/docker/go-plugins-helpers/network"
 	"github.com/sirupsen/logrus"
@@ -59,6 +60,12 @@ const (
 	// that a typo never silently means "default".
 	optionPrefix = "ebpfnet."
 )
+
+// EndpointCallTimeout bounds how long a Docker call waits for the endpoint
+// manager. Docker sets no timeout on a v1 plugin and holds its
+// per-network lock meanwhile, so one stuck call would stall every
+// `docker run` on the network; an answer with an error frees it.
+const EndpointCallTimeout = 20 * time.Second
 
 // Network options (-o) of ours.
 const (
@@ -358,7 +365,9 @@ func (d *Driver) CreateEndpoint(req *network.CreateEndpointRequest) (*network.Cr
 		Network:          rec.Datapath,
 		Identity:         uint32(identity.Init),
 	}
-	if err := d.endpoints.CreateEndpoint(context.TODO(), ep); err != nil {
+	ctx, cancel := context.WithTimeout(context.Background(), EndpointCallTimeout)
+	defer cancel()
+	if err := d.endpoints.CreateEndpoint(ctx, ep); err != nil {
 		return nil, fmt.Errorf("create endpoint %s: %w", dockerid.Short(req.EndpointID), err)
 	}
 	d.log.WithFields(logrus.Fields{
@@ -384,7 +393,9 @@ func endpointResponse(req *network.CreateEndpointRequest, ep datapath.Endpoint) 
 // DeleteEndpoint: so every delete revokes too.
 func (d *Driver) DeleteEndpoint(req *network.DeleteEndpointRequest) error {
 	_, existed := d.endpoints.Endpoint(req.EndpointID)
-	if err := d.endpoints.DeleteEndpoint(context.TODO(), req.EndpointID); err != nil {
+	ctx, cancel := context.WithTimeout(context.Background(), EndpointCallTimeout)
+	defer cancel()
+	if err := d.endpoints.DeleteEndpoint(ctx, req.EndpointID); err != nil {
 		return fmt.Errorf("delete endpoint %s: %w", dockerid.Short(req.EndpointID), err)
 	}
 	if existed && d.external != nil {

@@ -3,6 +3,7 @@ package driver
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -288,5 +289,38 @@ func TestPolicyOptionsAreValidated(t *testing.T) {
 	opts := d.Networks()[0].Options
 	if opts[OptionPolicyEnforcement] != "always" || opts[OptionPolicyAudit] != "true" {
 		t.Errorf("options kept: %v", opts)
+	}
+}
+
+// The observer learns every network after each change, in order.
+func TestOnNetworksSeesEveryChange(t *testing.T) {
+	d, _, _ := newTestDriver(t)
+	var seen [][]string
+	d.OnNetworks(func(ns []Network) {
+		var ids []string
+		for _, n := range ns {
+			ids = append(ids, n.ID+"/"+string(n.PolicyMode()))
+		}
+		seen = append(seen, ids)
+	})
+	if err := d.CreateNetwork(createNetwork("net1", "10.77.0.0/16", "10.77.0.1/16",
+		map[string]interface{}{OptionPolicyEnforcement: "always", OptionPolicyAudit: "true"})); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.CreateNetwork(createNetwork("net2", "10.78.0.0/16", "10.78.0.1/16", nil)); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.CreateNetwork(createNetwork("bad", "10.77.1.0/24", "10.77.1.1/24", nil)); err == nil {
+		t.Fatal("an overlapping network was created")
+	}
+	if err := d.DeleteNetwork(&network.DeleteNetworkRequest{NetworkID: "net1"}); err != nil {
+		t.Fatal(err)
+	}
+	want := [][]string{{"net1/always"}, {"net1/always", "net2/"}, {"net2/"}}
+	if fmt.Sprint(seen) != fmt.Sprint(want) {
+		t.Fatalf("observer saw %v, want %v", seen, want)
+	}
+	if n := d.Networks(); len(n) != 1 || n[0].PolicyAudit() {
+		t.Fatalf("networks %+v", n)
 	}
 }
