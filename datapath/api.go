@@ -12,7 +12,7 @@ import (
 )
 
 // Config says where the datapath keeps its files. Production uses the
-// DESIGN.md paths; tests point every field at their own scratch places so
+// contract paths (ARCHITECTURE.md); tests point every field at their own scratch places so
 // that they never touch a running daemon's state.
 type Config struct {
 	// StateDir holds one directory per endpoint and the templates

@@ -10,7 +10,7 @@ import (
 )
 
 // Programs are attached with tc (a clsact qdisc and two cls_bpf filters in
-// direct-action mode), not TCX links, although DESIGN.md recommends TCX
+// direct-action mode), not TCX links, although the first design chose TCX
 // where the kernel has it. Every TCX attach waits for an RCU grace period
 // in the kernel (tcx_entry_sync swaps the device's program array and must
 // know no CPU still runs the old one), about 10 ms each on Linux 6.18, so

@@ -20,7 +20,7 @@ const (
 	// DefaultChainPrefix names the production daemon's chains.
 	DefaultChainPrefix = "EBPFNET"
 
-	// lxcDevices matches every endpoint's host-side veth (DESIGN.md names
+	// lxcDevices matches every endpoint's host-side veth (ARCHITECTURE.md names
 	// them lxc + 12 hex digits).
 	lxcDevices = "lxc+"
 )

@@ -40,7 +40,7 @@ import (
 )
 
 // Config is everything `ebpfnet daemon` can be told. Defaults are the
-// DESIGN.md paths; tests move them all.
+// contract paths (ARCHITECTURE.md); tests move them all.
 type Config struct {
 	PluginSocket string // /run/docker/plugins/ebpfnet.sock
 	APISocket    string // /run/ebpfnet/ebpfnet.sock

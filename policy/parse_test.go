@@ -7,7 +7,7 @@ import (
 	"testing"
 )
 
-// designExample is the rule of DESIGN.md's Policy section, verbatim.
+// designExample is the README's policy example (Cilium's format), verbatim.
 const designExample = `[{"endpointSelector": {"matchLabels": {"id": "app1"}},
   "ingress": [{"fromEndpoints": [{"matchLabels": {"id": "app2"}}],
                "toPorts": [{"ports": [{"port": "80", "protocol": "TCP"}]}]}],

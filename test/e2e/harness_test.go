@@ -22,7 +22,7 @@ import (
 
 var binaryFlag = flag.String("ebpfnet-binary", "", "path of the ebpfnet binary under test (built by `make e2e`)")
 
-// Paths of the daemon under test: the DESIGN.md contract paths, since
+// Paths of the daemon under test: the contract paths (ARCHITECTURE.md), since
 // Docker finds the plugin only at /run/docker/plugins/ebpfnet.sock.
 const (
 	stateDir = "/run/ebpfnet/state"
