@@ -112,6 +112,13 @@ type IPCacheEntry struct {
 	Prefix   string   `json:"prefix"`
 	Identity uint32   `json:"identity"`
 	Labels   []string `json:"labels"`
+	// Source says who put it in: local (an endpoint of this node), host,
+	// remote (another node's endpoint or block), cidr (a rule's prefix);
+	// empty for an entry left by an earlier start, not yet claimed.
+	Source string `json:"source,omitempty"`
+	// Node and TunnelEndpoint name the node of a remote entry.
+	Node           string `json:"node,omitempty"`
+	TunnelEndpoint string `json:"tunnelEndpoint,omitempty"`
 }
 
 // MonitorEvent is one line of `ebpfnet monitor`: a drop or a policy

@@ -41,6 +41,7 @@
 #include "lib/ipcache.h"
 #include "lib/conntrack.h"
 #include "lib/verdict.h"
+#include "lib/overlay.h"
 #include "lib/abi.h"
 
 /* arp_answer answers the container's ARP requests for any address but its
@@ -159,23 +160,28 @@ static __always_inline int deliver_local(struct __sk_buff *skb,
 
 /* handle_ipv4 checks the container's own packets (source MAC and IP) and
  * the network of a local peer. An established flow goes on at once: to the
- * peer, or to the host stack. A new one meets this endpoint's egress
- * policy, with the remote identity of a local peer from its
- * ebpfnet_endpoints entry and of anything else (the gateway, the host, the
- * outside) from the ipcache, then node_policy_verdict carries it on. A
- * packet for the host stack is addressed to the node MAC first: a
- * container that still holds the MAC of a peer that has gone sends to it,
- * and the host only takes frames addressed to the veth. */
+ * peer, to another node through the overlay, or to the host stack. A new
+ * one meets this endpoint's egress policy, with the remote identity of a
+ * local peer from its ebpfnet_endpoints entry and of anything else (another
+ * node's endpoint, the gateway, the host, the outside) from the ipcache,
+ * then node_policy_verdict carries it on. Only an address of the sender's
+ * own subnet is looked for on other nodes: a network's subnet is the same
+ * everywhere, so nothing crosses between networks that way. A packet for
+ * the host stack is addressed to the node MAC first: a container that
+ * still holds the MAC of a peer that has gone sends to it, and the host
+ * only takes frames addressed to the veth. */
 static __always_inline int handle_ipv4(struct __sk_buff *skb,
 				       const struct lxc_self *me)
 {
 	void *data, *data_end;
 	struct ethhdr *eth;
 	struct endpoint_info *peer;
+	struct ipcache_value *remote = 0;
 	struct self_info self;
 	struct flow f = {};
 	__u32 epid = cb_epid(me->epid_net);
-	__be32 daddr;
+	__u32 net = cb_network(me->epid_net);
+	__be32 daddr, tunnel = 0;
 
 	if (flow_parse_ipv4(skb, &f))
 		return drop(skb, DROP_INVALID, METRIC_EGRESS, &f);
@@ -193,7 +199,12 @@ static __always_inline int handle_ipv4(struct __sk_buff *skb,
 
 	daddr = f.daddr;
 	peer = bpf_map_lookup_elem(&ebpfnet_endpoints, &daddr);
-	if (peer && peer->network_id != cb_network(me->epid_net)) {
+	if (!peer && overlay_candidate(net, daddr)) {
+		remote = ipcache_lookup(daddr);
+		if (remote)
+			tunnel = remote->tunnel_endpoint;
+	}
+	if (peer && peer->network_id != net) {
 		endpoint_self(me->ipv4, epid, &self);
 		f.src_identity = self.identity;
 		return drop(skb, DROP_NOT_SAME_NETWORK, METRIC_EGRESS, &f);
@@ -207,6 +218,12 @@ static __always_inline int handle_ipv4(struct __sk_buff *skb,
 	if (ct_lookup(&f) == CT_ESTABLISHED) {
 		if (peer)
 			return deliver_local(skb, peer, &f);
+		if (tunnel) {
+			/* The VNI carries the identity on every packet: a
+			 * receiver that lost the flow judges it anew. */
+			endpoint_self(me->ipv4, epid, &self);
+			return overlay_send(skb, tunnel, self.identity, &f);
+		}
 		count(REASON_TO_STACK, METRIC_EGRESS, skb->len);
 		return TC_ACT_OK;
 	}
@@ -214,7 +231,12 @@ static __always_inline int handle_ipv4(struct __sk_buff *skb,
 	/* A new flow: only now are the identities needed. */
 	endpoint_self(me->ipv4, epid, &self);
 	f.src_identity = self.identity;
-	f.dst_identity = peer ? peer->identity : ipcache_identity(daddr);
+	if (peer)
+		f.dst_identity = peer->identity;
+	else if (remote)
+		f.dst_identity = remote->identity;
+	else
+		f.dst_identity = ipcache_identity(daddr);
 	skb->cb[CB_OWNER] = me->epid_net;
 	skb->cb[CB_REMOTE] = f.dst_identity;
 	skb->cb[CB_KEY] = cb_key(f.policy_dport, f.proto, POLICY_EGRESS);
@@ -283,11 +305,11 @@ pass:
 
 /* node_policy_verdict carries a new flow on once its policy owner's lookup
  * is in (lib/cb.h). After the sender's egress verdict, a flow to the host
- * stack is recorded and passes; one to a local peer meets the receiver's
- * ingress policy next, by the receiver's handle_policy and this program
- * again. After an ingress verdict the flow is recorded and goes into the
- * container: redirected into a local receiver, or passed on to it by the
- * host stack's veth. */
+ * stack or to another node is recorded and goes there; one to a local peer
+ * meets the receiver's ingress policy next, by the receiver's handle_policy
+ * and this program again. After an ingress verdict the flow is recorded
+ * and goes into the container: redirected into a receiver whose sender is
+ * local or on another node, or passed on to it by the host stack's veth. */
 SEC("tc")
 int node_policy_verdict(struct __sk_buff *skb)
 {
@@ -311,7 +333,11 @@ int node_policy_verdict(struct __sk_buff *skb)
 		if (!policy_report(skb, &f, skb->cb[CB_LOOKUP], self.flags, POLICY_EGRESS))
 			return drop(skb, DROP_POLICY, METRIC_EGRESS, &f);
 		if (!local) {
+			__be32 tunnel = overlay_tunnel(cb_network(skb->cb[CB_OWNER]), f.daddr);
+
 			ct_create(&f);
+			if (tunnel)
+				return overlay_send(skb, tunnel, self.identity, &f);
 			count(REASON_TO_STACK, METRIC_EGRESS, skb->len);
 			return TC_ACT_OK;
 		}
@@ -349,6 +375,54 @@ int node_policy_verdict(struct __sk_buff *skb)
 	if (!rcv)
 		return drop(skb, DROP_MISSED_TAIL_CALL, METRIC_INGRESS, &f);
 	return deliver_local(skb, rcv, &f);
+}
+
+/* node_from_overlay runs at tc ingress of the node's VXLAN device and sees
+ * what other nodes send to this node's endpoints, decapsulated, with the
+ * sender's identity in the tunnel key's VNI. A packet must be for a local
+ * endpoint and come from an address of that endpoint's subnet (one
+ * network, the same subnet on every node). An established flow goes
+ * straight into the container; a new one meets the receiver's ingress
+ * policy with the sender's identity first, by the receiver's handle_policy
+ * and node_policy_verdict, which delivers it the same way. Nothing from
+ * the overlay reaches the host stack. */
+SEC("tc")
+int node_from_overlay(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct bpf_tunnel_key key = {};
+	struct endpoint_info *rcv;
+	struct flow f = {};
+	__be32 daddr;
+
+	skb->cb[CB_OWNER] = 0;
+	if ((void *)(eth + 1) > data_end)
+		return drop(skb, DROP_INVALID, METRIC_INGRESS, &f);
+	if (eth->h_proto != bpf_htons(ETH_P_IP))
+		return drop(skb, DROP_UNKNOWN_L3, METRIC_INGRESS, &f);
+	if (bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0) < 0)
+		return drop(skb, DROP_INVALID, METRIC_INGRESS, &f);
+	if (flow_parse_ipv4(skb, &f))
+		return drop(skb, DROP_INVALID, METRIC_INGRESS, &f);
+	f.src_identity = key.tunnel_id;
+
+	daddr = f.daddr;
+	rcv = bpf_map_lookup_elem(&ebpfnet_endpoints, &daddr);
+	if (!rcv)
+		return drop(skb, DROP_UNROUTABLE, METRIC_INGRESS, &f);
+	skb->cb[CB_OWNER] = cb_owner(rcv->epid, rcv->network_id);
+	f.dst_identity = rcv->identity;
+	if (!network_contains(rcv->network_id, f.saddr))
+		return drop(skb, DROP_NOT_SAME_NETWORK, METRIC_INGRESS, &f);
+	if (ct_lookup(&f) == CT_ESTABLISHED)
+		return deliver_local(skb, rcv, &f);
+
+	skb->cb[CB_REMOTE] = f.src_identity;
+	skb->cb[CB_KEY] = cb_key(f.policy_dport, f.proto, POLICY_INGRESS);
+	skb->cb[CB_PEER] = CB_PEER_OVERLAY;
+	return ask_policy(skb, rcv->epid, rcv->flags, POLICY_INGRESS, &f);
 }
 
 char __license[] SEC("license") = "Dual BSD/GPL";

@@ -26,6 +26,8 @@ type Config struct {
 	HostDevice string
 	// Version goes into every restore record.
 	Version string
+	// Overlay, if set, carries networks between nodes (overlay.go).
+	Overlay *OverlayConfig
 }
 
 // Network is what the datapath must know of a Docker network.
@@ -35,6 +37,10 @@ type Network struct {
 	Index   uint32       `json:"index"`
 	Subnet  netip.Prefix `json:"subnet"`
 	Gateway netip.Addr   `json:"gateway"`
+	// MTU of the containers' interfaces; 0 leaves the kernel's default.
+	// A network that spans nodes takes the overlay's, which is smaller
+	// than the uplink's by the encapsulation.
+	MTU int `json:"mtu,omitempty"`
 }
 
 // Endpoint is one container's attachment, and also its restore record:

@@ -31,9 +31,11 @@ const (
 	progFrom       = "from_container"
 	progTo         = "to_container"
 	progPolicy     = "handle_policy"
-	fileMode       = 0o644
-	dirMode        = 0o755
-	pinDirMode     = 0o700
+	// progFromOverlay is the node program on the overlay device.
+	progFromOverlay = "node_from_overlay"
+	fileMode        = 0o644
+	dirMode         = 0o755
+	pinDirMode      = 0o700
 	// policyMapKName is the template's declaration of the per-endpoint
 	// policy map and its kernel object name; pins carry the epid.
 	policyMapKName = "ebpfnet_policy"
@@ -55,6 +57,8 @@ type Datapath struct {
 	btf    *btf.Cache           // kernel BTF, decoded once for all loads
 	eps    map[uint16]*endpointState
 	closed bool
+	// overlayIfindex is the overlay device's, 0 without one.
+	overlayIfindex int
 	// stopEvents ends the running ReadEvents, if any (one reader only).
 	stopEvents func()
 	// deleting holds the host veths DeleteEndpoint is deleting in the
@@ -148,6 +152,12 @@ func New(cfg Config, log logrus.FieldLogger) (*Datapath, error) {
 		return nil, fmt.Errorf("template lacks the unpinned per-endpoint map %s", policyMapKName)
 	}
 	d.policy = pol.Copy()
+	if cfg.Overlay != nil {
+		if d.overlayIfindex, err = ensureOverlayDevice(*cfg.Overlay); err != nil {
+			d.closeMaps()
+			return nil, err
+		}
+	}
 	if err := d.loadNodePrograms(); err != nil {
 		d.closeMaps()
 		return nil, err

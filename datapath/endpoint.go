@@ -249,6 +249,7 @@ func createVeth(ep *Endpoint) (int, error) {
 	la.Name = ep.IfName
 	la.HardwareAddr = net.HardwareAddr(ep.NodeMAC)
 	la.Flags = net.FlagUp
+	la.MTU = ep.Network.MTU
 	veth := &netlink.Veth{LinkAttrs: la, PeerName: ep.PeerName, PeerHardwareAddr: net.HardwareAddr(ep.LXCMAC)}
 	if err := netlink.LinkAdd(veth); err != nil {
 		return 0, fmt.Errorf("create veth %s/%s: %w", ep.IfName, ep.PeerName, err)

@@ -17,8 +17,35 @@ type ipcacheKey struct {
 
 // ipcacheValue mirrors struct ipcache_value.
 type ipcacheValue struct {
-	Identity uint32
-	Pad      uint32
+	Identity       uint32
+	TunnelEndpoint [4]byte
+}
+
+// IPCacheEntry is what the datapath knows of a prefix: its identity, and
+// for an endpoint or address block of another node, that node's IP, where
+// the overlay sends its packets (invalid otherwise).
+type IPCacheEntry struct {
+	Identity       identity.ID
+	TunnelEndpoint netip.Addr
+}
+
+func (e IPCacheEntry) value() (ipcacheValue, error) {
+	v := ipcacheValue{Identity: uint32(e.Identity)}
+	if e.TunnelEndpoint.IsValid() {
+		if !e.TunnelEndpoint.Is4() {
+			return v, fmt.Errorf("tunnel endpoint %v is not an IPv4 address", e.TunnelEndpoint)
+		}
+		v.TunnelEndpoint = e.TunnelEndpoint.As4()
+	}
+	return v, nil
+}
+
+func (v ipcacheValue) entry() IPCacheEntry {
+	e := IPCacheEntry{Identity: identity.ID(v.Identity)}
+	if v.TunnelEndpoint != [4]byte{} {
+		e.TunnelEndpoint = netip.AddrFrom4(v.TunnelEndpoint)
+	}
+	return e
 }
 
 func ipcacheKeyOf(p netip.Prefix) (ipcacheKey, error) {
@@ -36,21 +63,25 @@ func ipcacheKeyOf(p netip.Prefix) (ipcacheKey, error) {
 // sources of what the host stack sends in. Identity 0 is refused: in a
 // policy key it means "any". The ipcache package decides what goes in;
 // this only writes.
-func (d *Datapath) PutIPCache(p netip.Prefix, id identity.ID) error {
+func (d *Datapath) PutIPCache(p netip.Prefix, e IPCacheEntry) error {
 	key, err := ipcacheKeyOf(p)
 	if err != nil {
 		return err
 	}
-	if id == identity.Unknown {
+	if e.Identity == identity.Unknown {
 		return fmt.Errorf("ipcache %v: identity 0 is reserved for \"any\"", p)
+	}
+	val, err := e.value()
+	if err != nil {
+		return fmt.Errorf("ipcache %v: %w", p, err)
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {
 		return errors.New("datapath closed")
 	}
-	if err := d.shared[IPCacheMapName].Put(key, ipcacheValue{Identity: uint32(id)}); err != nil {
-		return fmt.Errorf("ipcache %v -> %d: %w", p, id, err)
+	if err := d.shared[IPCacheMapName].Put(key, val); err != nil {
+		return fmt.Errorf("ipcache %v -> %d: %w", p, e.Identity, err)
 	}
 	return nil
 }
@@ -73,19 +104,19 @@ func (d *Datapath) DeleteIPCache(p netip.Prefix) error {
 	return nil
 }
 
-// IPCache returns every prefix with its identity.
-func (d *Datapath) IPCache() (map[netip.Prefix]uint32, error) {
+// IPCache returns every prefix with its entry.
+func (d *Datapath) IPCache() (map[netip.Prefix]IPCacheEntry, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {
 		return nil, errors.New("datapath closed")
 	}
-	out := map[netip.Prefix]uint32{}
+	out := map[netip.Prefix]IPCacheEntry{}
 	var key ipcacheKey
 	var val ipcacheValue
 	it := d.shared[IPCacheMapName].Iterate()
 	for it.Next(&key, &val) {
-		out[netip.PrefixFrom(netip.AddrFrom4(key.Addr), int(key.PrefixLen))] = val.Identity
+		out[netip.PrefixFrom(netip.AddrFrom4(key.Addr), int(key.PrefixLen))] = val.entry()
 	}
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("iterate %s: %w", IPCacheMapName, err)

@@ -100,6 +100,7 @@ func TestLayoutMapsAndEvents(t *testing.T) {
 		"ct_key":        reflect.TypeOf(ctKey{}),
 		"ct_entry":      reflect.TypeOf(ctEntry{}),
 		"metrics_value": reflect.TypeOf(MetricValue{}),
+		"network_info":  reflect.TypeOf(networkInfo{}),
 		"notify":        reflect.TypeOf(notifyRecord{}),
 	} {
 		sameLayout(t, cStruct(t, node, c), goType)

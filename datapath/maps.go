@@ -3,6 +3,7 @@ package datapath
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 
 	"github.com/cilium/ebpf"
@@ -27,6 +28,9 @@ const (
 	IPCacheMapName = "ebpfnet_ipcache"
 	// CTMapName is the node-wide conntrack table (LRU hash of tuples).
 	CTMapName = "ebpfnet_ct4"
+	// NetworksMapName holds every network's subnet by its index, so
+	// that traffic between nodes stays within one network.
+	NetworksMapName = "ebpfnet_networks"
 	// legacyPolicyCallsName is the prog array of endpoint pipelines of
 	// versions before the node programs; Restore removes its pin once no
 	// endpoint runs such a pipeline.
@@ -34,7 +38,7 @@ const (
 )
 
 func sharedMapNames() []string {
-	return []string{EndpointsMapName, PolicyLookupsName, CallsMapName, MetricsMapName, EventsMapName, IPCacheMapName, CTMapName}
+	return []string{EndpointsMapName, PolicyLookupsName, CallsMapName, MetricsMapName, EventsMapName, IPCacheMapName, CTMapName, NetworksMapName}
 }
 
 // Endpoint flags in the endpoint's own ebpfnet_endpoints entry (keyed by
@@ -75,6 +79,21 @@ func infoOf(ep *Endpoint, flags uint32) endpointInfo {
 	}
 	copy(info.LXCMAC[:], ep.LXCMAC)
 	copy(info.NodeMAC[:], ep.NodeMAC)
+	return info
+}
+
+// networkInfo mirrors struct network_info: a network's subnet and mask,
+// network byte order.
+type networkInfo struct {
+	Subnet  [4]byte
+	Mask    [4]byte
+	Gateway [4]byte
+}
+
+func networkInfoOf(n Network) networkInfo {
+	p := n.Subnet.Masked()
+	info := networkInfo{Subnet: p.Addr().As4(), Gateway: n.Gateway.As4()}
+	copy(info.Mask[:], net.CIDRMask(p.Bits(), 32))
 	return info
 }
 

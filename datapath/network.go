@@ -44,6 +44,9 @@ func (d *Datapath) AddNetwork(n Network) error {
 	if err := netlink.RouteReplace(unreachableRoute(n)); err != nil {
 		return fmt.Errorf("add unreachable route for %v: %w", n.Subnet, err)
 	}
+	if err := d.shared[NetworksMapName].Put(n.Index, networkInfoOf(n)); err != nil {
+		return fmt.Errorf("describe network %d in %s: %w", n.Index, NetworksMapName, err)
+	}
 	return nil
 }
 
@@ -55,6 +58,10 @@ func (d *Datapath) RemoveNetwork(n Network) error {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	// An array entry cannot go: all zeroes is "no network" (mask 0).
+	if err := d.shared[NetworksMapName].Put(n.Index, networkInfo{}); err != nil && checkNetworkIndex(n.Index) == nil {
+		return fmt.Errorf("forget network %d in %s: %w", n.Index, NetworksMapName, err)
+	}
 	if err := netlink.RouteDel(unreachableRoute(n)); err != nil && !errors.Is(err, unix.ESRCH) {
 		return fmt.Errorf("delete unreachable route for %v: %w", n.Subnet, err)
 	}

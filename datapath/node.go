@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/cilium/ebpf"
 
@@ -39,11 +40,20 @@ func (d *Datapath) loadNodePrograms() error {
 	if err != nil {
 		return fmt.Errorf("parse node programs: %w", err)
 	}
+	// The node programs redirect to the overlay device by index.
+	if v := spec.Variables["OVERLAY_IFINDEX"]; v == nil {
+		return errors.New("node object lacks OVERLAY_IFINDEX")
+	} else if err := v.Set(uint32(d.overlayIfindex)); err != nil {
+		return fmt.Errorf("set OVERLAY_IFINDEX: %w", err)
+	}
 	repl := make(map[string]*ebpf.Map, len(spec.Maps))
 	for name := range spec.Maps {
 		if m, ok := d.shared[name]; ok {
 			repl[name] = m
 			continue
+		}
+		if strings.HasPrefix(name, ".rodata") {
+			continue // the node programs' constants (OVERLAY_IFINDEX)
 		}
 		// Declared in the shared header but not a node map (the
 		// per-endpoint policy map): a program that used it would
@@ -63,6 +73,15 @@ func (d *Datapath) loadNodePrograms() error {
 		}
 		if err := calls.Put(np.slot, p); err != nil {
 			return fmt.Errorf("insert %s in %s: %w", np.name, CallsMapName, err)
+		}
+	}
+	if d.overlayIfindex != 0 {
+		p := coll.Programs[progFromOverlay]
+		if p == nil {
+			return fmt.Errorf("node object lacks program %s", progFromOverlay)
+		}
+		if err := attachOverlay(d.overlayIfindex, p); err != nil {
+			return err
 		}
 	}
 	return nil

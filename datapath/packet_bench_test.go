@@ -18,9 +18,15 @@ import (
 //	               with its tail call into node_from_container
 //	local-reply    from_container of the server, a reply, same
 //	to-stack       from_container, an established flow to the gateway
+//	to-world       from_container, an established flow off the node
+//	to-overlay     from_container, an established flow to another node's
+//	               endpoint (the overlay is on, as in a cluster)
 //	to-container   to_container, the host stack's reply to it
 func BenchmarkProgramRun(b *testing.B) {
-	e := newTestEnv(b)
+	e := newTestEnv(b, func(c *Config) {
+		c.Overlay = &OverlayConfig{Device: "ebv" + c.HostDevice[3:], Port: 20000 + int(randByte(b))*30, UplinkMTU: 1500}
+	})
+	b.Cleanup(func() { _ = RemoveOverlay(e.cfg.Overlay.Device) })
 	n := e.network(1)
 	epA, epB := e.endpoint(n, 10), e.endpoint(n, 11)
 	progs := func(ep *Endpoint) (from, to *ebpf.Program) {
@@ -40,6 +46,10 @@ func BenchmarkProgramRun(b *testing.B) {
 	fromA, toA := progs(epA)
 	fromB, _ := progs(epB)
 	a, bb, gw := epA.IPv4.Addr(), epB.IPv4.Addr(), n.Gateway
+	world, remote := netip.MustParseAddr("198.51.100.9"), hostAddr(n, 200).Addr()
+	if err := e.dp.PutIPCache(netip.PrefixFrom(remote, 32), IPCacheEntry{Identity: 900, TunnelEndpoint: netip.MustParseAddr("198.18.0.2")}); err != nil {
+		b.Fatal(err)
+	}
 	const synFlag, ackFlag = 0x02, 0x10
 	// The first packets of the flows, to create their conntrack entries.
 	for _, open := range []struct {
@@ -48,6 +58,8 @@ func BenchmarkProgramRun(b *testing.B) {
 	}{
 		{fromA, tcpPacket(epA.LXCMAC, epB.LXCMAC, a, bb, 40000, 80, synFlag)},
 		{fromA, tcpPacket(epA.LXCMAC, epA.NodeMAC, a, gw, 40001, 80, synFlag)},
+		{fromA, tcpPacket(epA.LXCMAC, epA.NodeMAC, a, world, 40002, 80, synFlag)},
+		{fromA, tcpPacket(epA.LXCMAC, epA.NodeMAC, a, remote, 40003, 80, synFlag)},
 	} {
 		if _, err := open.p.Run(&ebpf.RunOptions{Data: open.pkt}); err != nil {
 			b.Fatal(err)
@@ -62,6 +74,8 @@ func BenchmarkProgramRun(b *testing.B) {
 		{"local-forward", fromA, tcpPacket(epA.LXCMAC, epB.LXCMAC, a, bb, 40000, 80, ackFlag), tcActRedirect},
 		{"local-reply", fromB, tcpPacket(epB.LXCMAC, epA.LXCMAC, bb, a, 80, 40000, ackFlag), tcActRedirect},
 		{"to-stack", fromA, tcpPacket(epA.LXCMAC, epA.NodeMAC, a, gw, 40001, 80, ackFlag), tcActOK},
+		{"to-world", fromA, tcpPacket(epA.LXCMAC, epA.NodeMAC, a, world, 40002, 80, ackFlag), tcActOK},
+		{"to-overlay", fromA, tcpPacket(epA.LXCMAC, epA.NodeMAC, a, remote, 40003, 80, ackFlag), tcActRedirect},
 		{"to-container", toA, tcpPacket(epA.NodeMAC, epA.LXCMAC, gw, a, 80, 40001, ackFlag), tcActOK},
 	} {
 		b.Run(c.name, func(b *testing.B) {

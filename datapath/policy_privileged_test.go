@@ -259,10 +259,10 @@ func TestPolicyHostIPCacheIdentityAndAudit(t *testing.T) {
 	}); !ok {
 		t.Error("no denied verdict with the world identity")
 	}
-	if err := e.dp.PutIPCache(host, identity.Host); err != nil {
+	if err := e.dp.PutIPCache(host, IPCacheEntry{Identity: identity.Host}); err != nil {
 		t.Fatal(err)
 	}
-	if got, err := e.dp.IPCache(); err != nil || got[host] != uint32(identity.Host) || len(got) != 1 {
+	if got, err := e.dp.IPCache(); err != nil || got[host] != (IPCacheEntry{Identity: identity.Host}) || len(got) != 1 {
 		t.Errorf("IPCache() = %v, %v", got, err)
 	}
 	if !ping("", a.IPv4.Addr()) {

@@ -43,7 +43,9 @@ func randHex(t testing.TB, n int) string {
 	return hex.EncodeToString(b)
 }
 
-func newTestEnv(t testing.TB) *testEnv {
+// newTestEnv makes a private world; configure adjusts its Config before the
+// datapath opens.
+func newTestEnv(t testing.TB, configure ...func(*Config)) *testEnv {
 	t.Helper()
 	testutil.RequireRoot(t)
 	testutil.RequireCommand(t, "ip", "busybox")
@@ -57,6 +59,9 @@ func newTestEnv(t testing.TB) *testEnv {
 		HostDevice: "ebt" + suffix,
 		Version:    "test",
 	}}
+	for _, c := range configure {
+		c(&e.cfg)
+	}
 	t.Cleanup(func() {
 		if e.dp != nil {
 			_ = e.dp.Close()
@@ -98,6 +103,9 @@ func (e *testEnv) network(index uint32) Network {
 		subnet := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 200 + b[0]%50, b[1], 0}), 24)
 		if onlyDefaultRoute(subnet) {
 			n := Network{Index: index, Subnet: subnet, Gateway: subnet.Addr().Next()}
+			if e.cfg.Overlay != nil {
+				n.MTU = e.cfg.Overlay.MTU()
+			}
 			if err := e.dp.AddNetwork(n); err != nil {
 				e.t.Fatalf("AddNetwork: %v", err)
 			}

@@ -14,6 +14,7 @@ const (
 	ReasonARPReply     Reason = 2 // ARP answered by the program
 	ReasonPolicy       Reason = 3 // new flow allowed by policy (verdict events)
 	ReasonPolicyAudit  Reason = 4 // denied, passed in audit mode (counted per direction)
+	ReasonToOverlay    Reason = 5 // sent to another node through the overlay
 	DropInvalid        Reason = 130
 	DropInvalidSMAC    Reason = 131
 	DropInvalidSIP     Reason = 132
@@ -23,6 +24,7 @@ const (
 	DropInvalidARP     Reason = 136
 	DropWriteError     Reason = 137
 	DropMissedTailCall Reason = 138 // a policy owner has no program in ebpfnet_policy_lookups (or the node programs are not loaded), or a receiver no ebpfnet_endpoints entry of its own
+	DropUnroutable     Reason = 139 // from the overlay to no local endpoint, or to the overlay on a node without one
 	firstDropReason    Reason = 128
 )
 
@@ -30,9 +32,9 @@ const (
 // test that holds them to bpf/lib/reason.h.
 func knownReasons() []Reason {
 	return []Reason{
-		ReasonForwarded, ReasonToStack, ReasonARPReply, ReasonPolicy, ReasonPolicyAudit,
+		ReasonForwarded, ReasonToStack, ReasonARPReply, ReasonPolicy, ReasonPolicyAudit, ReasonToOverlay,
 		DropInvalid, DropInvalidSMAC, DropInvalidSIP, DropPolicy, DropUnknownL3,
-		DropNotSameNetwork, DropInvalidARP, DropWriteError, DropMissedTailCall,
+		DropNotSameNetwork, DropInvalidARP, DropWriteError, DropMissedTailCall, DropUnroutable,
 	}
 }
 
@@ -52,6 +54,8 @@ func (r Reason) Name() string {
 		return "REASON_POLICY"
 	case ReasonPolicyAudit:
 		return "REASON_POLICY_AUDIT"
+	case ReasonToOverlay:
+		return "REASON_TO_OVERLAY"
 	case DropInvalid:
 		return "DROP_INVALID"
 	case DropInvalidSMAC:
@@ -70,6 +74,8 @@ func (r Reason) Name() string {
 		return "DROP_WRITE_ERROR"
 	case DropMissedTailCall:
 		return "DROP_MISSED_TAIL_CALL"
+	case DropUnroutable:
+		return "DROP_UNROUTABLE"
 	}
 	return fmt.Sprintf("REASON_%d", uint8(r))
 }
@@ -88,6 +94,8 @@ func (r Reason) String() string {
 		return "Policy allowed"
 	case ReasonPolicyAudit:
 		return "Policy audit"
+	case ReasonToOverlay:
+		return "To overlay"
 	case DropInvalid:
 		return "Invalid packet"
 	case DropInvalidSMAC:
@@ -106,6 +114,8 @@ func (r Reason) String() string {
 		return "Packet write failed"
 	case DropMissedTailCall:
 		return "Missed tail call"
+	case DropUnroutable:
+		return "Unroutable"
 	}
 	return fmt.Sprintf("Unknown reason %d", uint8(r))
 }

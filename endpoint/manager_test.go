@@ -127,10 +127,10 @@ func (f *fakeDatapath) ApplyPolicy(id uint16, p policy.EndpointPolicy) (int, int
 	return len(add), len(del), nil
 }
 
-func (f *fakeDatapath) PutIPCache(p netip.Prefix, id identity.ID) error {
+func (f *fakeDatapath) PutIPCache(p netip.Prefix, e datapath.IPCacheEntry) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.ipcache[p] = id
+	f.ipcache[p] = e.Identity
 	return nil
 }
 
@@ -141,12 +141,12 @@ func (f *fakeDatapath) DeleteIPCache(p netip.Prefix) error {
 	return nil
 }
 
-func (f *fakeDatapath) IPCache() (map[netip.Prefix]uint32, error) {
+func (f *fakeDatapath) IPCache() (map[netip.Prefix]datapath.IPCacheEntry, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	out := map[netip.Prefix]uint32{}
+	out := map[netip.Prefix]datapath.IPCacheEntry{}
 	for p, id := range f.ipcache {
-		out[p] = uint32(id)
+		out[p] = datapath.IPCacheEntry{Identity: id}
 	}
 	return out, nil
 }

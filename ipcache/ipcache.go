@@ -19,6 +19,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/ebpfnet/ebpfnet/datapath"
 	"github.com/ebpfnet/ebpfnet/identity"
 )
 
@@ -54,17 +55,27 @@ func (s Source) String() string {
 	return fmt.Sprintf("source-%d", int(s))
 }
 
-// Entry is what the datapath learns of a prefix.
+// Entry is what the daemon knows of a prefix.
 type Entry struct {
 	Identity identity.ID
+	// TunnelEndpoint is the IP of the node behind which a remote endpoint
+	// or address block lives; invalid for everything on this node.
+	TunnelEndpoint netip.Addr
+	// Node names that node, for display; the datapath never sees it.
+	Node string
+}
+
+// datapath is what the map holds of an entry.
+func (e Entry) datapath() datapath.IPCacheEntry {
+	return datapath.IPCacheEntry{Identity: e.Identity, TunnelEndpoint: e.TunnelEndpoint}
 }
 
 // Map is the datapath's ipcache map. *datapath.Datapath implements it;
 // unit tests use a fake.
 type Map interface {
-	PutIPCache(netip.Prefix, identity.ID) error
+	PutIPCache(netip.Prefix, datapath.IPCacheEntry) error
 	DeleteIPCache(netip.Prefix) error
-	IPCache() (map[netip.Prefix]uint32, error)
+	IPCache() (map[netip.Prefix]datapath.IPCacheEntry, error)
 }
 
 // Owned is an entry with the source that put it in force.
@@ -83,12 +94,12 @@ type Cache struct {
 	// source present.
 	held map[netip.Prefix]map[Source]Entry
 	// written is what the map holds, as far as the Cache wrote it.
-	written map[netip.Prefix]Entry
+	written map[netip.Prefix]datapath.IPCacheEntry
 	// restored are the entries the map held when the Cache started and no
 	// source has claimed yet. Once every source in waitFor has synced
 	// they go: a daemon restart must not drop entries that a source will
 	// put back a moment later (cross-node flows), nor keep stale ones.
-	restored map[netip.Prefix]Entry
+	restored map[netip.Prefix]datapath.IPCacheEntry
 	waitFor  map[Source]bool
 }
 
@@ -103,13 +114,13 @@ func New(m Map, log logrus.FieldLogger, waitFor ...Source) (*Cache, error) {
 	c := &Cache{
 		log: log, m: m,
 		held:     map[netip.Prefix]map[Source]Entry{},
-		written:  map[netip.Prefix]Entry{},
-		restored: map[netip.Prefix]Entry{},
+		written:  map[netip.Prefix]datapath.IPCacheEntry{},
+		restored: map[netip.Prefix]datapath.IPCacheEntry{},
 		waitFor:  map[Source]bool{},
 	}
-	for p, id := range cur {
-		c.restored[p] = Entry{Identity: identity.ID(id)}
-		c.written[p] = Entry{Identity: identity.ID(id)}
+	for p, e := range cur {
+		c.restored[p] = e
+		c.written[p] = e
 	}
 	for _, s := range waitFor {
 		c.waitFor[s] = true
@@ -263,26 +274,26 @@ func (c *Cache) winner(p netip.Prefix) (Owned, bool) {
 // unclaimed restored entry) holds it. A claimed prefix stops being a
 // restored one. c.mu is held.
 func (c *Cache) flush(p netip.Prefix) error {
+	var want datapath.IPCacheEntry
 	o, ok := c.winner(p)
 	if ok {
 		delete(c.restored, p)
+		want = o.datapath()
 	} else {
 		delete(c.held, p)
-		if e, restored := c.restored[p]; restored {
-			o, ok = Owned{Entry: e}, true
-		}
+		want, ok = c.restored[p]
 	}
 	cur, written := c.written[p]
 	switch {
-	case ok && written && cur == o.Entry:
+	case ok && written && cur == want:
 		return nil
 	case ok:
 		// Overwritten in place: an address never falls back to a
 		// shorter prefix in between.
-		if err := c.m.PutIPCache(p, o.Identity); err != nil {
-			return fmt.Errorf("ipcache %v -> %d: %w", p, o.Identity, err)
+		if err := c.m.PutIPCache(p, want); err != nil {
+			return fmt.Errorf("ipcache %v -> %d: %w", p, want.Identity, err)
 		}
-		c.written[p] = o.Entry
+		c.written[p] = want
 	case written:
 		if err := c.m.DeleteIPCache(p); err != nil {
 			return fmt.Errorf("ipcache delete %v: %w", p, err)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/ebpfnet/ebpfnet/datapath"
 	"github.com/ebpfnet/ebpfnet/identity"
 )
 
@@ -17,25 +18,27 @@ import (
 // reached it.
 type fakeMap struct {
 	mu      sync.Mutex
-	entries map[netip.Prefix]uint32
+	entries map[netip.Prefix]datapath.IPCacheEntry
 	puts    int
 	deletes int
 	failPut bool
 }
 
 func newFakeMap(initial map[netip.Prefix]uint32) *fakeMap {
-	m := &fakeMap{entries: map[netip.Prefix]uint32{}}
-	maps.Copy(m.entries, initial)
+	m := &fakeMap{entries: map[netip.Prefix]datapath.IPCacheEntry{}}
+	for p, id := range initial {
+		m.entries[p] = datapath.IPCacheEntry{Identity: identity.ID(id)}
+	}
 	return m
 }
 
-func (m *fakeMap) PutIPCache(p netip.Prefix, id identity.ID) error {
+func (m *fakeMap) PutIPCache(p netip.Prefix, e datapath.IPCacheEntry) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.failPut {
 		return errors.New("map full")
 	}
-	m.entries[p] = uint32(id)
+	m.entries[p] = e
 	m.puts++
 	return nil
 }
@@ -48,7 +51,7 @@ func (m *fakeMap) DeleteIPCache(p netip.Prefix) error {
 	return nil
 }
 
-func (m *fakeMap) IPCache() (map[netip.Prefix]uint32, error) {
+func (m *fakeMap) IPCache() (map[netip.Prefix]datapath.IPCacheEntry, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return maps.Clone(m.entries), nil
@@ -57,8 +60,8 @@ func (m *fakeMap) IPCache() (map[netip.Prefix]uint32, error) {
 func (m *fakeMap) get(p string) (uint32, bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	id, ok := m.entries[netip.MustParsePrefix(p)]
-	return id, ok
+	e, ok := m.entries[netip.MustParsePrefix(p)]
+	return uint32(e.Identity), ok
 }
 
 func quiet() logrus.FieldLogger {

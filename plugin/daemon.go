@@ -493,7 +493,8 @@ func verdictsOf(counters map[datapath.MetricKey]datapath.MetricValue) []metrics.
 		switch {
 		case k.Reason.IsDrop():
 			kind = metrics.Drop
-		case k.Reason == datapath.ReasonForwarded, k.Reason == datapath.ReasonToStack, k.Reason == datapath.ReasonARPReply:
+		case k.Reason == datapath.ReasonForwarded, k.Reason == datapath.ReasonToStack, k.Reason == datapath.ReasonARPReply,
+			k.Reason == datapath.ReasonToOverlay:
 			kind = metrics.Forward
 		case k.Reason == datapath.ReasonPolicyAudit:
 			kind = metrics.Audit

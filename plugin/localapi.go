@@ -174,9 +174,17 @@ func policyRoutes(mux *http.ServeMux, d *Daemon) {
 			writeJSON(w, http.StatusInternalServerError, api.Error{Message: err.Error()})
 			return
 		}
+		owned := d.ipcache.Entries()
 		out := []api.IPCacheEntry{}
-		for p, id := range entries {
-			out = append(out, api.IPCacheEntry{Prefix: p.String(), Identity: id, Labels: d.labelsOf(id)})
+		for p, e := range entries {
+			ae := api.IPCacheEntry{Prefix: p.String(), Identity: uint32(e.Identity), Labels: d.labelsOf(uint32(e.Identity))}
+			if e.TunnelEndpoint.IsValid() {
+				ae.TunnelEndpoint = e.TunnelEndpoint.String()
+			}
+			if o, ok := owned[p]; ok {
+				ae.Source, ae.Node = o.Source.String(), o.Node
+			}
+			out = append(out, ae)
 		}
 		sort.Slice(out, func(i, j int) bool { return out[i].Prefix < out[j].Prefix })
 		writeJSON(w, http.StatusOK, out)

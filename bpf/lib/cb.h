@@ -17,8 +17,9 @@
  *   CB_OWNER   epid | network << 16 of the endpoint whose map is asked
  *   CB_REMOTE  the remote identity
  *   CB_KEY     policy_dport (network order) | proto << 16 | direction << 24
- *   CB_PEER    egress: the receiving endpoint's epid, 0 for the host stack;
- *              ingress: the sending endpoint's epid, 0 from the host stack
+ *   CB_PEER    egress: the receiving endpoint's epid, 0 for the host stack
+ *              or another node; ingress: the sending endpoint's epid, 0
+ *              from the host stack, CB_PEER_OVERLAY from another node
  *   CB_LOOKUP  in: the ebpfnet_calls slot handle_policy continues in;
  *              out: LOOKUP_*, whether the owner's map holds an entry for
  *              the flow; LOOKUP_SKIPPED when the owner does not enforce
@@ -38,6 +39,11 @@
 #define CB_PEER 3
 #define CB_LOOKUP 4
 #define CB_WORDS 5
+
+/* CB_PEER of a packet that came from another node through the overlay:
+ * like a local sender's epid, it makes the verdict deliver the packet
+ * straight into the receiver; no epid has the top bit. */
+#define CB_PEER_OVERLAY (1U << 31)
 
 #define LOOKUP_MISS 0
 #define LOOKUP_HIT 1

@@ -13,14 +13,21 @@ enum reserved_identity {
 	IDENTITY_INIT = 5,
 };
 
+/* ipcache_lookup returns the entry of the longest prefix holding addr,
+ * or NULL when the daemon has not described it. */
+static __always_inline struct ipcache_value *ipcache_lookup(__be32 addr)
+{
+	struct ipcache_key key = { .prefixlen = 32, .addr = addr };
+
+	return bpf_map_lookup_elem(&ebpfnet_ipcache, &key);
+}
+
 /* ipcache_identity returns the identity of the longest prefix holding
  * addr; an address the daemon has not described is the world. */
 static __always_inline __u32 ipcache_identity(__be32 addr)
 {
-	struct ipcache_key key = { .prefixlen = 32, .addr = addr };
-	struct ipcache_value *v;
+	struct ipcache_value *v = ipcache_lookup(addr);
 
-	v = bpf_map_lookup_elem(&ebpfnet_ipcache, &key);
 	return v ? v->identity : IDENTITY_WORLD;
 }
 

@@ -111,15 +111,20 @@ struct {
 } ebpfnet_calls SEC(".maps");
 
 /* ipcache: prefix -> identity of remote addresses that are not local
- * endpoints (host, world, CIDR identities). A miss is the world. */
+ * endpoints (host, world, CIDR identities, and in a cluster the endpoints
+ * and address blocks of other nodes). A miss is the world. */
 struct ipcache_key {
 	__u32 prefixlen;	/* LPM trie: bits of addr that count */
 	__be32 addr;
 };
 
+/* tunnel_endpoint is the IP of the node behind which the prefix lives,
+ * for the overlay (lib/overlay.h); 0 for everything not on another node.
+ * It took the place of a padding word that versions before the cluster
+ * always wrote 0, so old entries read as "not tunnelled". */
 struct ipcache_value {
 	__u32 identity;
-	__u32 pad;
+	__be32 tunnel_endpoint;
 };
 
 struct {
@@ -130,6 +135,25 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);	/* required for LPM tries */
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } ebpfnet_ipcache SEC(".maps");
+
+/* Networks, by their node-local index (endpoint_info.network_id): the
+ * subnet, so that traffic to or from another node is only carried within
+ * one network (lib/overlay.h). An array: one bounds check per lookup. */
+#define NETWORKS_MAX 65536
+
+struct network_info {
+	__be32 subnet;
+	__be32 mask;		/* network order: addr & mask == subnet */
+	__be32 gateway;		/* the host's address in the subnet */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct network_info);
+	__uint(max_entries, NETWORKS_MAX);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ebpfnet_networks SEC(".maps");
 
 /* Conntrack (lib/conntrack.h): a flow's tuple, the end with the lower
  * (address, port) first, the same key for both directions. For ICMP echo

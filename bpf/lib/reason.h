@@ -12,6 +12,7 @@ enum reason {
 	REASON_ARP_REPLY = 2,		/* ARP answered by the program */
 	REASON_POLICY = 3,		/* new flow allowed by policy (verdict events) */
 	REASON_POLICY_AUDIT = 4,	/* denied, passed in audit mode */
+	REASON_TO_OVERLAY = 5,		/* sent to another node through the overlay */
 
 	DROP_INVALID = 130,		/* malformed or truncated packet */
 	DROP_INVALID_SMAC = 131,	/* source MAC is not the container's */
@@ -22,6 +23,7 @@ enum reason {
 	DROP_INVALID_ARP = 136,		/* ARP that is not Ethernet/IPv4 */
 	DROP_WRITE_ERROR = 137,		/* packet rewrite failed */
 	DROP_MISSED_TAIL_CALL = 138,	/* no node program, no policy lookup of the owner, or no entry of a receiver */
+	DROP_UNROUTABLE = 139,		/* from the overlay to no local endpoint */
 };
 
 #endif

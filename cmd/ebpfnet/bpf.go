@@ -48,9 +48,13 @@ func newBPFCommand(opts *cliOptions) *cobra.Command {
 			}
 			return opts.print(cmd.OutOrStdout(), entries, func(out io.Writer) error {
 				w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-				fmt.Fprintln(w, "PREFIX\tIDENTITY\tLABELS")
+				fmt.Fprintln(w, "PREFIX\tIDENTITY\tLABELS\tSOURCE\tNODE")
 				for _, e := range entries {
-					fmt.Fprintf(w, "%s\t%d\t%s\n", e.Prefix, e.Identity, strings.Join(e.Labels, " "))
+					node := e.Node
+					if e.TunnelEndpoint != "" {
+						node = strings.TrimSpace(node + " " + e.TunnelEndpoint)
+					}
+					fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%s\n", e.Prefix, e.Identity, strings.Join(e.Labels, " "), e.Source, node)
 				}
 				return w.Flush()
 			})
