@@ -273,3 +273,29 @@ func TestConcurrentSources(t *testing.T) {
 		}
 	}
 }
+
+// A remote entry that moves to another node is rewritten even when its
+// identity stays; the node's name is the daemon's alone.
+func TestTunnelEndpointChanges(t *testing.T) {
+	m := newFakeMap(nil)
+	c := newCache(t, m)
+	nodeA, nodeB := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.2")
+	if err := c.Upsert(ep, SourceRemote, Entry{Identity: 300, TunnelEndpoint: nodeA, Node: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Upsert(ep, SourceRemote, Entry{Identity: 300, TunnelEndpoint: nodeB, Node: "b"}); err != nil {
+		t.Fatal(err)
+	}
+	if got := m.entries[ep]; got.TunnelEndpoint != nodeB || m.puts != 2 {
+		t.Fatalf("map holds %+v after %d writes, want node b's address", got, m.puts)
+	}
+	if err := c.Upsert(ep, SourceRemote, Entry{Identity: 300, TunnelEndpoint: nodeB, Node: "b-renamed"}); err != nil {
+		t.Fatal(err)
+	}
+	if m.puts != 2 {
+		t.Fatal("a change the datapath does not see was written")
+	}
+	if o := c.Entries()[ep]; o.Node != "b-renamed" || o.Source != SourceRemote {
+		t.Fatalf("entry %+v", o)
+	}
+}
