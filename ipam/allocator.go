@@ -61,6 +61,10 @@ type pool struct {
 	// gateway is the address Docker requested as the gateway; invalid until
 	// then.
 	gateway netip.Addr
+	// block says that subPool is this node's block of a cluster network
+	// (Blocks): no address outside it is handed out but the gateway,
+	// which every node of the network shares.
+	block bool
 	// allocated is a set rather than a bitmap: a /8 holds 16M addresses of
 	// which a node uses a handful, so memory follows what is used.
 	allocated map[uint32]struct{}

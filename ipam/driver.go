@@ -5,6 +5,7 @@
 package ipam
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -12,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"time"
 
 	ipamapi "github.com/docker/go-plugins-helpers/ipam"
 	"github.com/sirupsen/logrus"
@@ -57,7 +59,29 @@ type Config struct {
 	HostRoutes func() ([]netip.Prefix, error)
 	// Logger receives pool and address events; nil discards them.
 	Logger logrus.FieldLogger
+	// Blocks, in a cluster, makes every pool a cluster network whose
+	// addresses this node hands out from its own block; nil on one node.
+	Blocks Blocks
 }
+
+// Blocks hands this node its share of a cluster network. In a cluster the
+// same subnet on every node is one network, and each node allocates from a
+// block of it that it has claimed, so no address is handed out twice and
+// address requests stay local and fast. *cluster.Node implements it.
+type Blocks interface {
+	// ClaimBlock registers subnet as a cluster network, refusing one
+	// that overlaps another without being equal to it, and returns this
+	// node's block in it, claiming one the first time.
+	ClaimBlock(ctx context.Context, subnet netip.Prefix) (netip.Prefix, error)
+	// ReleaseBlock gives this node's block of subnet back.
+	ReleaseBlock(ctx context.Context, subnet netip.Prefix) error
+	// Networks lists the cluster networks, which a carved pool avoids.
+	Networks(ctx context.Context) ([]netip.Prefix, error)
+}
+
+// clusterCallTimeout bounds a call to the cluster's store: Docker waits for
+// our answer while it holds its own locks.
+const clusterCallTimeout = 10 * time.Second
 
 // PoolInfo describes one pool for the local API and tests.
 type PoolInfo struct {
@@ -81,6 +105,7 @@ type Driver struct {
 	alloc      *allocator
 	store      Store
 	hostRoutes func() ([]netip.Prefix, error)
+	blocks     Blocks
 	log        logrus.FieldLogger
 }
 
@@ -120,6 +145,7 @@ func New(cfg Config) (*Driver, error) {
 	d := &Driver{
 		alloc:      newAllocator(append([]netip.Prefix(nil), defaults...), size),
 		store:      cfg.Store,
+		blocks:     cfg.Blocks,
 		hostRoutes: cfg.HostRoutes,
 		log:        log.WithField("component", "ipam"),
 	}
@@ -193,6 +219,9 @@ func (d *Driver) RequestPool(req *ipamapi.RequestPoolRequest) (*ipamapi.RequestP
 		if req.Pool == "" || anySize {
 			return nil, fmt.Errorf("ip-range %s needs a subnet", req.SubPool)
 		}
+		if d.blocks != nil {
+			return nil, fmt.Errorf("ip-range %s: a network of the cluster has no ip-range, each node hands out addresses from a block of its own", req.SubPool)
+		}
 		var err error
 		if sub, err = parseSubnet("ip-range", req.SubPool); err != nil {
 			return nil, err
@@ -202,6 +231,19 @@ func (d *Driver) RequestPool(req *ipamapi.RequestPoolRequest) (*ipamapi.RequestP
 		}
 	}
 
+	var avoid []netip.Prefix
+	if (req.Pool == "" || anySize) && d.blocks != nil {
+		// Outside the lock: the store may be slow, address requests
+		// of other networks must not wait for it.
+		ctx, cancel := context.WithTimeout(context.Background(), clusterCallTimeout)
+		nets, err := d.blocks.Networks(ctx)
+		cancel()
+		if err != nil {
+			return nil, fmt.Errorf("list the cluster's networks to choose a free subnet: %w", err)
+		}
+		avoid = nets
+	}
+
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if req.Pool == "" || anySize {
@@ -209,28 +251,73 @@ func (d *Driver) RequestPool(req *ipamapi.RequestPoolRequest) (*ipamapi.RequestP
 		if anySize {
 			bits = prefix.Bits()
 		}
-		var routes []netip.Prefix
+		routes := avoid
 		if d.hostRoutes != nil {
-			var err error
-			if routes, err = d.hostRoutes(); err != nil {
+			hr, err := d.hostRoutes()
+			if err != nil {
 				// Carving blind could shadow a network the host uses.
 				return nil, fmt.Errorf("list host routes to choose a free subnet: %w", err)
 			}
+			routes = append(routes, hr...)
 		}
 		var err error
 		if prefix, err = d.alloc.carve(routes, bits); err != nil {
 			return nil, err
 		}
 	}
+	block := false
+	if d.blocks != nil {
+		if other := d.alloc.overlapping(prefix); other != nil {
+			return nil, fmt.Errorf("subnet %s overlaps %s of an existing ebpfnet network", prefix, other.prefix)
+		}
+		var err error
+		if sub, err = d.claimBlock(prefix); err != nil {
+			return nil, err
+		}
+		block = true
+	}
 	p, undo, err := d.alloc.addPool(space, prefix, sub)
 	if err != nil {
+		if block {
+			d.releaseBlock(prefix)
+		}
 		return nil, err
 	}
+	p.block = block
 	if err := d.commit(undo); err != nil {
+		if block {
+			d.releaseBlock(prefix)
+		}
 		return nil, fmt.Errorf("request pool %s: %w", prefix, err)
 	}
-	d.log.WithFields(logrus.Fields{"pool": p.prefix, "ipRange": p.subPool, "id": p.id}).Info("pool created")
+	d.log.WithFields(logrus.Fields{"pool": p.prefix, "ipRange": p.subPool, "id": p.id, "block": block}).Info("pool created")
 	return &ipamapi.RequestPoolResponse{PoolID: p.id, Pool: p.prefix.String()}, nil
+}
+
+// claimBlock asks the cluster for this node's block of subnet.
+func (d *Driver) claimBlock(subnet netip.Prefix) (netip.Prefix, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), clusterCallTimeout)
+	defer cancel()
+	block, err := d.blocks.ClaimBlock(ctx, subnet)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("claim this node's block of cluster network %s: %w", subnet, err)
+	}
+	if !subnet.Contains(block.Addr()) || block.Bits() < subnet.Bits() {
+		d.releaseBlock(subnet)
+		return netip.Prefix{}, fmt.Errorf("the cluster gave block %s, outside network %s", block, subnet)
+	}
+	return block, nil
+}
+
+// releaseBlock gives this node's block of subnet back, logging a failure:
+// the block stays this node's until the pool is released again (reconcile
+// at the next start) or the node is removed.
+func (d *Driver) releaseBlock(subnet netip.Prefix) {
+	ctx, cancel := context.WithTimeout(context.Background(), clusterCallTimeout)
+	defer cancel()
+	if err := d.blocks.ReleaseBlock(ctx, subnet); err != nil {
+		d.log.WithError(err).WithField("subnet", subnet).Warn("give this node's block back to the cluster")
+	}
 }
 
 // ReleasePool implements ipamapi.Ipam. Releasing an unknown pool succeeds:
@@ -238,11 +325,23 @@ func (d *Driver) RequestPool(req *ipamapi.RequestPoolRequest) (*ipamapi.RequestP
 func (d *Driver) ReleasePool(req *ipamapi.ReleasePoolRequest) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	undo, removed := d.alloc.removePool(req.PoolID)
-	if !removed {
+	p, ok := d.alloc.pools[req.PoolID]
+	if !ok {
 		d.log.WithField("id", req.PoolID).Debug("release of unknown pool ignored")
 		return nil
 	}
+	if p.block && d.blocks != nil {
+		// The block first: if the cluster cannot take it back now, the
+		// pool stays, and the release is tried again (by Docker, or by
+		// reconcile at the next start) rather than the block leaking.
+		ctx, cancel := context.WithTimeout(context.Background(), clusterCallTimeout)
+		err := d.blocks.ReleaseBlock(ctx, p.prefix)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("release pool %s: give this node's block back to the cluster: %w", req.PoolID, err)
+		}
+	}
+	undo, _ := d.alloc.removePool(req.PoolID)
 	if err := d.commit(undo); err != nil {
 		return fmt.Errorf("release pool %s: %w", req.PoolID, err)
 	}
@@ -285,6 +384,11 @@ func (d *Driver) RequestAddress(req *ipamapi.RequestAddressRequest) (*ipamapi.Re
 		// even when an --ip-range leaves it outside the dynamic range.
 		first, _ := bounds(p.prefix)
 		want = addrFrom(first + 1)
+	}
+	if p.block && want.IsValid() && !isGateway && !p.subPool.Contains(want) {
+		// Another node's block, or one nobody has claimed yet: an
+		// address in it could be handed out twice.
+		return nil, fmt.Errorf("address %s is outside this node's block %s of cluster network %s: choose one in the block", want, p.subPool, p.prefix)
 	}
 	var (
 		addr netip.Addr

@@ -43,7 +43,9 @@ type PoolState struct {
 	Gateway      netip.Addr   `json:"gateway"`
 	// Last keeps the sequential allocation going where it stopped, so a
 	// restart does not hand out a just-released address again.
-	Last      netip.Addr   `json:"last"`
+	Last netip.Addr `json:"last"`
+	// Block marks SubPool as this node's block of a cluster network.
+	Block     bool         `json:"block,omitempty"`
 	Addresses []netip.Addr `json:"addresses"`
 }
 
@@ -59,6 +61,7 @@ func (a *allocator) snapshot() State {
 			SubPool:      p.subPool,
 			Gateway:      p.gateway,
 			Last:         p.last,
+			Block:        p.block,
 			Addresses:    p.addresses(),
 		})
 	}
@@ -154,10 +157,14 @@ func (a *allocator) restorePool(ps PoolState) error {
 	if want := poolID(ps.AddressSpace, ps.Pool, ps.SubPool); ps.ID != want {
 		return fmt.Errorf("pool ID %q does not match its pool, want %q", ps.ID, want)
 	}
+	if ps.Block && !ps.SubPool.IsValid() {
+		return errors.New("a cluster network's pool without its block")
+	}
 	p, _, err := a.addPool(ps.AddressSpace, ps.Pool, ps.SubPool)
 	if err != nil {
 		return err
 	}
+	p.block = ps.Block
 	for _, addr := range ps.Addresses {
 		if _, err := p.reserve(addr); err != nil {
 			return err
