@@ -66,6 +66,9 @@ type Config struct {
 	// MetricsAddr is the host:port Prometheus metrics are served on, at
 	// /metrics; empty turns them off.
 	MetricsAddr string
+	// CallBound is how long a Docker call may take before it is answered
+	// with an error; 0 is DefaultCallBound.
+	CallBound time.Duration
 }
 
 // DefaultConfig returns the production paths.
@@ -264,7 +267,7 @@ func (d *Daemon) serve(ctx context.Context) error {
 	if d.metrics != nil {
 		observe = d.metrics
 	}
-	docker := newDockerAPI(d.driver, d.ipam, d.log.WithField("subsys", "docker-api"), &inflight, observe)
+	docker := newDockerAPI(d.driver, d.ipam, d.log.WithField("subsys", "docker-api"), &inflight, observe, d.cfg.CallBound)
 	pluginLn, err := listenUnix(d.cfg.PluginSocket, 0o600)
 	if err != nil {
 		return err
@@ -327,7 +330,11 @@ func (d *Daemon) serve(ctx context.Context) error {
 	os.Remove(d.cfg.PluginSocket)
 	stopReconcile()
 	background.Wait()
-	inflight.Wait()
+	// Calls in flight finish within their own deadlines; one stuck in the
+	// kernel must not keep the daemon from stopping for ever.
+	if !waitAtMost(&inflight, shutdownWait) {
+		d.log.WithField("waited", shutdownWait).Warn("stopping with Docker calls still running")
+	}
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	_ = apiServer.Shutdown(shutdownCtx)
@@ -342,6 +349,22 @@ func (d *Daemon) serve(ctx context.Context) error {
 		return fmt.Errorf("serve: %w", serveErr)
 	}
 	return nil
+}
+
+// shutdownWait is how long a stop waits for Docker calls in flight: past
+// every call's own deadlines (DefaultCallBound).
+const shutdownWait = 30 * time.Second
+
+// waitAtMost waits for wg for at most d and reports whether it ended.
+func waitAtMost(wg *sync.WaitGroup, d time.Duration) bool {
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return true
+	case <-time.After(d):
+		return false
+	}
 }
 
 // chainPrefix names our iptables chains. The production daemon's are

@@ -3,6 +3,7 @@ package plugin
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"sync"
@@ -25,7 +26,17 @@ type dockerAPI struct {
 	inflight *sync.WaitGroup
 	handler  sdk.Handler
 	observe  callObserver
+	// bound is how long Docker waits for any answer (callBound).
+	bound time.Duration
 }
+
+// DefaultCallBound is how long a Docker call may take before it is
+// answered with an error. Docker sets no timeout on a v1 plugin and holds
+// its per-network lock meanwhile: one stuck call would stall every
+// `docker run` on the network. The calls bound their own waits tighter
+// (the endpoint manager 20 s, the cluster's store 10 s); this catches
+// anything else that blocks, a kernel call included.
+const DefaultCallBound = 25 * time.Second
 
 // callObserver records how long each Docker call took and whether it was
 // answered with an error; the daemon's metrics implement it.
@@ -62,8 +73,11 @@ type gwAllocCheckResponse struct {
 
 // newDockerAPI serves drv and ipd; observe learns every call's duration
 // (noObserver when metrics are off, never nil).
-func newDockerAPI(drv network.Driver, ipd ipam.Ipam, log logrus.FieldLogger, inflight *sync.WaitGroup, observe callObserver) *dockerAPI {
-	a := &dockerAPI{log: log, inflight: inflight, handler: sdk.NewHandler(manifest), observe: observe}
+func newDockerAPI(drv network.Driver, ipd ipam.Ipam, log logrus.FieldLogger, inflight *sync.WaitGroup, observe callObserver, bound time.Duration) *dockerAPI {
+	if bound <= 0 {
+		bound = DefaultCallBound
+	}
+	a := &dockerAPI{log: log, inflight: inflight, handler: sdk.NewHandler(manifest), observe: observe, bound: bound}
 	a.registerNetwork(drv)
 	a.registerIPAM(ipd)
 	return a
@@ -112,12 +126,12 @@ func (a *dockerAPI) registerIPAM(d ipam.Ipam) {
 func empty(err error) (any, error) { return struct{}{}, err }
 
 // route registers one Docker call: decode the request, call, encode the
-// answer or the error, and log and observe how long it took. Requests in
-// flight are counted so that shutdown can wait for them.
+// answer or the error, and log and observe how long it took. A call that
+// takes longer than the bound is answered with an error while it goes on
+// in the background (its own deadlines end it). Requests in flight are
+// counted so that shutdown can wait for them.
 func route[Req any](a *dockerAPI, h sdk.Handler, path string, call func(*Req) (any, error)) {
 	h.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {
-		a.inflight.Add(1)
-		defer a.inflight.Done()
 		start := time.Now()
 		req := new(Req)
 		// Some calls (GetCapabilities) arrive with an empty body or "null".
@@ -127,7 +141,32 @@ func route[Req any](a *dockerAPI, h sdk.Handler, path string, call func(*Req) (a
 			sdk.EncodeResponse(w, errorResponse{Err: "decode request: " + err.Error()}, true)
 			return
 		}
-		resp, err := call(req)
+		type answer struct {
+			resp any
+			err  error
+		}
+		done := make(chan answer, 1)
+		a.inflight.Add(1)
+		go func() {
+			defer a.inflight.Done()
+			resp, err := call(req)
+			done <- answer{resp, err}
+		}()
+		var resp any
+		var err error
+		timer := time.NewTimer(a.bound)
+		select {
+		case ans := <-done:
+			timer.Stop()
+			resp, err = ans.resp, ans.err
+		case <-timer.C:
+			err = fmt.Errorf("ebpfnet did not finish %s within %s; it goes on in the background, see the daemon's log", path, a.bound)
+			go func() {
+				ans := <-done
+				a.log.WithError(ans.err).WithFields(logrus.Fields{"call": path, "took": time.Since(start).Round(time.Millisecond)}).
+					Warn("a call answered late; Docker was told it failed")
+			}()
+		}
 		took := time.Since(start)
 		a.observe.ObserveDockerCall(path, err != nil, took)
 		log := a.log.WithFields(logrus.Fields{"call": path, "took": took.Round(time.Microsecond)})
