@@ -55,12 +55,16 @@ func escape(s string) string {
 	if !strings.ContainsAny(s, `\,=`) {
 		return s
 	}
+	// Bytes, not runes: the escaped characters are ASCII, and a string
+	// that is not valid UTF-8 must keep its bytes (ranging over runes
+	// would turn every invalid byte into U+FFFD, and two sets into one).
 	var b strings.Builder
-	for _, r := range s {
-		if r == '\\' || r == ',' || r == '=' {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c == '\\' || c == ',' || c == '=' {
 			b.WriteByte('\\')
 		}
-		b.WriteRune(r)
+		b.WriteByte(c)
 	}
 	return b.String()
 }
