@@ -174,6 +174,7 @@ static __always_inline int handle_ipv4(struct __sk_buff *skb,
 	struct self_info self;
 	struct flow f = {};
 	__u32 epid = cb_epid(me->epid_net);
+	__u32 peer_epid;
 	__be32 daddr;
 
 	if (flow_parse_ipv4(skb, &f))
@@ -203,7 +204,8 @@ static __always_inline int handle_ipv4(struct __sk_buff *skb,
 		bpf_skb_change_type(skb, PACKET_HOST);
 	}
 
-	if (ct_lookup(&f) == CT_ESTABLISHED) {
+	peer_epid = peer ? peer->epid : 0;
+	if (ct_lookup(&f, epid, peer_epid) == CT_ESTABLISHED) {
 		if (peer)
 			return deliver_local(skb, peer, &f);
 		count(REASON_TO_STACK, METRIC_EGRESS, skb->len);
@@ -258,23 +260,25 @@ int node_to_container(struct __sk_buff *skb)
 	struct self_info self;
 	struct lxc_self me;
 	struct flow f = {};
+	__u32 epid;
 
 	lxc_self_from_cb(skb, &me);
+	epid = cb_epid(me.epid_net);
 	if ((void *)(eth + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP))
 		goto pass;
 	if (flow_parse_ipv4(skb, &f))
 		return drop(skb, DROP_INVALID, METRIC_INGRESS, &f);
-	if (ct_lookup(&f) == CT_ESTABLISHED)
+	if (ct_lookup(&f, 0, epid) == CT_ESTABLISHED)
 		goto pass;
 
-	endpoint_self(me.ipv4, cb_epid(me.epid_net), &self);
+	endpoint_self(me.ipv4, epid, &self);
 	f.src_identity = ipcache_identity(f.saddr);
 	f.dst_identity = self.identity;
 	skb->cb[CB_OWNER] = me.epid_net;
 	skb->cb[CB_REMOTE] = f.src_identity;
 	skb->cb[CB_KEY] = cb_key(f.policy_dport, f.proto, POLICY_INGRESS);
 	skb->cb[CB_PEER] = 0;
-	return ask_policy(skb, cb_epid(me.epid_net), self.flags, POLICY_INGRESS, &f);
+	return ask_policy(skb, epid, self.flags, POLICY_INGRESS, &f);
 pass:
 	count(REASON_TO_STACK, METRIC_INGRESS, skb->len);
 	return TC_ACT_OK;
@@ -310,7 +314,7 @@ int node_policy_verdict(struct __sk_buff *skb)
 		if (!policy_report(skb, &f, skb->cb[CB_LOOKUP], self.flags, POLICY_EGRESS))
 			return drop(skb, DROP_POLICY, METRIC_EGRESS, &f);
 		if (!local) {
-			ct_create(&f);
+			ct_create(&f, epid, 0);
 			count(REASON_TO_STACK, METRIC_EGRESS, skb->len);
 			return TC_ACT_OK;
 		}
@@ -338,7 +342,8 @@ int node_policy_verdict(struct __sk_buff *skb)
 	f.dst_identity = self.identity;
 	if (!policy_report(skb, &f, skb->cb[CB_LOOKUP], self.flags, POLICY_INGRESS))
 		return drop(skb, DROP_POLICY, METRIC_INGRESS, &f);
-	ct_create(&f);
+	/* The sender is the local endpoint in CB_PEER, or none. */
+	ct_create(&f, skb->cb[CB_PEER], epid);
 	if (!local) {
 		count(REASON_TO_STACK, METRIC_INGRESS, skb->len);
 		return TC_ACT_OK;

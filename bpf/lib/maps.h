@@ -139,8 +139,25 @@ struct ct_key {
 	__u8 pad[3];
 };
 
+/* ct_entry.flags (lib/conntrack.h) */
+#define CT_F_ESTABLISHED (1U << 0)	/* TCP: a packet without SYN was seen */
+#define CT_F_FIN_LO (1U << 1)		/* TCP: FIN from the key's first end */
+#define CT_F_FIN_HI (1U << 2)		/* TCP: FIN from the key's second end */
+#define CT_F_RST (1U << 3)		/* TCP: RST from either end */
+#define CT_F_INIT_HI (1U << 4)		/* the flow's first packet came from the key's second end */
+
+/* A flow's state. The programs judge it on every packet: an entry past
+ * expires is no flow at all, and one whose local ends are not the endpoints
+ * that hold those addresses now is someone else's (lib/conntrack.h). The
+ * daemon's garbage collector (datapath/ctgc.go) deletes what has expired.
+ * Versions before this layout kept only a last-seen time (8 bytes);
+ * datapath/ctupgrade.go carries their flows over. */
 struct ct_entry {
-	__u64 last_seen;	/* CLOCK_MONOTONIC ns (coarse), for garbage collection */
+	__u64 expires;		/* CLOCK_MONOTONIC ns (coarse) after which the flow is gone */
+	__u32 timeout;		/* seconds each packet of the flow keeps it alive, by its state */
+	__u16 epid[2];		/* endpoint at the key's first and second end; 0: not a local endpoint */
+	__u8 flags;		/* CT_F_* */
+	__u8 pad[7];
 };
 
 /* LRU: a full table evicts the least recently used flow instead of
