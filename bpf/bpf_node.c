@@ -39,6 +39,7 @@
 #include "lib/drop.h"
 #include "lib/ipv4.h"
 #include "lib/ipcache.h"
+#include "lib/frag.h"
 #include "lib/conntrack.h"
 #include "lib/verdict.h"
 
@@ -204,8 +205,11 @@ static __always_inline int handle_ipv4(struct __sk_buff *skb,
 		bpf_skb_change_type(skb, PACKET_HOST);
 	}
 
+	if (f.fragment)
+		frag_ports(skb, &f);
 	peer_epid = peer ? peer->epid : 0;
-	if (ct_lookup(&f, epid, peer_epid) == CT_ESTABLISHED) {
+	if (ct_lookup(&f, epid, peer_epid) == CT_ESTABLISHED ||
+	    ct_related(skb, &f, epid, peer_epid)) {
 		if (peer)
 			return deliver_local(skb, peer, &f);
 		count(REASON_TO_STACK, METRIC_EGRESS, skb->len);
@@ -268,7 +272,10 @@ int node_to_container(struct __sk_buff *skb)
 		goto pass;
 	if (flow_parse_ipv4(skb, &f))
 		return drop(skb, DROP_INVALID, METRIC_INGRESS, &f);
-	if (ct_lookup(&f, 0, epid) == CT_ESTABLISHED)
+	if (f.fragment)
+		frag_ports(skb, &f);
+	if (ct_lookup(&f, 0, epid) == CT_ESTABLISHED ||
+	    ct_related(skb, &f, 0, epid))
 		goto pass;
 
 	endpoint_self(me.ipv4, epid, &self);
@@ -306,6 +313,8 @@ int node_policy_verdict(struct __sk_buff *skb)
 	 * needed again, for the report and conntrack. */
 	if (flow_parse_ipv4(skb, &f))
 		return drop(skb, DROP_INVALID, egress ? METRIC_EGRESS : METRIC_INGRESS, &f);
+	if (f.fragment)
+		frag_ports(skb, &f);
 
 	if (egress) {
 		endpoint_self(f.saddr, epid, &self);

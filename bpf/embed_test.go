@@ -59,7 +59,7 @@ func TestNodeObjectHasProgramsAndMaps(t *testing.T) {
 			t.Errorf("program %s missing", p)
 		}
 	}
-	requirePinnedMaps(t, spec, "ebpfnet_endpoints", "ebpfnet_policy_lookups", "ebpfnet_calls", "ebpfnet_metrics", "ebpfnet_events", "ebpfnet_ipcache", "ebpfnet_ct4")
+	requirePinnedMaps(t, spec, "ebpfnet_endpoints", "ebpfnet_policy_lookups", "ebpfnet_calls", "ebpfnet_metrics", "ebpfnet_events", "ebpfnet_ipcache", "ebpfnet_ct4", "ebpfnet_frag4")
 	if len(spec.Variables) != 0 {
 		t.Errorf("node object has global variables: %v", spec.Variables)
 	}

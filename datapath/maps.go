@@ -25,6 +25,9 @@ const (
 	IPCacheMapName = "ebpfnet_ipcache"
 	// CTMapName is the node-wide conntrack table (LRU hash of tuples).
 	CTMapName = "ebpfnet_ct4"
+	// FragMapName holds the ports of IPv4 datagrams whose later
+	// fragments are still to come (bpf/lib/frag.h).
+	FragMapName = "ebpfnet_frag4"
 	// legacyPolicyCallsName is the prog array of endpoint pipelines of
 	// versions before the node programs; Restore removes its pin once no
 	// endpoint runs such a pipeline.
@@ -32,7 +35,7 @@ const (
 )
 
 func sharedMapNames() []string {
-	return []string{EndpointsMapName, PolicyLookupsName, CallsMapName, MetricsMapName, EventsMapName, IPCacheMapName, CTMapName}
+	return []string{EndpointsMapName, PolicyLookupsName, CallsMapName, MetricsMapName, EventsMapName, IPCacheMapName, CTMapName, FragMapName}
 }
 
 // Endpoint flags in the endpoint's own ebpfnet_endpoints entry (keyed by

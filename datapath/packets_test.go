@@ -47,4 +47,42 @@ func icmpEcho(src, dst HardwareAddr, saddr, daddr netip.Addr, reply bool, id uin
 	return ipv4Frame(src, dst, saddr, daddr, protoICMP, 1, 0, icmp)
 }
 
+// icmpError builds an ICMP error of type and code quoting the IP header
+// and first 8 bytes of the L4 header of quoted, an Ethernet frame.
+func icmpError(src, dst HardwareAddr, saddr, daddr netip.Addr, typ, code uint8, quoted []byte) []byte {
+	q := quoted[14:]
+	if len(q) > 28 {
+		q = q[:28]
+	}
+	icmp := make([]byte, 8+len(q))
+	icmp[0], icmp[1] = typ, code
+	if typ == 3 && code == 4 {
+		binary.BigEndian.PutUint16(icmp[6:], 1280) // next-hop MTU
+	}
+	copy(icmp[8:], q)
+	return ipv4Frame(src, dst, saddr, daddr, protoICMP, 1, 0, icmp)
+}
+
+// fragments splits the IP payload of frame (an Ethernet/IPv4 frame) into
+// fragments of at most size bytes of payload each (a multiple of 8), with
+// IP id id, as a sender's kernel would.
+func fragments(frame []byte, id uint16, size int) [][]byte {
+	ip := frame[14:]
+	proto := ip[9]
+	saddr := netip.AddrFrom4([4]byte(ip[12:16]))
+	daddr := netip.AddrFrom4([4]byte(ip[16:20]))
+	var src, dst HardwareAddr = frame[6:12], frame[0:6]
+	payload := ip[20:]
+	var out [][]byte
+	for off := 0; off < len(payload); off += size {
+		end := min(off+size, len(payload))
+		flags := uint16(off / 8)
+		if end < len(payload) {
+			flags |= 0x2000 // MF
+		}
+		out = append(out, ipv4Frame(src, dst, saddr, daddr, proto, id, flags, payload[off:end]))
+	}
+	return out
+}
+
 const protoUDP = 17

@@ -23,7 +23,11 @@
  * the ones named: a flow of a deleted container never passes for the new
  * container that got its address, even if the entry outlived it. The
  * daemon also deletes a deleted endpoint's entries (DeleteEndpoint), before
- * its epid can be reused. */
+ * its epid can be reused.
+ *
+ * Related. An ICMP error about a packet of a known flow (fragmentation
+ * needed, time exceeded...) passes as the flow's own packets do, without
+ * policy and without an entry of its own (ct_related). */
 #ifndef EBPFNET_CONNTRACK_H
 #define EBPFNET_CONNTRACK_H
 
@@ -32,6 +36,7 @@
 #include <bpf/bpf_helpers.h>
 #include "global.h"
 #include "flow.h"
+#include "icmp.h"
 #include "maps.h"
 
 /* A reply is established too: nothing treats it differently, and one
@@ -256,6 +261,35 @@ __global_func int ct_create(const struct flow *f, __u32 src_epid, __u32 dst_epid
 	e.expires = ct_now() + (__u64)e.timeout * NSEC_PER_SEC;
 	bpf_map_update_elem(&ebpfnet_ct4, &k, &e, BPF_ANY);
 	return 0;
+}
+
+/* ct_related tells whether f, a packet of no flow between the local
+ * endpoints src_epid and dst_epid (as ct_lookup takes them), is an ICMP
+ * error about a packet of a live flow: one its destination sent, of a flow
+ * whose owners are still the endpoints at its ends. Such an error passes as
+ * the flow's own packets do, creates no entry and refreshes none. Global
+ * (lib/global.h): only packets of new flows come here, and all but ICMP
+ * leave at once; testing the protocol here rather than at the call keeps
+ * the verifier from walking the callers' rest once per outcome. Returns 1
+ * or 0. */
+__global_func int ct_related(struct __sk_buff *skb, const struct flow *f,
+			     __u32 src_epid, __u32 dst_epid)
+{
+	struct flow q = {};
+	struct ct_entry *e;
+	struct ct_key k;
+	__u32 src_hi, q_dst_epid;
+
+	if (!f || f->proto != IPPROTO_ICMP || icmp_error_quote(skb, &q))
+		return 0;
+	/* An error goes back to the sender of the packet it quotes, from
+	 * that packet's destination or from a hop on the way. */
+	if (q.saddr != f->daddr)
+		return 0;
+	q_dst_epid = q.daddr == f->saddr ? src_epid : 0;
+	src_hi = ct_key_of(&q, &k);
+	e = bpf_map_lookup_elem(&ebpfnet_ct4, &k);
+	return e && ct_live(e, ct_now(), src_hi, dst_epid, q_dst_epid);
 }
 
 #endif

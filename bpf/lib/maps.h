@@ -15,6 +15,8 @@
 #define EVENTS_BYTES (256 * 1024)
 #define IPCACHE_MAX 16384
 #define CT_MAX 65536
+/* Datagrams being fragmented at once, as Cilium sizes its fragments map. */
+#define FRAG_MAX 8192
 
 /* endpoint_info.flags: policy enforcement per direction. With both bits
  * clear the endpoint allows everything, whatever its policy map holds.
@@ -169,6 +171,31 @@ struct {
 	__uint(max_entries, CT_MAX);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } ebpfnet_ct4 SEC(".maps");
+
+/* IPv4 fragments (lib/frag.h): the datagram a fragment belongs to, and the
+ * ports its first fragment carried. */
+struct frag_key {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 id;
+	__u8 proto;
+	__u8 pad;
+};
+
+struct frag_ports {
+	__be16 sport;
+	__be16 dport;
+};
+
+/* LRU: a datagram is reassembled within milliseconds, so the oldest
+ * entries are the ones nobody needs. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct frag_key);
+	__type(value, struct frag_ports);
+	__uint(max_entries, FRAG_MAX);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ebpfnet_frag4 SEC(".maps");
 
 /* Metric direction, as Cilium counts it: from the container is egress. */
 #define METRIC_INGRESS 1
