@@ -59,6 +59,9 @@ type Datapath struct {
 	// ctLegacy is the conntrack table of an earlier layout while its
 	// flows are being carried over (ctupgrade.go), else nil.
 	ctLegacy *ebpf.Map
+	// failAfter is a test hook: a test sets it on its own Datapath to
+	// fail CreateEndpoint after a step (see after). nil in production.
+	failAfter func(createStep) error
 	// deleting holds the host veths DeleteEndpoint is deleting in the
 	// background, by name; each channel is closed once its veth and
 	// state directory are gone. delWG counts them for Close.

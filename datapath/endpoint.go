@@ -46,6 +46,35 @@ func validateEndpoint(ep *Endpoint) error {
 	return nil
 }
 
+// createStep names a step of CreateEndpoint done after its programs are
+// loaded: each has something to undo should a later one fail.
+type createStep string
+
+const (
+	stepLoaded         createStep = "programs loaded" // with the veth, its route and bpf_lxc.o
+	stepClsact         createStep = "clsact qdisc added"
+	stepFromAttached   createStep = "from_container attached"
+	stepToAttached     createStep = "to_container attached"
+	stepLookupInserted createStep = "handle_policy in " + PolicyLookupsName
+	stepPublished      createStep = "published in " + EndpointsMapName
+)
+
+// createSteps lists them in the order CreateEndpoint takes them.
+func createSteps() []createStep {
+	return []createStep{stepLoaded, stepClsact, stepFromAttached, stepToAttached, stepLookupInserted, stepPublished}
+}
+
+// after is called once each createStep is done (Restore, reattaching,
+// passes the attach steps too). It returns the error of the test hook
+// d.failAfter, which tests set to fail a creation at that point; it is nil
+// in production.
+func (d *Datapath) after(step createStep) error {
+	if d.failAfter == nil {
+		return nil
+	}
+	return d.failAfter(step)
+}
+
 // CreateEndpoint builds an endpoint's datapath: it fills ep.ID, IfName,
 // PeerName, IfIndex, NodeMAC and (if empty) LXCMAC, writes ep_config.h,
 // creates the veth pair, neighbour and route while, beside it, the
@@ -143,6 +172,9 @@ func (d *Datapath) CreateEndpoint(ep *Endpoint) (retErr error) {
 	if res.err != nil {
 		return res.err
 	}
+	if err := d.after(stepLoaded); err != nil {
+		return err
+	}
 	st.ep.IfIndex = ep.IfIndex
 	if err := d.attach(st, res.coll, true, &undo); err != nil {
 		return err
@@ -153,6 +185,9 @@ func (d *Datapath) CreateEndpoint(ep *Endpoint) (retErr error) {
 		return err
 	}
 	undo.push(func() error { return d.unpublishEndpoint(ep) })
+	if err := d.after(stepPublished); err != nil {
+		return err
+	}
 	d.eps[id] = st
 	d.log.WithFields(logrus.Fields{"epid": id, "ifname": ep.IfName, "ipv4": ep.IPv4}).Debug("endpoint created")
 	return nil
@@ -419,7 +454,7 @@ func (d *Datapath) loadPrograms(st *endpointState, obj []byte) (*ebpf.Collection
 func (d *Datapath) attach(st *endpointState, coll *ebpf.Collection, freshVeth bool, undo *undoStack) error {
 	ep := &st.ep
 	from, to, pol := coll.Programs[progFrom], coll.Programs[progTo], coll.Programs[progPolicy]
-	if err := attachTC(ep.IfIndex, from, to, freshVeth); err != nil {
+	if err := attachTC(ep.IfIndex, from, to, freshVeth, d.after); err != nil {
 		return fmt.Errorf("attach programs to %s: %w", ep.IfName, err)
 	}
 	// The filters go with the veth; a rollback deletes the veth.
@@ -428,7 +463,7 @@ func (d *Datapath) attach(st *endpointState, coll *ebpf.Collection, freshVeth bo
 		return fmt.Errorf("insert %s of endpoint %d in %s: %w", progPolicy, ep.ID, PolicyLookupsName, err)
 	}
 	undo.push(func() error { return ignoreNotExist(lookups.Delete(uint32(ep.ID))) })
-	return nil
+	return d.after(stepLookupInserted)
 }
 
 // DeleteEndpoint removes everything CreateEndpoint made. Deleting an
