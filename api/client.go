@@ -159,3 +159,9 @@ func (c *Client) Monitor(ctx context.Context, eventType string, fn func(MonitorE
 		fn(ev)
 	}
 }
+
+// Conntrack dumps the live flows of the conntrack table.
+func (c *Client) Conntrack(ctx context.Context) ([]ConntrackEntry, error) {
+	var e []ConntrackEntry
+	return e, c.send(ctx, http.MethodGet, "/v1/bpf/ct", nil, &e)
+}

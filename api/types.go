@@ -139,3 +139,22 @@ type MonitorEvent struct {
 	DstLabels     []string  `json:"dstLabels"`
 	InterfaceName string    `json:"ifName,omitempty"`
 }
+
+// ConntrackEntry is one live flow of the datapath's conntrack table, GET
+// /v1/bpf/ct.
+type ConntrackEntry struct {
+	Protocol string `json:"protocol"` // TCP, UDP, ICMP, or the IP protocol number
+	// Source and Destination are the flow's ends, addr:port, the source
+	// the end that sent its first packet. For ICMP echo the port is the
+	// echo id, on the requester's side.
+	Source      string `json:"source"`
+	Destination string `json:"destination"`
+	// State is TCP's: opening, established or closing; empty otherwise.
+	State string `json:"state,omitempty"`
+	// ExpiresInSeconds is how long the flow lives without another packet.
+	ExpiresInSeconds int64 `json:"expiresInSeconds"`
+	// SourceEndpoint and DestinationEndpoint are the local endpoints at
+	// the ends (epid), 0 for an address that is not a local endpoint's.
+	SourceEndpoint      uint16 `json:"sourceEndpoint"`
+	DestinationEndpoint uint16 `json:"destinationEndpoint"`
+}

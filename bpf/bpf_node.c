@@ -39,6 +39,7 @@
 #include "lib/drop.h"
 #include "lib/ipv4.h"
 #include "lib/ipcache.h"
+#include "lib/frag.h"
 #include "lib/conntrack.h"
 #include "lib/verdict.h"
 #include "lib/overlay.h"
@@ -181,6 +182,7 @@ static __always_inline int handle_ipv4(struct __sk_buff *skb,
 	struct flow f = {};
 	__u32 epid = cb_epid(me->epid_net);
 	__u32 net = cb_network(me->epid_net);
+	__u32 peer_epid;
 	__be32 daddr, tunnel = 0;
 
 	if (flow_parse_ipv4(skb, &f))
@@ -215,7 +217,11 @@ static __always_inline int handle_ipv4(struct __sk_buff *skb,
 		bpf_skb_change_type(skb, PACKET_HOST);
 	}
 
-	if (ct_lookup(&f) == CT_ESTABLISHED) {
+	if (f.fragment)
+		frag_ports(skb, &f);
+	peer_epid = peer ? peer->epid : 0;
+	if (ct_lookup(&f, epid, peer_epid) == CT_ESTABLISHED ||
+	    ct_related(skb, &f, epid, peer_epid)) {
 		if (peer)
 			return deliver_local(skb, peer, &f);
 		if (tunnel) {
@@ -281,23 +287,28 @@ int node_to_container(struct __sk_buff *skb)
 	struct self_info self;
 	struct lxc_self me;
 	struct flow f = {};
+	__u32 epid;
 
 	lxc_self_from_cb(skb, &me);
+	epid = cb_epid(me.epid_net);
 	if ((void *)(eth + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP))
 		goto pass;
 	if (flow_parse_ipv4(skb, &f))
 		return drop(skb, DROP_INVALID, METRIC_INGRESS, &f);
-	if (ct_lookup(&f) == CT_ESTABLISHED)
+	if (f.fragment)
+		frag_ports(skb, &f);
+	if (ct_lookup(&f, 0, epid) == CT_ESTABLISHED ||
+	    ct_related(skb, &f, 0, epid))
 		goto pass;
 
-	endpoint_self(me.ipv4, cb_epid(me.epid_net), &self);
+	endpoint_self(me.ipv4, epid, &self);
 	f.src_identity = ipcache_identity(f.saddr);
 	f.dst_identity = self.identity;
 	skb->cb[CB_OWNER] = me.epid_net;
 	skb->cb[CB_REMOTE] = f.src_identity;
 	skb->cb[CB_KEY] = cb_key(f.policy_dport, f.proto, POLICY_INGRESS);
 	skb->cb[CB_PEER] = 0;
-	return ask_policy(skb, cb_epid(me.epid_net), self.flags, POLICY_INGRESS, &f);
+	return ask_policy(skb, epid, self.flags, POLICY_INGRESS, &f);
 pass:
 	count(REASON_TO_STACK, METRIC_INGRESS, skb->len);
 	return TC_ACT_OK;
@@ -325,6 +336,8 @@ int node_policy_verdict(struct __sk_buff *skb)
 	 * needed again, for the report and conntrack. */
 	if (flow_parse_ipv4(skb, &f))
 		return drop(skb, DROP_INVALID, egress ? METRIC_EGRESS : METRIC_INGRESS, &f);
+	if (f.fragment)
+		frag_ports(skb, &f);
 
 	if (egress) {
 		endpoint_self(f.saddr, epid, &self);
@@ -335,7 +348,7 @@ int node_policy_verdict(struct __sk_buff *skb)
 		if (!local) {
 			__be32 tunnel = overlay_tunnel(cb_network(skb->cb[CB_OWNER]), f.daddr);
 
-			ct_create(&f);
+			ct_create(&f, epid, 0);
 			if (tunnel)
 				return overlay_send(skb, tunnel, self.identity, &f);
 			count(REASON_TO_STACK, METRIC_EGRESS, skb->len);
@@ -365,7 +378,9 @@ int node_policy_verdict(struct __sk_buff *skb)
 	f.dst_identity = self.identity;
 	if (!policy_report(skb, &f, skb->cb[CB_LOOKUP], self.flags, POLICY_INGRESS))
 		return drop(skb, DROP_POLICY, METRIC_INGRESS, &f);
-	ct_create(&f);
+	/* The sender is the local endpoint in CB_PEER, or none (the host
+	 * stack, another node). */
+	ct_create(&f, cb_local_peer(skb->cb[CB_PEER]), epid);
 	if (!local) {
 		count(REASON_TO_STACK, METRIC_INGRESS, skb->len);
 		return TC_ACT_OK;
@@ -416,7 +431,11 @@ int node_from_overlay(struct __sk_buff *skb)
 	f.dst_identity = rcv->identity;
 	if (!network_contains(rcv->network_id, f.saddr))
 		return drop(skb, DROP_NOT_SAME_NETWORK, METRIC_INGRESS, &f);
-	if (ct_lookup(&f) == CT_ESTABLISHED)
+	if (f.fragment)
+		frag_ports(skb, &f);
+	/* The sender is no local endpoint: its end of the flow is 0. */
+	if (ct_lookup(&f, 0, rcv->epid) == CT_ESTABLISHED ||
+	    ct_related(skb, &f, 0, rcv->epid))
 		return deliver_local(skb, rcv, &f);
 
 	skb->cb[CB_REMOTE] = f.src_identity;

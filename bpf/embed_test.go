@@ -47,21 +47,22 @@ func TestTemplateHasProgramsMapsAndConstants(t *testing.T) {
 }
 
 // TestNodeObjectHasProgramsAndMaps: the node programs datapath puts in
-// ebpfnet_calls, and the shared maps they use. They carry no endpoint's
-// constants (those arrive in skb->cb) and never read a policy map.
+// ebpfnet_calls and on the overlay device, and the shared maps they use.
+// They carry no endpoint's constants (those arrive in skb->cb), only the
+// node's overlay device, and never read a policy map.
 func TestNodeObjectHasProgramsAndMaps(t *testing.T) {
 	spec, err := ebpf.LoadCollectionSpecFromReader(bytes.NewReader(NodeObject))
 	if err != nil {
 		t.Fatalf("parse node object: %v", err)
 	}
-	for _, p := range []string{"node_from_container", "node_to_container", "node_policy_verdict"} {
+	for _, p := range []string{"node_from_container", "node_to_container", "node_policy_verdict", "node_from_overlay"} {
 		if spec.Programs[p] == nil {
 			t.Errorf("program %s missing", p)
 		}
 	}
-	requirePinnedMaps(t, spec, "ebpfnet_endpoints", "ebpfnet_policy_lookups", "ebpfnet_calls", "ebpfnet_metrics", "ebpfnet_events", "ebpfnet_ipcache", "ebpfnet_ct4")
-	if len(spec.Variables) != 0 {
-		t.Errorf("node object has global variables: %v", spec.Variables)
+	requirePinnedMaps(t, spec, "ebpfnet_endpoints", "ebpfnet_policy_lookups", "ebpfnet_calls", "ebpfnet_metrics", "ebpfnet_events", "ebpfnet_ipcache", "ebpfnet_ct4", "ebpfnet_frag4", "ebpfnet_networks")
+	if len(spec.Variables) != 1 || spec.Variables["OVERLAY_IFINDEX"] == nil {
+		t.Errorf("node object has global variables %v, want OVERLAY_IFINDEX alone", spec.Variables)
 	}
 	for name, p := range spec.Programs {
 		for _, ins := range p.Instructions {

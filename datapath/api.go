@@ -111,3 +111,10 @@ type HardwareAddr net.HardwareAddr
 //	(*Datapath) DeleteIPCache(netip.Prefix) error
 //	(*Datapath) IPCache() (map[netip.Prefix]uint32, error)
 //	(*Datapath) ReadEvents(ctx context.Context, fn func(Event)) error
+//
+// The daemon runs the conntrack garbage collector and lists the table:
+//
+//	NewCTGC(d *Datapath, interval time.Duration, log logrus.FieldLogger) *CTGC
+//	(*CTGC) Run(ctx context.Context)   sweeps expired flows until ctx ends
+//	(*CTGC) Stats() CTGCStats          what the last sweep found, for metrics
+//	(*Datapath) Conntrack() ([]CTFlow, error)

@@ -65,18 +65,25 @@ func tcFilter(ifindex int, parent uint32, prog *ebpf.Program, name string) *netl
 // to on its egress (what the host sends to the container). freshVeth skips
 // the check for an existing clsact qdisc on a device we just created.
 // Existing filters of ours are replaced atomically: there is no moment
-// without a program.
-func attachTC(ifindex int, from, to *ebpf.Program, freshVeth bool) error {
+// without a program. after is called once each step is done (see
+// Datapath.after); its error stops the attachment.
+func attachTC(ifindex int, from, to *ebpf.Program, freshVeth bool, after func(createStep) error) error {
 	if err := netlink.QdiscAdd(clsact(ifindex)); err != nil && (freshVeth || !errors.Is(err, unix.EEXIST)) {
 		return fmt.Errorf("add clsact qdisc: %w", err)
+	}
+	if err := after(stepClsact); err != nil {
+		return err
 	}
 	if err := netlink.FilterReplace(tcFilter(ifindex, netlink.HANDLE_MIN_INGRESS, from, progFrom)); err != nil {
 		return fmt.Errorf("attach %s at tc ingress: %w", progFrom, err)
 	}
+	if err := after(stepFromAttached); err != nil {
+		return err
+	}
 	if err := netlink.FilterReplace(tcFilter(ifindex, netlink.HANDLE_MIN_EGRESS, to, progTo)); err != nil {
 		return fmt.Errorf("attach %s at tc egress: %w", progTo, err)
 	}
-	return nil
+	return after(stepToAttached)
 }
 
 // tcPrograms returns the IDs of the programs our filters on ifindex run at

@@ -4,8 +4,12 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net/netip"
+	"sort"
+	"time"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 )
 
 // ctKey mirrors struct ct_key of bpf/lib/maps.h: a flow's tuple, addresses
@@ -20,10 +24,43 @@ type ctKey struct {
 	Pad   [3]uint8
 }
 
-// ctEntry mirrors struct ct_entry.
+// ctEntry mirrors struct ct_entry: when the flow expires, how far each of
+// its packets pushes that out, the local endpoints at its ends, and its
+// state (ctFlag*).
 type ctEntry struct {
-	LastSeen uint64
+	Expires uint64 // CLOCK_MONOTONIC ns (coarse)
+	Timeout uint32 // seconds
+	EPID    [2]uint16
+	Flags   uint8
+	Pad     [7]uint8
 }
+
+// ct_entry.flags, CT_F_* of bpf/lib/maps.h.
+const (
+	ctFlagEstablished uint8 = 1 << 0
+	ctFlagFinLo       uint8 = 1 << 1
+	ctFlagFinHi       uint8 = 1 << 2
+	ctFlagRST         uint8 = 1 << 3
+	ctFlagInitHi      uint8 = 1 << 4
+)
+
+// Conntrack timeouts, CT_TIMEOUT_* of bpf/lib/conntrack.h: Cilium's
+// defaults (--bpf-ct-timeout-regular-tcp-syn, -tcp, -tcp-fin, -any), and
+// Linux's nf_conntrack_icmp_timeout for ICMP.
+const (
+	CTTimeoutSYN   = 60 * time.Second   // TCP until a packet without SYN
+	CTTimeoutTCP   = 8000 * time.Second // TCP established (2h13m20s)
+	CTTimeoutClose = 10 * time.Second   // TCP after an RST or a FIN from each end
+	CTTimeoutAny   = 60 * time.Second   // UDP and other protocols
+	CTTimeoutICMP  = 30 * time.Second   // ICMP echo
+)
+
+// IP protocol numbers the conntrack table distinguishes.
+const (
+	ProtoICMP uint8 = 1
+	ProtoTCP  uint8 = 6
+	ProtoUDP  uint8 = 17
+)
 
 // ordered tells whether k is in the order ct_key_of (bpf/lib/conntrack.h)
 // writes: the program compares the fields as the integers the CPU loads
@@ -39,40 +76,222 @@ func (k ctKey) swapped() ctKey {
 	return ctKey{Saddr: k.Daddr, Daddr: k.Saddr, Sport: k.Dport, Dport: k.Sport, Proto: k.Proto, Pad: k.Pad}
 }
 
-// orderConntrack gives every flow that an earlier version keyed by its
-// first packet's tuple, ends in the wrong order, the key the programs now
-// look up, so that an established flow stays established across an
-// upgrade (its replies would otherwise meet policy as new flows). The old
-// keys stay: programs of the earlier version may still run until Restore
-// has replaced them, and the LRU ages the keys out. Restore runs it before
-// and after reloading the programs, when it upgrades an earlier version.
-func (d *Datapath) orderConntrack() error {
-	m := d.shared[CTMapName]
-	var k ctKey
-	var v ctEntry
-	type kv struct {
-		k ctKey
-		v ctEntry
+// holds tells whether addr is one of k's ends.
+func (k ctKey) holds(addr [4]byte) bool { return k.Saddr == addr || k.Daddr == addr }
+
+// monotonicNow is the clock of ct_entry.expires: CLOCK_MONOTONIC, which
+// bpf_ktime_get_coarse_ns reads at tick granularity.
+func monotonicNow() uint64 {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		// CLOCK_MONOTONIC exists on every Linux; this cannot happen.
+		panic(fmt.Sprintf("clock_gettime(CLOCK_MONOTONIC): %v", err))
 	}
-	var old []kv
+	return uint64(ts.Nano())
+}
+
+// CTState is a flow's state as the conntrack table records it.
+type CTState string
+
+// Flow states. Only TCP has states; other protocols report CTStateNone.
+const (
+	CTStateNone        CTState = ""
+	CTStateOpening     CTState = "opening"     // SYN seen, no packet without SYN yet
+	CTStateEstablished CTState = "established" // a packet without SYN seen
+	CTStateClosing     CTState = "closing"     // RST, or FIN from each end
+)
+
+// CTFlow is one live flow of the conntrack table.
+type CTFlow struct {
+	Proto uint8
+	// Src and Dst are the flow's ends, Src the one that sent its first
+	// packet (for flows an earlier version recorded: the key's order).
+	// For ICMP echo the port is the echo id, on the requester's side.
+	Src, Dst netip.AddrPort
+	State    CTState
+	// Expires is how long the flow lives without another packet.
+	Expires time.Duration
+	// SrcEndpoint and DstEndpoint are the local endpoints at the ends,
+	// 0 for an address that is not a local endpoint's.
+	SrcEndpoint, DstEndpoint uint16
+}
+
+func (e ctEntry) state(proto uint8) CTState {
+	switch {
+	case proto != ProtoTCP:
+		return CTStateNone
+	case e.Flags&ctFlagRST != 0, e.Flags&(ctFlagFinLo|ctFlagFinHi) == ctFlagFinLo|ctFlagFinHi:
+		return CTStateClosing
+	case e.Flags&ctFlagEstablished != 0:
+		return CTStateEstablished
+	}
+	return CTStateOpening
+}
+
+// flowOf describes an entry that is live at now.
+func flowOf(k ctKey, e ctEntry, now uint64) CTFlow {
+	lo := netip.AddrPortFrom(netip.AddrFrom4(k.Saddr), binary.BigEndian.Uint16(k.Sport[:]))
+	hi := netip.AddrPortFrom(netip.AddrFrom4(k.Daddr), binary.BigEndian.Uint16(k.Dport[:]))
+	f := CTFlow{Proto: k.Proto, Src: lo, Dst: hi, State: e.state(k.Proto),
+		Expires: time.Duration(e.Expires - now), SrcEndpoint: e.EPID[0], DstEndpoint: e.EPID[1]}
+	if e.Flags&ctFlagInitHi != 0 {
+		f.Src, f.Dst = f.Dst, f.Src
+		f.SrcEndpoint, f.DstEndpoint = f.DstEndpoint, f.SrcEndpoint
+	}
+	return f
+}
+
+// Conntrack lists the live flows of the conntrack table (expired entries
+// that the garbage collector has not deleted yet are left out), sorted by
+// protocol and ends.
+func (d *Datapath) Conntrack() ([]CTFlow, error) {
+	m, err := d.sharedMap(CTMapName)
+	if err != nil {
+		return nil, err
+	}
+	defer m.Close()
+	now := monotonicNow()
+	var out []CTFlow
+	err = walkFlows(m, func(k []ctKey, v []ctEntry) error {
+		for i := range k {
+			if v[i].Expires >= now {
+				out = append(out, flowOf(k[i], v[i], now))
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	sort.Slice(out, func(i, j int) bool {
+		a, b := out[i], out[j]
+		if a.Proto != b.Proto {
+			return a.Proto < b.Proto
+		}
+		if c := a.Src.Compare(b.Src); c != 0 {
+			return c < 0
+		}
+		return a.Dst.Compare(b.Dst) < 0
+	})
+	return out, nil
+}
+
+// sharedMap hands out a descriptor of its own for the shared map name,
+// for readers that walk a map without holding d.mu; the caller closes it.
+func (d *Datapath) sharedMap(name string) (*ebpf.Map, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return nil, errors.New("datapath closed")
+	}
+	m, err := d.shared[name].Clone()
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", name, err)
+	}
+	return m, nil
+}
+
+// ctBatch is how many entries one batch lookup moves: a full table
+// (CT_MAX, 65536) in 16 system calls.
+const ctBatch = 4096
+
+// walkFlows calls fn with every entry of m, a conntrack table with values
+// of type V, a batch at a time. The programs keep writing while it walks:
+// an entry added or deleted meanwhile may be seen or not, and none is seen
+// twice.
+func walkFlows[V any](m *ebpf.Map, fn func([]ctKey, []V) error) error {
+	keys := make([]ctKey, ctBatch)
+	vals := make([]V, ctBatch)
+	var cursor ebpf.MapBatchCursor
+	for {
+		n, err := m.BatchLookup(&cursor, keys, vals, nil)
+		if n > 0 {
+			if ferr := fn(keys[:n], vals[:n]); ferr != nil {
+				return ferr
+			}
+		}
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return nil // the last batch
+		}
+		if errors.Is(err, ebpf.ErrNotSupported) {
+			return walkFlowsOneByOne(m, fn)
+		}
+		if err != nil {
+			return fmt.Errorf("walk %s: %w", CTMapName, err)
+		}
+	}
+}
+
+// walkFlowsOneByOne is walkFlows for kernels without batch operations on
+// hash maps (before 5.6): two system calls per entry.
+func walkFlowsOneByOne[V any](m *ebpf.Map, fn func([]ctKey, []V) error) error {
+	var k ctKey
+	var v V
 	it := m.Iterate()
 	for it.Next(&k, &v) {
-		if !k.ordered() {
-			old = append(old, kv{k, v})
+		if err := fn([]ctKey{k}, []V{v}); err != nil {
+			return err
 		}
 	}
 	if err := it.Err(); err != nil {
-		return fmt.Errorf("iterate %s: %w", CTMapName, err)
+		return fmt.Errorf("walk %s: %w", CTMapName, err)
+	}
+	return nil
+}
+
+// deleteFlows deletes keys from m; keys already gone (evicted, or deleted
+// by a concurrent walk) are fine. It returns how many it deleted.
+func deleteFlows(m *ebpf.Map, keys []ctKey) (int, error) {
+	if len(keys) == 0 {
+		return 0, nil
+	}
+	n, err := m.BatchDelete(keys, nil)
+	if err == nil {
+		return n, nil
+	}
+	// A batch stops at the first key it cannot delete (one that is gone,
+	// or no batch support at all): the rest go one by one.
+	if n < 0 || n > len(keys) {
+		n = 0
 	}
 	var errs []error
-	for _, e := range old {
-		err := m.Update(e.k.swapped(), e.v, ebpf.UpdateNoExist)
-		if err != nil && !errors.Is(err, ebpf.ErrKeyExist) {
+	deleted := n
+	for _, k := range keys[n:] {
+		switch err := m.Delete(k); {
+		case err == nil:
+			deleted++
+		case !errors.Is(err, ebpf.ErrKeyNotExist):
 			errs = append(errs, err)
 		}
 	}
 	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("reorder %s keys: %w", CTMapName, err)
+		return deleted, fmt.Errorf("delete from %s: %w", CTMapName, err)
 	}
-	return nil
+	return deleted, nil
+}
+
+// flushConntrack deletes every flow with addr at one end: what an endpoint
+// leaves when it goes. DeleteEndpoint runs it before the endpoint's epid
+// can be reused, since an entry names its endpoints by epid
+// (bpf/lib/conntrack.h): a flow of the old endpoint could otherwise pass
+// for a new one that got both its address and its epid.
+func flushConntrack(m *ebpf.Map, addr netip.Addr) error {
+	if !addr.Is4() {
+		return nil
+	}
+	a := addr.As4()
+	var gone []ctKey
+	err := walkFlows(m, func(k []ctKey, _ []ctEntry) error {
+		for _, key := range k {
+			if key.holds(a) {
+				gone = append(gone, key)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	_, err = deleteFlows(m, gone)
+	return err
 }

@@ -35,7 +35,7 @@ func TestConntrackOneKeyPerFlow(t *testing.T) {
 			k = k.swapped()
 		}
 		var v ctEntry
-		if err := e.dp.shared[CTMapName].Lookup(k, &v); err != nil || v.LastSeen == 0 {
+		if err := e.dp.shared[CTMapName].Lookup(k, &v); err != nil || v.Expires == 0 {
 			t.Errorf("flow %d: no entry under %+v (%v)", i, k, err)
 		}
 		if err := e.dp.shared[CTMapName].Lookup(k.swapped(), &v); err == nil {
@@ -51,55 +51,6 @@ func TestConntrackOneKeyPerFlow(t *testing.T) {
 		}
 		e.setPolicy(c.src, 0)
 		e.setPolicy(c.dst, 0)
-	}
-}
-
-// TestConntrackKeysOfEarlierVersionReordered: upgrading an earlier version
-// (its ebpfnet_policy_calls pinned), Restore gives a flow keyed by its
-// first packet's tuple the key of both directions and removes the old pin;
-// a start of this version leaves the table alone.
-func TestConntrackKeysOfEarlierVersionReordered(t *testing.T) {
-	e := newTestEnv(t)
-	ct := e.dp.shared[CTMapName]
-	k := ctKey{Saddr: [4]byte{10, 1, 0, 9}, Daddr: [4]byte{10, 1, 0, 2}, Sport: [2]byte{0x9c, 0x40}, Dport: [2]byte{0, 80}, Proto: 6}
-	if k.ordered() {
-		k = k.swapped()
-	}
-	if err := ct.Put(k, ctEntry{LastSeen: 42}); err != nil {
-		t.Fatal(err)
-	}
-	legacyPin := filepath.Join(e.cfg.PinDir, legacyPolicyCallsName)
-	legacy, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.ProgramArray, KeySize: 4, ValueSize: 4, MaxEntries: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer legacy.Close()
-	if err := legacy.Pin(legacyPin); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := e.dp.Restore(); err != nil {
-		t.Fatal(err)
-	}
-	var v ctEntry
-	if err := ct.Lookup(k.swapped(), &v); err != nil || v.LastSeen != 42 {
-		t.Errorf("reordered key: %+v, %v", v, err)
-	}
-	if _, err := os.Stat(legacyPin); !os.IsNotExist(err) {
-		t.Errorf("%s still pinned after the upgrade: %v", legacyPolicyCallsName, err)
-	}
-
-	other := ctKey{Saddr: [4]byte{10, 1, 0, 8}, Daddr: [4]byte{10, 1, 0, 3}, Sport: [2]byte{0x9c, 0x41}, Dport: [2]byte{0, 80}, Proto: 6}
-	if other.ordered() {
-		other = other.swapped()
-	}
-	if err := ct.Put(other, ctEntry{LastSeen: 43}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := e.dp.Restore(); err != nil {
-		t.Fatal(err)
-	}
-	if err := ct.Lookup(other.swapped(), &v); err == nil {
-		t.Error("a start without an earlier version walked the conntrack table")
 	}
 }
 

@@ -61,6 +61,12 @@ type Datapath struct {
 	overlayIfindex int
 	// stopEvents ends the running ReadEvents, if any (one reader only).
 	stopEvents func()
+	// ctLegacy is the conntrack table of an earlier layout while its
+	// flows are being carried over (ctupgrade.go), else nil.
+	ctLegacy *ebpf.Map
+	// failAfter is a test hook: a test sets it on its own Datapath to
+	// fail CreateEndpoint after a step (see after). nil in production.
+	failAfter func(createStep) error
 	// deleting holds the host veths DeleteEndpoint is deleting in the
 	// background, by name; each channel is closed once its veth and
 	// state directory are gone. delWG counts them for Close.
@@ -130,7 +136,13 @@ func New(cfg Config, log logrus.FieldLogger) (*Datapath, error) {
 			d.closeMaps()
 			return nil, fmt.Errorf("template lacks map %s", name)
 		}
-		m, err := ebpf.NewMapWithOptions(ms, ebpf.MapOptions{PinPath: cfg.PinDir})
+		var m *ebpf.Map
+		var err error
+		if name == CTMapName {
+			m, err = d.openConntrack(ms)
+		} else {
+			m, err = ebpf.NewMapWithOptions(ms, ebpf.MapOptions{PinPath: cfg.PinDir})
+		}
 		if errors.Is(err, ebpf.ErrMapIncompatible) && disposableMaps[name] {
 			// Pinned by an older version with another layout. The
 			// programs still attached keep the old map until Restore
@@ -162,6 +174,9 @@ func New(cfg Config, log logrus.FieldLogger) (*Datapath, error) {
 		d.closeMaps()
 		return nil, err
 	}
+	// The node programs of an earlier version are gone now; what they
+	// recorded until then is carried over (ctupgrade.go).
+	d.copyLegacyConntrack(false)
 	return d, nil
 }
 
@@ -196,6 +211,10 @@ func (d *Datapath) writeTemplate() error {
 func (d *Datapath) closeMaps() {
 	for _, m := range d.shared {
 		_ = m.Close()
+	}
+	if d.ctLegacy != nil {
+		_ = d.ctLegacy.Close()
+		d.ctLegacy = nil
 	}
 	if d.eps != nil {
 		for _, st := range d.eps {

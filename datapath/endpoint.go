@@ -49,6 +49,35 @@ func validateEndpoint(ep *Endpoint) error {
 	return nil
 }
 
+// createStep names a step of CreateEndpoint done after its programs are
+// loaded: each has something to undo should a later one fail.
+type createStep string
+
+const (
+	stepLoaded         createStep = "programs loaded" // with the veth, its route and bpf_lxc.o
+	stepClsact         createStep = "clsact qdisc added"
+	stepFromAttached   createStep = "from_container attached"
+	stepToAttached     createStep = "to_container attached"
+	stepLookupInserted createStep = "handle_policy in " + PolicyLookupsName
+	stepPublished      createStep = "published in " + EndpointsMapName
+)
+
+// createSteps lists them in the order CreateEndpoint takes them.
+func createSteps() []createStep {
+	return []createStep{stepLoaded, stepClsact, stepFromAttached, stepToAttached, stepLookupInserted, stepPublished}
+}
+
+// after is called once each createStep is done (Restore, reattaching,
+// passes the attach steps too). It returns the error of the test hook
+// d.failAfter, which tests set to fail a creation at that point; it is nil
+// in production.
+func (d *Datapath) after(step createStep) error {
+	if d.failAfter == nil {
+		return nil
+	}
+	return d.failAfter(step)
+}
+
 // CreateEndpoint builds an endpoint's datapath: it fills ep.ID, IfName,
 // PeerName, IfIndex, NodeMAC and (if empty) LXCMAC, writes ep_config.h,
 // creates the veth pair, neighbour and route while, beside it, the
@@ -107,6 +136,10 @@ func (d *Datapath) CreateEndpoint(ep *Endpoint) (retErr error) {
 	ep.ID = id
 	dir := d.epDir(id)
 	undo.push(func() error { return os.RemoveAll(dir) })
+	// Run second to last, once nothing of the endpoint runs: flows it
+	// had in the instant after its publication (see DeleteEndpoint).
+	ct := d.shared[CTMapName]
+	undo.push(func() error { return flushConntrack(ct, ep.IPv4.Addr()) })
 	if err := d.writeRecord(ep); err != nil {
 		return err
 	}
@@ -142,6 +175,9 @@ func (d *Datapath) CreateEndpoint(ep *Endpoint) (retErr error) {
 	if res.err != nil {
 		return res.err
 	}
+	if err := d.after(stepLoaded); err != nil {
+		return err
+	}
 	st.ep.IfIndex = ep.IfIndex
 	if err := d.attach(st, res.coll, true, &undo); err != nil {
 		return err
@@ -152,6 +188,9 @@ func (d *Datapath) CreateEndpoint(ep *Endpoint) (retErr error) {
 		return err
 	}
 	undo.push(func() error { return d.unpublishEndpoint(ep) })
+	if err := d.after(stepPublished); err != nil {
+		return err
+	}
 	d.eps[id] = st
 	d.log.WithFields(logrus.Fields{"epid": id, "ifname": ep.IfName, "ipv4": ep.IPv4}).Debug("endpoint created")
 	return nil
@@ -419,7 +458,7 @@ func (d *Datapath) loadPrograms(st *endpointState, obj []byte) (*ebpf.Collection
 func (d *Datapath) attach(st *endpointState, coll *ebpf.Collection, freshVeth bool, undo *undoStack) error {
 	ep := &st.ep
 	from, to, pol := coll.Programs[progFrom], coll.Programs[progTo], coll.Programs[progPolicy]
-	if err := attachTC(ep.IfIndex, from, to, freshVeth); err != nil {
+	if err := attachTC(ep.IfIndex, from, to, freshVeth, d.after); err != nil {
 		return fmt.Errorf("attach programs to %s: %w", ep.IfName, err)
 	}
 	// The filters go with the veth; a rollback deletes the veth.
@@ -428,7 +467,7 @@ func (d *Datapath) attach(st *endpointState, coll *ebpf.Collection, freshVeth bo
 		return fmt.Errorf("insert %s of endpoint %d in %s: %w", progPolicy, ep.ID, PolicyLookupsName, err)
 	}
 	undo.push(func() error { return ignoreNotExist(lookups.Delete(uint32(ep.ID))) })
-	return nil
+	return d.after(stepLookupInserted)
 }
 
 // DeleteEndpoint removes everything CreateEndpoint made. Deleting an
@@ -440,13 +479,19 @@ func (d *Datapath) attach(st *endpointState, coll *ebpf.Collection, freshVeth bo
 // milliseconds: deleting a network device waits for an RCU barrier in the
 // kernel (~20-30 ms, most of a deletion), so when the veth still exists
 // (Docker had not destroyed the container's namespace yet) it is deleted in
-// the background. The state directory gets a tombstone (deletingFile)
-// first: a daemon killed at any step after finds it at Restore and
-// finishes the deletion instead of re-adopting the endpoint. The epid,
-// kept by its state directory, is not reused before the veth is gone. The
-// veth's programs can no longer pass for the endpoint: they find no entry
-// of their own, or another endpoint's (lib/verdict.h endpoint_self), and
-// enforce as init.
+// the background, and the endpoint's conntrack entries after it. The state
+// directory gets a tombstone (deletingFile) first: a daemon killed at any
+// step after finds it at Restore and finishes the deletion instead of
+// re-adopting the endpoint. The epid, kept by its state directory, is not
+// reused before the veth and the flows are gone. The veth's programs can no
+// longer pass for the endpoint: they find no entry of their own, or another
+// endpoint's (lib/verdict.h endpoint_self), and enforce as init.
+//
+// A new endpoint on the released address inherits no flow: an entry names
+// the epids of its ends, and the programs take a flow as established only
+// while the same endpoints hold its addresses (lib/conntrack.h). Deleting
+// the entries before the epid is free covers the one case that check
+// cannot: the same address and the same epid again.
 func (d *Datapath) DeleteEndpoint(dockerEndpointID string) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -488,14 +533,16 @@ func (d *Datapath) DeleteEndpoint(dockerEndpointID string) error {
 const deletingFile = "deleting"
 
 // releaseLink deletes the endpoint's /32 route now and its veth (if the
-// kernel has not removed it with the container's namespace already) and
-// state directory in the background (see DeleteEndpoint). The route is
+// kernel has not removed it with the container's namespace already), its
+// conntrack entries and its state directory in the background (see
+// DeleteEndpoint). The route is
 // deleted by its device index: no lookup of the veth on the way.
 func (d *Datapath) releaseLink(ep *Endpoint) error {
 	if err := deleteRoute(ep); err != nil {
 		return err
 	}
 	dir := d.epDir(ep.ID)
+	ct := d.shared[CTMapName]
 	done := make(chan struct{})
 	d.delMu.Lock()
 	d.deleting[ep.IfName] = done
@@ -513,6 +560,11 @@ func (d *Datapath) releaseLink(ep *Endpoint) error {
 		if err := deleteLinkByName(ep.IfName); err != nil {
 			// The tombstone stays: the next Restore retries.
 			log.WithError(err).Warn("deleting the veth of a deleted endpoint failed")
+			return
+		}
+		if err := flushConntrack(ct, ep.IPv4.Addr()); err != nil {
+			// The same: the epid stays taken until its flows are gone.
+			log.WithError(err).Warn("deleting the flows of a deleted endpoint failed")
 			return
 		}
 		if err := os.RemoveAll(dir); err != nil {
@@ -570,7 +622,8 @@ func (d *Datapath) releaseMaps(ep *Endpoint, st *endpointState) []error {
 }
 
 // teardown removes an endpoint's map entries, pins, veth (and with it the
-// tc filters and the route) and state directory, waiting for each. st may
+// tc filters and the route), conntrack entries and state directory,
+// waiting for each. st may
 // be nil (nothing held open). Every step tolerates what is already gone, so
 // it is safe to repeat after a partial failure.
 func (d *Datapath) teardown(ep *Endpoint, st *endpointState) error {
@@ -580,7 +633,11 @@ func (d *Datapath) teardown(ep *Endpoint, st *endpointState) error {
 			errs = append(errs, err)
 		}
 	}
-	if err := os.RemoveAll(d.epDir(ep.ID)); err != nil {
+	if err := flushConntrack(d.shared[CTMapName], ep.IPv4.Addr()); err != nil {
+		// The directory keeps the epid taken until its flows are gone;
+		// the next Restore tries again.
+		errs = append(errs, fmt.Errorf("delete the flows of endpoint %d: %w", ep.ID, err))
+	} else if err := os.RemoveAll(d.epDir(ep.ID)); err != nil {
 		errs = append(errs, fmt.Errorf("remove endpoint %d state: %w", ep.ID, err))
 	}
 	if err := errors.Join(errs...); err != nil {

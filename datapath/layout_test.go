@@ -175,6 +175,10 @@ func TestLayoutConstants(t *testing.T) {
 		"EP_F_ENFORCE_INGRESS": uint64(FlagEnforceIngress), "EP_F_ENFORCE_EGRESS": uint64(FlagEnforceEgress),
 		"EP_F_AUDIT": uint64(FlagAudit),
 	})
+	check("ct_flags", map[string]uint64{
+		"CT_F_ESTABLISHED": uint64(ctFlagEstablished), "CT_F_FIN_LO": uint64(ctFlagFinLo), "CT_F_FIN_HI": uint64(ctFlagFinHi),
+		"CT_F_RST": uint64(ctFlagRST), "CT_F_INIT_HI": uint64(ctFlagInitHi),
+	})
 	check("reserved_identity", map[string]uint64{
 		"IDENTITY_HOST": uint64(identity.Host), "IDENTITY_WORLD": uint64(identity.World), "IDENTITY_INIT": uint64(identity.Init),
 	})

@@ -31,6 +31,9 @@ const (
 	// NetworksMapName holds every network's subnet by its index, so
 	// that traffic between nodes stays within one network.
 	NetworksMapName = "ebpfnet_networks"
+	// FragMapName holds the ports of IPv4 datagrams whose later
+	// fragments are still to come (bpf/lib/frag.h).
+	FragMapName = "ebpfnet_frag4"
 	// legacyPolicyCallsName is the prog array of endpoint pipelines of
 	// versions before the node programs; Restore removes its pin once no
 	// endpoint runs such a pipeline.
@@ -38,7 +41,7 @@ const (
 )
 
 func sharedMapNames() []string {
-	return []string{EndpointsMapName, PolicyLookupsName, CallsMapName, MetricsMapName, EventsMapName, IPCacheMapName, CTMapName, NetworksMapName}
+	return []string{EndpointsMapName, PolicyLookupsName, CallsMapName, MetricsMapName, EventsMapName, IPCacheMapName, CTMapName, FragMapName, NetworksMapName}
 }
 
 // Endpoint flags in the endpoint's own ebpfnet_endpoints entry (keyed by

@@ -34,16 +34,9 @@ func (d *Datapath) Restore() ([]Endpoint, error) {
 	if err != nil {
 		return nil, err
 	}
-	// Flows keyed by an earlier version get their current key before
-	// the programs that look it up replace the old ones, and once more
-	// after, for flows the old programs opened meanwhile. Every version
-	// that keyed flows otherwise pinned ebpfnet_policy_calls, which goes
-	// once an upgrade is complete: later starts skip the walks (two
-	// syscalls per entry, ~0.3 s for a full table).
+	// Versions before the node programs pinned ebpfnet_policy_calls,
+	// which goes once every endpoint runs the current objects.
 	legacy := d.pinExists(legacyPolicyCallsName)
-	if legacy {
-		d.orderConntrackOrWarn()
-	}
 	var errs []error
 	for _, id := range ids {
 		if _, ok := d.eps[id]; ok {
@@ -53,9 +46,10 @@ func (d *Datapath) Restore() ([]Endpoint, error) {
 			errs = append(errs, err)
 		}
 	}
-	if legacy {
-		d.orderConntrackOrWarn()
-	}
+	// Every endpoint runs the current programs now (or the restore of
+	// those that do not failed): the last of an earlier version's flows
+	// are carried over (ctupgrade.go).
+	d.copyLegacyConntrack(true)
 	if err := d.removeOrphanPins(); err != nil {
 		errs = append(errs, err)
 	}
@@ -73,14 +67,6 @@ func (d *Datapath) Restore() ([]Endpoint, error) {
 func (d *Datapath) pinExists(name string) bool {
 	_, err := os.Stat(filepath.Join(d.cfg.PinDir, name))
 	return err == nil
-}
-
-// orderConntrackOrWarn: a flow that misses its new key only meets policy
-// again, so a failure is no reason to fail the restore.
-func (d *Datapath) orderConntrackOrWarn() {
-	if err := d.orderConntrack(); err != nil {
-		d.log.WithError(err).Warn("established flows of an earlier version may meet policy again")
-	}
 }
 
 func (d *Datapath) restoreOne(id uint16) error {

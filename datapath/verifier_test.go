@@ -131,8 +131,13 @@ func TestNodeVerifierStats(t *testing.T) {
 
 // nodeVerifiedInsnsBudget bounds the node programs' verification: 2501 on
 // Linux 6.18 when it was set (about 2 ms), with the hot steps (parsing,
-// conntrack lookup, counting) inlined for speed per packet.
-const nodeVerifiedInsnsBudget = 5000
+// conntrack lookup, counting) inlined for speed per packet. Raised from
+// 5000 with conntrack states and owners, related ICMP errors and fragment
+// tracking: 5208 (about 5 ms, once per daemon start). Most of the growth is
+// the verifier walking the rest of a program twice after the "is it a
+// fragment" branch; calling the fragment step for every packet instead
+// walks it once (4300) but cost every packet 5-8 ns in BenchmarkProgramRun.
+const nodeVerifiedInsnsBudget = 6000
 
 // BenchmarkLoadPrograms measures loading one endpoint's programs alone
 // (verification and JIT, with the .rodata map), against maps created once,

@@ -277,7 +277,7 @@ func (d *Daemon) serve(ctx context.Context) error {
 		pluginLn.Close()
 		return err
 	}
-	apiServer := &http.Server{Handler: newLocalAPI(d), ReadHeaderTimeout: 10 * time.Second}
+	apiServer := &http.Server{Handler: conntrackRoutes(newLocalAPI(d), d.datapath), ReadHeaderTimeout: 10 * time.Second}
 
 	errs := make(chan error, 3)
 	go func() { errs <- docker.handler.Serve(pluginLn) }()
@@ -304,6 +304,18 @@ func (d *Daemon) serve(ctx context.Context) error {
 	go func() {
 		defer background.Done()
 		d.monitor.run(reconcileCtx)
+	}()
+	// Conntrack garbage collection and its metrics (conntrack.go).
+	ctgc := datapath.NewCTGC(d.datapath, 0, d.log.WithField("subsys", "ctgc"))
+	if d.metrics != nil {
+		if err := d.metrics.AddConntrack(conntrackMetrics{ctgc}); err != nil {
+			d.log.WithError(err).Warn("no conntrack metrics")
+		}
+	}
+	background.Add(1)
+	go func() {
+		defer background.Done()
+		ctgc.Run(reconcileCtx)
 	}()
 	if d.cfg.WatchDocker {
 		watcher, err := dockerwatch.New(d.log.WithField("subsys", "dockerwatch"))

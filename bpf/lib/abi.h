@@ -27,6 +27,7 @@ struct abi_types {
 	enum notify_type notify_type;
 	enum endpoint_flags endpoint_flags;
 	enum reserved_identity reserved_identity;
+	enum ct_flags ct_flags;
 };
 
 __global_func int abi_anchor(struct abi_types *t)

@@ -45,6 +45,13 @@
  * straight into the receiver; no epid has the top bit. */
 #define CB_PEER_OVERLAY (1U << 31)
 
+/* cb_local_peer is CB_PEER's local endpoint, 0 when the other end is the
+ * host stack or another node. */
+static __always_inline __u32 cb_local_peer(__u32 peer)
+{
+	return peer == CB_PEER_OVERLAY ? 0 : peer;
+}
+
 #define LOOKUP_MISS 0
 #define LOOKUP_HIT 1
 #define LOOKUP_SKIPPED 2

@@ -19,6 +19,10 @@ struct flow {
 	__be16 policy_dport;
 	__u8 proto;
 	__u8 tcp_flags;		/* TCP only: byte 13 of the header, else 0 */
+	/* 1 for a fragment of a larger datagram (IP MF or offset set): its
+	 * ports are the first fragment's (lib/frag.h). */
+	__u8 fragment;
+	__u8 pad[3];
 	/* Filled in as they become known; 0 in a notification means unknown. */
 	__u32 src_identity;
 	__u32 dst_identity;

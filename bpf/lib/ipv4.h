@@ -19,10 +19,21 @@
 #define ICMP_ECHOREPLY 0
 #define ICMP_ECHO 8
 
+/* icmp_echo_ports puts an ICMP echo id where it stands in for a port: on
+ * the requester's side of the tuple (lib/flow.h), sport of a request,
+ * dport of a reply. Other ICMP types have no id. */
+static __always_inline void icmp_echo_ports(const __u8 *icmp, struct flow *f)
+{
+	if (icmp[0] == ICMP_ECHO)
+		__builtin_memcpy(&f->sport, &icmp[4], sizeof(f->sport));
+	else if (icmp[0] == ICMP_ECHOREPLY)
+		__builtin_memcpy(&f->dport, &icmp[4], sizeof(f->dport));
+}
+
 /* ipv4_fill_l4 reads what policy and conntrack need of the L4 header:
  * TCP/UDP ports (and TCP flags), or the ICMP echo id, which stands in for
  * a port on the requester's side (lib/flow.h). Non-first fragments carry no
- * L4 header, so their ports stay 0 (policy then only matches port 0). The
+ * L4 header: their ports come from the first fragment (lib/frag.h). The
  * helper loads keep the variable IHL out of the verifier's way. */
 static __always_inline void ipv4_fill_l4(struct __sk_buff *skb,
 					 const struct iphdr *iph,
@@ -54,10 +65,7 @@ static __always_inline void ipv4_fill_l4(struct __sk_buff *skb,
 	case IPPROTO_ICMP:
 		if (bpf_skb_load_bytes(skb, off, icmp, sizeof(icmp)) < 0)
 			return;
-		if (icmp[0] == ICMP_ECHO)
-			__builtin_memcpy(&f->sport, &icmp[4], sizeof(f->sport));
-		else if (icmp[0] == ICMP_ECHOREPLY)
-			__builtin_memcpy(&f->dport, &icmp[4], sizeof(f->dport));
+		icmp_echo_ports(icmp, f);
 		return;
 	}
 }
@@ -65,8 +73,9 @@ static __always_inline void ipv4_fill_l4(struct __sk_buff *skb,
 /* flow_parse_ipv4 fills f's addresses, protocol and L4 fields from the IPv4
  * packet in skb, behind an Ethernet header. It returns 0, or DROP_INVALID
  * for a truncated header or a bad IHL, and then writes nothing. Identities
- * are left alone. Fields the packet does not have (ports of a fragment)
- * are 0. Inlined: every packet is parsed (lib/global.h). */
+ * are left alone. Fields the packet does not have (ports of a non-first
+ * fragment) are 0 until the caller, for a fragment, asks lib/frag.h.
+ * Inlined: every packet is parsed (lib/global.h). */
 static __always_inline int flow_parse_ipv4(struct __sk_buff *skb, struct flow *f)
 {
 	void *data = (void *)(long)skb->data;
@@ -80,6 +89,7 @@ static __always_inline int flow_parse_ipv4(struct __sk_buff *skb, struct flow *f
 	f->proto = iph->protocol;
 	f->sport = f->dport = f->policy_dport = 0;
 	f->tcp_flags = 0;
+	f->fragment = (iph->frag_off & bpf_htons(IP_MF | IP_OFFSET)) != 0;
 	ipv4_fill_l4(skb, iph, f);
 	return 0;
 }

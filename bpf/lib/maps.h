@@ -15,6 +15,8 @@
 #define EVENTS_BYTES (256 * 1024)
 #define IPCACHE_MAX 16384
 #define CT_MAX 65536
+/* Datagrams being fragmented at once, as Cilium sizes its fragments map. */
+#define FRAG_MAX 8192
 
 /* endpoint_info.flags: policy enforcement per direction. With both bits
  * clear the endpoint allows everything, whatever its policy map holds.
@@ -167,8 +169,27 @@ struct ct_key {
 	__u8 pad[3];
 };
 
+/* ct_entry.flags (lib/conntrack.h) */
+enum ct_flags {
+	CT_F_ESTABLISHED = 1U << 0,	/* TCP: a packet without SYN was seen */
+	CT_F_FIN_LO = 1U << 1,		/* TCP: FIN from the key's first end */
+	CT_F_FIN_HI = 1U << 2,		/* TCP: FIN from the key's second end */
+	CT_F_RST = 1U << 3,		/* TCP: RST from either end */
+	CT_F_INIT_HI = 1U << 4,		/* the flow's first packet came from the key's second end */
+};
+
+/* A flow's state. The programs judge it on every packet: an entry past
+ * expires is no flow at all, and one whose local ends are not the endpoints
+ * that hold those addresses now is someone else's (lib/conntrack.h). The
+ * daemon's garbage collector (datapath/ctgc.go) deletes what has expired.
+ * Versions before this layout kept only a last-seen time (8 bytes);
+ * datapath/ctupgrade.go carries their flows over. */
 struct ct_entry {
-	__u64 last_seen;	/* CLOCK_MONOTONIC ns (coarse), for garbage collection */
+	__u64 expires;		/* CLOCK_MONOTONIC ns (coarse) after which the flow is gone */
+	__u32 timeout;		/* seconds each packet of the flow keeps it alive, by its state */
+	__u16 epid[2];		/* endpoint at the key's first and second end; 0: not a local endpoint */
+	__u8 flags;		/* CT_F_* */
+	__u8 pad[7];
 };
 
 /* LRU: a full table evicts the least recently used flow instead of
@@ -180,6 +201,31 @@ struct {
 	__uint(max_entries, CT_MAX);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } ebpfnet_ct4 SEC(".maps");
+
+/* IPv4 fragments (lib/frag.h): the datagram a fragment belongs to, and the
+ * ports its first fragment carried. */
+struct frag_key {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 id;
+	__u8 proto;
+	__u8 pad;
+};
+
+struct frag_ports {
+	__be16 sport;
+	__be16 dport;
+};
+
+/* LRU: a datagram is reassembled within milliseconds, so the oldest
+ * entries are the ones nobody needs. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct frag_key);
+	__type(value, struct frag_ports);
+	__uint(max_entries, FRAG_MAX);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ebpfnet_frag4 SEC(".maps");
 
 /* Metric direction, as Cilium counts it: from the container is egress.
  * Events carry it too. */

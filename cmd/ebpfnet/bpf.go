@@ -60,7 +60,7 @@ func newBPFCommand(opts *cliOptions) *cobra.Command {
 			})
 		},
 	})
-	cmd.AddCommand(pol, ipc)
+	cmd.AddCommand(pol, ipc, newBPFCTCommand(opts))
 	return cmd
 }
 
