@@ -9,7 +9,7 @@ BIN       := bin/ebpfnet
 PURE_PKGS := ./atomicfile/ ./dockerid/ ./endpoint/ ./identity/ ./ipcache/ ./labels/ ./policy/ ./ipam/ ./driver/ ./external/ ./api/ ./dockerwatch/ ./metrics/ ./hostexec/ ./cmd/...
 STATICCHECK ?= $(shell $(GO) env GOPATH)/bin/staticcheck
 
-.PHONY: all build bpf bpf-check lint test test-unit test-privileged e2e bench clean \
+.PHONY: all build bpf bpf-check lint test test-unit fuzz test-privileged e2e bench clean \
 	plugin-rootfs plugin plugin-push install uninstall
 
 all: build
@@ -47,7 +47,21 @@ test-privileged:
 e2e: build
 	$(GO) test -count=1 -p 1 -timeout 15m ./test/e2e/ -ebpfnet-binary=$(CURDIR)/$(BIN)
 
-test: lint bpf-check test-unit test-privileged e2e
+# Each fuzz target for FUZZTIME on top of its committed seeds (go test
+# -fuzz takes one target at a time). What a run finds goes to testdata as
+# a regression test.
+FUZZTIME ?= 10s
+FUZZ_TARGETS := ./labels/:FuzzCanonicalFormNamesOneSet ./labels/:FuzzParseSelectorKey \
+	./policy/:FuzzParse ./plugin/:FuzzDockerCalls
+fuzz:
+	@for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; name=$${t#*:}; \
+		echo "fuzz $$name ($$pkg) for $(FUZZTIME)"; \
+		$(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) $$pkg >/dev/null || \
+			{ echo "$$name found a failing input: see $${pkg}testdata/fuzz/$$name"; exit 1; }; \
+	done
+
+test: lint bpf-check test-unit fuzz test-privileged e2e
 
 bench: build
 	./bench/run
