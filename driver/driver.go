@@ -45,6 +45,9 @@ type External interface {
 const (
 	optionGeneric  = "com.docker.network.generic"
 	optionInternal = "com.docker.network.internal"
+	// optionEnableIPv4 is false for `docker network create --ipv4=false`
+	// (Docker 28+, which always sends it).
+	optionEnableIPv4 = "com.docker.network.enable_ipv4"
 	// ContainerPrefix is the DstPrefix Docker appends a number to: eth0.
 	ContainerPrefix = "eth"
 	// optionPrefix marks our own -o options; an unknown one is an error, so
@@ -198,6 +201,11 @@ func (d *Driver) GetCapabilities() (*network.CapabilitiesResponse, error) {
 func (d *Driver) CreateNetwork(req *network.CreateNetworkRequest) error {
 	if req.NetworkID == "" {
 		return errors.New("create network: empty network ID")
+	}
+	if v, ok := req.Options[optionEnableIPv4]; ok && !truthy(v) {
+		// Docker 29 creates such a network without any address when
+		// --ipv6 is not given either; say why it cannot be ours.
+		return errors.New("create network: ebpfnet needs IPv4 and does not support IPv6 yet; drop --ipv4=false")
 	}
 	if len(req.IPv6Data) > 0 {
 		return errors.New("create network: ebpfnet does not support IPv6 yet; drop --ipv6")

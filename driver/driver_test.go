@@ -130,6 +130,13 @@ func TestCreateNetworkRefusesBadInputAndChangesNothing(t *testing.T) {
 		"ipv6": {&network.CreateNetworkRequest{NetworkID: "net6",
 			IPv4Data: []*network.IPAMData{{Pool: "10.82.0.0/16", Gateway: "10.82.0.1/16"}},
 			IPv6Data: []*network.IPAMData{{Pool: "fd00::/64"}}}, "IPv6"},
+		// Docker 29's --ipv4=false: no IPv4 pool, and the option says why.
+		"no ipv4": {&network.CreateNetworkRequest{NetworkID: "net7",
+			Options: map[string]interface{}{optionEnableIPv4: false, "com.docker.network.enable_ipv6": false}},
+			"ebpfnet needs IPv4 and does not support IPv6 yet; drop --ipv4=false"},
+		"no ipv4 with a pool": {&network.CreateNetworkRequest{NetworkID: "net8",
+			Options:  map[string]interface{}{optionEnableIPv4: false},
+			IPv4Data: []*network.IPAMData{{Pool: "10.83.0.0/16", Gateway: "10.83.0.1/16"}}}, "drop --ipv4=false"},
 	}
 	before, _ := os.ReadFile(path)
 	for name, c := range cases {
@@ -141,6 +148,18 @@ func TestCreateNetworkRefusesBadInputAndChangesNothing(t *testing.T) {
 	after, _ := os.ReadFile(path)
 	if string(before) != string(after) || len(fake.networks) != 1 || len(d.Networks()) != 1 {
 		t.Errorf("refused networks changed state: %d datapath networks, %d driver networks", len(fake.networks), len(d.Networks()))
+	}
+}
+
+// TestCreateNetworkTakesEnableIPv4True: Docker 28+ always sends
+// enable_ipv4, true for every network that has IPv4.
+func TestCreateNetworkTakesEnableIPv4True(t *testing.T) {
+	d, _, _ := newTestDriver(t)
+	req := createNetwork("net1", "10.77.0.0/16", "10.77.0.1/16", nil)
+	req.Options[optionEnableIPv4] = true
+	req.Options["com.docker.network.enable_ipv6"] = false
+	if err := d.CreateNetwork(req); err != nil {
+		t.Fatal(err)
 	}
 }
 
