@@ -258,9 +258,9 @@ func (a *allocator) removePool(id string) (undo func(), removed bool) {
 	return func() { a.pools[id] = p }, true
 }
 
-// carve picks the first defaultPoolLen-sized block of the default pools that
+// carve picks the first block of prefix length bits in the default pools that
 // overlaps neither an ebpfnet pool nor any of hostRoutes.
-func (a *allocator) carve(hostRoutes []netip.Prefix) (netip.Prefix, error) {
+func (a *allocator) carve(hostRoutes []netip.Prefix, bits int) (netip.Prefix, error) {
 	used := make([]netip.Prefix, 0, len(a.pools)+len(hostRoutes))
 	for _, p := range a.pools {
 		used = append(used, p.prefix)
@@ -272,11 +272,11 @@ func (a *allocator) carve(hostRoutes []netip.Prefix) (netip.Prefix, error) {
 			used = append(used, r.Masked())
 		}
 	}
-	step := uint64(1) << (32 - a.defaultPoolLen)
+	step := uint64(1) << (32 - bits)
 	for _, base := range a.defaultPools {
 		first, last := bounds(base)
 		for cand := uint64(first); cand+step-1 <= uint64(last); {
-			block := netip.PrefixFrom(addrFrom(uint32(cand)), a.defaultPoolLen)
+			block := netip.PrefixFrom(addrFrom(uint32(cand)), bits)
 			next := cand + step
 			free := true
 			for _, u := range used {
@@ -298,7 +298,7 @@ func (a *allocator) carve(hostRoutes []netip.Prefix) (netip.Prefix, error) {
 		}
 	}
 	return netip.Prefix{}, fmt.Errorf("no free /%d left in the default pools %s: every block overlaps an ebpfnet network or a host route; pass --subnet",
-		a.defaultPoolLen, joinPrefixes(a.defaultPools))
+		bits, joinPrefixes(a.defaultPools))
 }
 
 // sortedPools returns the pools ordered by address, so that results and

@@ -79,7 +79,7 @@ func TestCarveJumpsOverLargeRoutes(t *testing.T) {
 		netip.MustParsePrefix("10.128.1.7/32"),
 		netip.MustParsePrefix("fd00::/8"),
 	}
-	got, err := a.carve(routes)
+	got, err := a.carve(routes, 24)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -157,7 +157,7 @@ func validAddressSpace(s string) bool {
 }
 
 // RequestPool implements ipamapi.Ipam: it registers the requested subnet, or
-// carves one from the default pools when none is given.
+// carves one from the default pools when none is given, or only its size.
 func (d *Driver) RequestPool(req *ipamapi.RequestPoolRequest) (*ipamapi.RequestPoolResponse, error) {
 	if req.V6 {
 		return nil, errors.New("IPv6 is not supported by ebpfnet yet: create the network without --ipv6")
@@ -170,6 +170,9 @@ func (d *Driver) RequestPool(req *ipamapi.RequestPoolRequest) (*ipamapi.RequestP
 		return nil, fmt.Errorf("unknown address space %q: ebpfnet serves %s and %s", space, LocalAddressSpace, GlobalAddressSpace)
 	}
 	var prefix, sub netip.Prefix
+	// anySize is a pool of any address but this size: Docker 29 passes
+	// `--subnet 0.0.0.0/24` on as it is, meaning "a /24 of the defaults".
+	anySize := false
 	if req.Pool != "" {
 		var err error
 		if prefix, err = parseSubnet("subnet", req.Pool); err != nil {
@@ -178,9 +181,10 @@ func (d *Driver) RequestPool(req *ipamapi.RequestPoolRequest) (*ipamapi.RequestP
 		if err := checkPoolSize(prefix); err != nil {
 			return nil, err
 		}
+		anySize = prefix.Addr().IsUnspecified()
 	}
 	if req.SubPool != "" {
-		if req.Pool == "" {
+		if req.Pool == "" || anySize {
 			return nil, fmt.Errorf("ip-range %s needs a subnet", req.SubPool)
 		}
 		var err error
@@ -194,7 +198,11 @@ func (d *Driver) RequestPool(req *ipamapi.RequestPoolRequest) (*ipamapi.RequestP
 
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if req.Pool == "" {
+	if req.Pool == "" || anySize {
+		bits := d.alloc.defaultPoolLen
+		if anySize {
+			bits = prefix.Bits()
+		}
 		var routes []netip.Prefix
 		if d.hostRoutes != nil {
 			var err error
@@ -204,7 +212,7 @@ func (d *Driver) RequestPool(req *ipamapi.RequestPoolRequest) (*ipamapi.RequestP
 			}
 		}
 		var err error
-		if prefix, err = d.alloc.carve(routes); err != nil {
+		if prefix, err = d.alloc.carve(routes, bits); err != nil {
 			return nil, err
 		}
 	}

@@ -369,6 +369,40 @@ func TestDefaultPoolExhausted(t *testing.T) {
 	wantErr(t, err, "no free /24 left in the default pools 10.201.0.0/23: every block overlaps an ebpfnet network or a host route; pass --subnet")
 }
 
+// TestAnyPrefixOfASize: Docker 29 passes `--subnet 0.0.0.0/N` on as it is;
+// the pool is a free /N of the default pools, past host routes and pools.
+func TestAnyPrefixOfASize(t *testing.T) {
+	d := newTestDriver(t, Config{
+		DefaultPools: []netip.Prefix{netip.MustParsePrefix("10.202.0.0/16")},
+		HostRoutes: func() ([]netip.Prefix, error) {
+			return []netip.Prefix{netip.MustParsePrefix("10.202.0.0/24")}, nil
+		},
+	})
+	for _, c := range []struct{ pool, want string }{
+		{"0.0.0.0/24", "10.202.1.0/24"},
+		{"0.0.0.0/28", "10.202.2.0/28"},
+		{"0.0.0.0/20", "10.202.16.0/20"},
+		{"", "10.202.3.0/24"},
+	} {
+		res := requestPool(t, d, c.pool, "")
+		if res.Pool != c.want || res.PoolID != "ebpfnet-local/"+c.want {
+			t.Errorf("RequestPool(%q) = %+v, want %s", c.pool, res, c.want)
+		}
+	}
+	mustAddr(t, d, "ebpfnet-local/10.202.1.0/24", "", true, "10.202.1.1/24")
+	for _, c := range []struct{ pool, sub, want string }{
+		{"0.0.0.0/8", "", "no free /8 left in the default pools 10.202.0.0/16: every block overlaps an ebpfnet network or a host route; pass --subnet"},
+		{"0.0.0.0/31", "", "subnet 0.0.0.0/31 is not supported: the prefix length must be between /8 and /30"},
+		{"0.0.0.0/24", "0.0.0.0/25", "ip-range 0.0.0.0/25 needs a subnet"},
+	} {
+		_, err := d.RequestPool(&ipamapi.RequestPoolRequest{AddressSpace: LocalAddressSpace, Pool: c.pool, SubPool: c.sub})
+		wantErr(t, err, c.want)
+	}
+	if n := len(d.Pools()); n != 4 {
+		t.Errorf("%d pools after the refused requests, want 4", n)
+	}
+}
+
 func TestDefaultPoolDefaults(t *testing.T) {
 	d := newTestDriver(t, Config{})
 	if got := requestPool(t, d, "", "").Pool; got != "10.200.0.0/24" {
