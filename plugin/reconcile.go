@@ -13,6 +13,8 @@ import (
 	"github.com/docker/go-plugins-helpers/ipam"
 	"github.com/docker/go-plugins-helpers/network"
 	"github.com/sirupsen/logrus"
+
+	"github.com/ebpfnet/ebpfnet/dockerwatch"
 )
 
 // Docker forgets an endpoint, an address or a whole network even when our
@@ -118,7 +120,7 @@ func (d *Daemon) snapshotOwnState() ownState {
 // when ctx ends (daemon stopping).
 func (d *Daemon) reconcileWithDocker(ctx context.Context, own ownState) bool {
 	log := d.log.WithField("subsys", "reconcile")
-	cli, err := dockerclient.NewClientWithOpts(dockerclient.FromEnv, dockerclient.WithAPIVersionNegotiation())
+	cli, err := dockerwatch.NewClient()
 	if err != nil {
 		log.WithError(err).Warn("no Docker client; leftovers of endpoints removed while the daemon was down stay")
 		return false
