@@ -150,6 +150,17 @@ func (n *Node) UnderlayExec(args ...string) (string, error) {
 	return n.call(append([]string{"underlay-exec", n.Underlay}, args...)...)
 }
 
+// StartInUnderlay starts a long-running command in the underlay's namespace
+// (etcd on the gateway address, say) under the name proc. It runs until the
+// underlay goes with its last node; its output is in
+// `scripts/node logs ul-<underlay> proc`.
+func (n *Node) StartInUnderlay(t testing.TB, proc string, args ...string) {
+	t.Helper()
+	if out, err := n.call(append([]string{"underlay-exec", "-d", "--name", proc, n.Underlay}, args...)...); err != nil {
+		t.Fatalf("start %s in underlay %s: %v\n%s", proc, n.Underlay, err, out)
+	}
+}
+
 func (n *Node) call(args ...string) (string, error) {
 	var stdout, stderr bytes.Buffer
 	cmd := exec.Command(n.script, args...)
