@@ -9,8 +9,8 @@ BIN       := bin/ebpfnet
 PURE_PKGS := ./atomicfile/ ./dockerid/ ./endpoint/ ./identity/ ./ipcache/ ./labels/ ./policy/ ./ipam/ ./driver/ ./external/ ./api/ ./dockerwatch/ ./metrics/ ./hostexec/ ./cmd/...
 STATICCHECK ?= $(shell $(GO) env GOPATH)/bin/staticcheck
 
-.PHONY: all build bpf bpf-check lint test test-unit fuzz test-privileged e2e bench clean \
-	plugin-rootfs plugin plugin-push install uninstall
+.PHONY: all build bpf bpf-check lint test test-unit fuzz test-privileged e2e e2e-docker29 e2e-node docker29 \
+	bench clean plugin-rootfs plugin plugin-push install uninstall
 
 all: build
 
@@ -44,8 +44,9 @@ test-privileged:
 	$(GO) test -count=1 -p 1 ./bpf/ ./datapath/ ./plugin/ ./procsys/
 
 # A real dockerd driven through the docker CLI: needs root and dockerd.
+E2E_TEST = $(GO) test -count=1 -p 1 -timeout 15m ./test/e2e/ -ebpfnet-binary=$(CURDIR)/$(BIN)
 e2e: build
-	$(GO) test -count=1 -p 1 -timeout 15m ./test/e2e/ -ebpfnet-binary=$(CURDIR)/$(BIN)
+	$(E2E_TEST)
 
 # Each fuzz target for FUZZTIME on top of its committed seeds (go test
 # -fuzz takes one target at a time). What a run finds goes to testdata as
@@ -61,7 +62,27 @@ fuzz:
 			{ echo "$$name found a failing input: see $${pkg}testdata/fuzz/$$name"; exit 1; }; \
 	done
 
-test: lint bpf-check test-unit fuzz test-privileged e2e
+# The same suite in a node of its own (scripts/node) with its own dockerd:
+# Docker 29, built once into bin/docker29 (scripts/docker29), or another
+# engine with E2E_DOCKER=20.10. Nothing of the host's dockerd or ebpfnet
+# state is touched. E2E_NODE names the node.
+E2E_DOCKER ?= 29
+E2E_NODE   ?= e2e-d$(subst .,,$(E2E_DOCKER))
+e2e-docker29:
+	$(MAKE) e2e-node E2E_DOCKER=29
+
+e2e-node: build $(if $(filter 29,$(E2E_DOCKER)),docker29)
+	./scripts/node down $(E2E_NODE)
+	./scripts/node up $(E2E_NODE) --docker $(E2E_DOCKER)
+	@trap './scripts/node down $(E2E_NODE)' EXIT; \
+	./scripts/node exec $(E2E_NODE) $(E2E_TEST) || { \
+		echo "e2e in node $(E2E_NODE) (Docker $(E2E_DOCKER)) failed; the end of its dockerd log:"; \
+		./scripts/node logs $(E2E_NODE) | tail -n 40; exit 1; }
+
+docker29:
+	./scripts/docker29
+
+test: lint bpf-check test-unit fuzz test-privileged e2e e2e-docker29
 
 bench: build
 	./bench/run

@@ -52,12 +52,23 @@ type Watcher struct {
 	known map[string]Container // container ID -> labels, learnt at create
 }
 
-// New connects to Docker as the docker CLI would (DOCKER_HOST or the
-// default socket), negotiating the API version with the daemon.
-func New(log logrus.FieldLogger) (*Watcher, error) {
+// NewClient connects to Docker as the docker CLI would (DOCKER_HOST or the
+// default socket). It negotiates the API version with the daemon at the
+// first call: Docker 20.10 knows nothing newer than 1.41, and Docker
+// 29.0-29.2 refuse anything older than 1.44, so no one version serves both.
+func NewClient() (*dockerclient.Client, error) {
 	cli, err := dockerclient.NewClientWithOpts(dockerclient.FromEnv, dockerclient.WithAPIVersionNegotiation())
 	if err != nil {
 		return nil, fmt.Errorf("docker client: %w", err)
+	}
+	return cli, nil
+}
+
+// New connects to Docker with NewClient.
+func New(log logrus.FieldLogger) (*Watcher, error) {
+	cli, err := NewClient()
+	if err != nil {
+		return nil, err
 	}
 	return &Watcher{log: log, cli: cli, known: map[string]Container{}}, nil
 }

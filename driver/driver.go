@@ -229,10 +229,8 @@ func (d *Driver) CreateNetwork(req *network.CreateNetworkRequest) error {
 	if req.NetworkID == "" {
 		return errors.New("create network: empty network ID")
 	}
-	if v, ok := req.Options[optionEnableIPv4]; ok && !truthy(v) {
-		// Docker 29 creates such a network without any address when
-		// --ipv6 is not given either; say why it cannot be ours.
-		return errors.New("create network: ebpfnet needs IPv4 and does not support IPv6 yet; drop --ipv4=false")
+	if err := checkIPv4Enabled(req.Options); err != nil {
+		return fmt.Errorf("create network: %w", err)
 	}
 	if len(req.IPv6Data) > 0 {
 		return errors.New("create network: ebpfnet does not support IPv6 yet; drop --ipv6")
@@ -299,6 +297,29 @@ func (d *Driver) CreateNetwork(req *network.CreateNetworkRequest) error {
 	d.log.WithFields(logrus.Fields{"network": dockerid.Short(req.NetworkID), "subnet": subnet, "gateway": gateway, "index": index}).Info("network created")
 	d.networksChanged()
 	return nil
+}
+
+// checkIPv4Enabled refuses `docker network create --ipv4=false` (Docker 28+
+// always sends enable_ipv4). Docker 29 creates such a network without any
+// address when --ipv6 is not given either; say why it cannot be ours.
+func checkIPv4Enabled(options map[string]interface{}) error {
+	if v, ok := options[optionEnableIPv4]; ok && !truthy(v) {
+		return errors.New("ebpfnet needs IPv4 and does not support IPv6 yet; drop --ipv4=false")
+	}
+	return nil
+}
+
+// GwAllocCheck answers Docker 28+'s question whether to skip allocating the
+// network's gateway addresses: never, since the gateway is every
+// container's way off the network, --internal ones included. Docker asks
+// before it requests any pool, with the options CreateNetwork will get, so
+// a network we cannot serve is refused here first: with --ipv4=false
+// --ipv6 the IPAM driver would otherwise only complain about IPv6.
+func (d *Driver) GwAllocCheck(options map[string]interface{}) (skipIPv4, skipIPv6 bool, err error) {
+	if err := checkIPv4Enabled(options); err != nil {
+		return false, false, fmt.Errorf("create network: %w", err)
+	}
+	return false, false, nil
 }
 
 // DeleteNetwork removes the network's plumbing and record. Unknown networks

@@ -166,6 +166,25 @@ func TestCreateNetworkTakesEnableIPv4True(t *testing.T) {
 	}
 }
 
+// TestGwAllocCheck: the gateway is always allocated; a network without
+// IPv4 is refused before Docker asks for any pool.
+func TestGwAllocCheck(t *testing.T) {
+	d, _, _ := newTestDriver(t)
+	for _, opts := range []map[string]interface{}{
+		nil,
+		{optionEnableIPv4: true, "com.docker.network.enable_ipv6": false},
+		{optionEnableIPv4: true, optionInternal: true},
+	} {
+		if skip4, skip6, err := d.GwAllocCheck(opts); skip4 || skip6 || err != nil {
+			t.Errorf("GwAllocCheck(%v) = %v, %v, %v; want false, false, nil", opts, skip4, skip6, err)
+		}
+	}
+	_, _, err := d.GwAllocCheck(map[string]interface{}{optionEnableIPv4: false, "com.docker.network.enable_ipv6": true})
+	if err == nil || err.Error() != "create network: ebpfnet needs IPv4 and does not support IPv6 yet; drop --ipv4=false" {
+		t.Errorf("GwAllocCheck with enable_ipv4=false: %v", err)
+	}
+}
+
 func TestCreateNetworkUndoesPlumbingWhenPersistFails(t *testing.T) {
 	dir := t.TempDir()
 	fake := newFake()

@@ -64,8 +64,25 @@ type ipamCapabilities struct {
 	RequiresRequestReplay bool
 }
 
-// gwAllocCheckResponse answers Engine 28's GwAllocCheck, which the helpers
-// lack: we want Docker's IPAM to allocate the gateway address as usual.
+// networkCapabilities adds GwAllocChecker (Engine 28), which the helpers
+// lack, to their capabilities: Docker then calls GwAllocCheck before it
+// requests the network's pools. Older engines ignore the field.
+type networkCapabilities struct {
+	Scope             string
+	ConnectivityScope string
+	GwAllocChecker    bool
+}
+
+// gwAllocChecker is the network driver's answer to GwAllocCheck.
+type gwAllocChecker interface {
+	GwAllocCheck(options map[string]interface{}) (skipIPv4, skipIPv6 bool, err error)
+}
+
+// gwAllocCheckRequest and gwAllocCheckResponse are Engine 28's GwAllocCheck.
+type gwAllocCheckRequest struct {
+	Options map[string]interface{}
+}
+
 type gwAllocCheckResponse struct {
 	SkipIPv4 bool
 	SkipIPv6 bool
@@ -85,7 +102,14 @@ func newDockerAPI(drv network.Driver, ipd ipam.Ipam, log logrus.FieldLogger, inf
 
 func (a *dockerAPI) registerNetwork(d network.Driver) {
 	h := a.handler
-	route(a, h, "/NetworkDriver.GetCapabilities", func(*struct{}) (any, error) { return d.GetCapabilities() })
+	checker, checks := d.(gwAllocChecker)
+	route(a, h, "/NetworkDriver.GetCapabilities", func(*struct{}) (any, error) {
+		c, err := d.GetCapabilities()
+		if err != nil {
+			return nil, err
+		}
+		return networkCapabilities{Scope: c.Scope, ConnectivityScope: c.ConnectivityScope, GwAllocChecker: checks}, nil
+	})
 	route(a, h, "/NetworkDriver.CreateNetwork", func(r *network.CreateNetworkRequest) (any, error) { return empty(d.CreateNetwork(r)) })
 	route(a, h, "/NetworkDriver.DeleteNetwork", func(r *network.DeleteNetworkRequest) (any, error) { return empty(d.DeleteNetwork(r)) })
 	route(a, h, "/NetworkDriver.AllocateNetwork", func(r *network.AllocateNetworkRequest) (any, error) { return d.AllocateNetwork(r) })
@@ -103,7 +127,13 @@ func (a *dockerAPI) registerNetwork(d network.Driver) {
 	route(a, h, "/NetworkDriver.RevokeExternalConnectivity", func(r *network.RevokeExternalConnectivityRequest) (any, error) {
 		return empty(d.RevokeExternalConnectivity(r))
 	})
-	route(a, h, "/NetworkDriver.GwAllocCheck", func(*struct{}) (any, error) { return gwAllocCheckResponse{}, nil })
+	route(a, h, "/NetworkDriver.GwAllocCheck", func(r *gwAllocCheckRequest) (any, error) {
+		if !checks {
+			return gwAllocCheckResponse{}, nil
+		}
+		skip4, skip6, err := checker.GwAllocCheck(r.Options)
+		return gwAllocCheckResponse{SkipIPv4: skip4, SkipIPv6: skip6}, err
+	})
 }
 
 func (a *dockerAPI) registerIPAM(d ipam.Ipam) {

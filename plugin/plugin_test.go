@@ -238,6 +238,26 @@ func TestEveryCallIsAnswered(t *testing.T) {
 	}
 }
 
+// TestGwAllocCheck: the capability is announced, so Docker 28+ asks before
+// it requests pools; the gateway is never skipped, and a network without
+// IPv4 is refused with the reason.
+func TestGwAllocCheck(t *testing.T) {
+	td := startTestDaemon(t)
+	if caps := td.mustCall(t, "/NetworkDriver.GetCapabilities", nil); caps["GwAllocChecker"] != true {
+		t.Errorf("capabilities %v, want GwAllocChecker", caps)
+	}
+	out := td.mustCall(t, "/NetworkDriver.GwAllocCheck", map[string]any{"Options": map[string]any{
+		"com.docker.network.enable_ipv4": true, "com.docker.network.enable_ipv6": false}})
+	if out["SkipIPv4"] != false || out["SkipIPv6"] != false {
+		t.Errorf("GwAllocCheck of an IPv4 network: %v, want no skip", out)
+	}
+	code, out := td.call(t, "/NetworkDriver.GwAllocCheck", map[string]any{"Options": map[string]any{
+		"com.docker.network.enable_ipv4": false, "com.docker.network.enable_ipv6": true}})
+	if code != http.StatusInternalServerError || !strings.Contains(fmt.Sprint(out["Err"]), "drop --ipv4=false") {
+		t.Errorf("GwAllocCheck with --ipv4=false: HTTP %d %v; want 500 saying to drop --ipv4=false", code, out)
+	}
+}
+
 // nonEmptyString tells whether a decoded JSON value is a string with
 // something in it: a missing key or another type is not.
 func nonEmptyString(v any) bool {

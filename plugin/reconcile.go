@@ -15,6 +15,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/ebpfnet/ebpfnet/dockerid"
+	"github.com/ebpfnet/ebpfnet/dockerwatch"
 )
 
 // Docker forgets an endpoint, an address or a whole network even when our
@@ -120,7 +121,7 @@ func (d *Daemon) snapshotOwnState() ownState {
 // when ctx ends (daemon stopping).
 func (d *Daemon) reconcileWithDocker(ctx context.Context, own ownState) bool {
 	log := d.log.WithField("subsys", "reconcile")
-	cli, err := dockerclient.NewClientWithOpts(dockerclient.FromEnv, dockerclient.WithAPIVersionNegotiation())
+	cli, err := dockerwatch.NewClient()
 	if err != nil {
 		log.WithError(err).Warn("no Docker client; leftovers of endpoints removed while the daemon was down stay")
 		return false

@@ -232,19 +232,22 @@ func TestNewContainerIsUnderPolicyFromItsFirstPacket(t *testing.T) {
 	srv := containerIP(t, "e2e-srv", "e2e-first")
 	importRules(t, bin, l4Rule)
 
-	// sh is PID 1, so timeout's signal reaches wget: PID 1 of a namespace
-	// ignores signals it has no handler for.
+	// sh must stay PID 1, so that timeout's signal reaches wget: PID 1 of a
+	// namespace ignores signals it has no handler for. busybox sh would exec
+	// a lone command, and busybox timeout execs the command in its own
+	// process: wget would be PID 1 and wait out TCP's SYN retries (about
+	// 130 s) instead of the timeout. The "; exit $?" keeps sh.
 	for i := 0; i < 20; i++ {
 		start := time.Now()
 		out, err := tryRun("docker", "run", "--rm", "--network", "e2e-first", "--label", "id=app2", image,
-			"sh", "-c", "timeout 10 wget -q -O - http://"+srv+"/")
+			"sh", "-c", "timeout 10 wget -q -O - http://"+srv+"/; exit $?")
 		if err != nil || !strings.Contains(out, "hello") {
 			t.Errorf("run %d: allowed client's first connection: %q %v", i, out, err)
 		}
 		t.Logf("run %d took %v", i, time.Since(start))
 	}
 	out, err := tryRun("docker", "run", "--rm", "--network", "e2e-first", "--label", "id=app3", image,
-		"sh", "-c", "timeout 3 wget -q -O - http://"+srv+"/")
+		"sh", "-c", "timeout 3 wget -q -O - http://"+srv+"/; exit $?")
 	if err == nil {
 		t.Errorf("a client without a rule got through: %q", out)
 	}
