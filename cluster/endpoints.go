@@ -84,10 +84,9 @@ func (n *Node) WatchRemote(ctx context.Context, sink RemoteSink) error {
 		defer wg.Done()
 		v.expire(ctx)
 	}()
-	// One range over blocks/, endpoints/, identities/, networks/ and
-	// nodes/, so that the keys a lease takes with it arrive in one
-	// revision and their node's death is seen with them.
-	n.listWatch(ctx, remoteRangeStart, []clientv3.OpOption{clientv3.WithRange(prefixEnd(nodesPrefix))}, v)
+	// One watch over net/, so that the keys a lease takes with it
+	// arrive in one revision and their node's death is seen with them.
+	n.listWatch(ctx, netPrefix, []clientv3.OpOption{clientv3.WithPrefix()}, v)
 	wg.Wait()
 	if err := n.ctx.Err(); err != nil {
 		return errors.New("the cluster node closed")

@@ -74,14 +74,14 @@ func TestSameLabelsGetTheSameIdentityOnEveryNode(t *testing.T) {
 		t.FailNow()
 	}
 	if got["a"] != got["b"] {
-		t.Fatalf("nodes disagree: a %v, b %v", got["a"], got["b"])
+		t.Fatalf("nodes disagree: a %d, b %d", got["a"], got["b"])
 	}
 	seen := map[identity.ID]bool{}
 	cli := e.newClient()
 	defer cli.Close()
 	for i, id := range got["a"] {
 		if id.Kind() != identity.KindAllocated || seen[id] {
-			t.Fatalf("app=%d got %d: outside the range or given twice (%v)", i, id, got["a"])
+			t.Fatalf("app=%d got %d: outside the range or given twice (%d)", i, id, got["a"])
 		}
 		seen[id] = true
 		if h := refHolders(t, cli, id); len(h) != 2 {
@@ -320,7 +320,98 @@ func TestEtcdDownKnownLabelsAllocateAndNewOnesFailFast(t *testing.T) {
 	})
 	mu.Lock()
 	defer mu.Unlock()
-	if fmt.Sprint(changes) != fmt.Sprint(want) {
-		t.Fatalf("a's subscriber saw %v, want %v", changes, want)
+	if fmt.Sprintf("%d", changes) != fmt.Sprintf("%d", want) {
+		t.Fatalf("a's subscriber saw %d, want %d", changes, want)
 	}
+}
+
+func TestIdentityFreedWhileAwayIsCreatedAgainOrReported(t *testing.T) {
+	e := startEtcd(t)
+	p := newProxy(t, e.client[len("http://"):])
+	a := connectNode(t, nodeOpts{name: "a", ip: "192.0.2.1", endpoint: p.url()})
+	waitConnected(t, a)
+	again, err := a.Identities().Allocate(ctxT(t), app("again"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	taken, err := a.Identities().Allocate(ctxT(t), app("taken"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cli := e.newClient()
+	defer cli.Close()
+
+	// a is away; its lease ends and both identities are freed, as other
+	// nodes would after the grace; one's number goes to other labels.
+	lease := clientv3.LeaseID(a.Status().LeaseID)
+	p.setCut(true)
+	eventually(t, "a to lose etcd", func() bool { return !a.Status().Connected })
+	if _, err := cli.Revoke(ctxT(t), lease); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []identity.ID{again, taken} {
+		ls, _ := a.Identities().Lookup(id)
+		if _, err := cli.Txn(ctxT(t)).Then(clientv3.OpDelete(idKey(id)), clientv3.OpDelete(labelsKey(labelsHash(ls)))).Commit(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	other := app("other")
+	if _, err := cli.Txn(ctxT(t)).Then(clientv3.OpPut(idKey(taken), identityValue(other)),
+		clientv3.OpPut(labelsKey(labelsHash(other)), fmt.Sprint(uint32(taken)))).Commit(); err != nil {
+		t.Fatal(err)
+	}
+
+	p.setCut(false)
+	waitConnected(t, a)
+	eventually(t, "the free identity back with its number, and the conflict reported", func() bool {
+		resp, err := cli.Get(ctxT(t), idKey(again))
+		if err != nil || len(resp.Kvs) != 1 || string(resp.Kvs[0].Value) != identityValue(app("again")) {
+			return false
+		}
+		h := refHolders(t, cli, again)
+		c := a.Status().Conflicts
+		return len(h) == 1 && h[0] == "a" && len(c) == 1 && c[0] == taken
+	})
+	if !exists(t, cli, labelsKey(labelsHash(app("again")))) {
+		t.Fatal("the labels key of the identity created again is missing")
+	}
+	if h := refHolders(t, cli, taken); len(h) != 0 {
+		t.Fatalf("a references identity %d, now another label set's: %v", taken, h)
+	}
+	if err := a.Identities().Release(ctxT(t), taken); err != nil {
+		t.Fatal(err)
+	}
+	if c := a.Status().Conflicts; len(c) != 0 {
+		t.Fatalf("conflicts %d remain after the release", c)
+	}
+}
+
+func TestIdentityCacheServesAStartWithoutEtcd(t *testing.T) {
+	e := startEtcd(t)
+	dir := t.TempDir()
+	opts := nodeOpts{name: "a", ip: "192.0.2.1", endpoint: e.client, dir: dir}
+	a := connectNode(t, opts)
+	waitConnected(t, a)
+	id, err := a.Identities().Allocate(ctxT(t), app("web"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Close()
+	e.stop()
+
+	a2 := connectNode(t, opts)
+	if ls, ok := a2.Identities().Lookup(id); !ok || !ls.Equal(app("web")) {
+		t.Fatalf("Lookup(%d) without etcd = %v, %v", id, ls, ok)
+	}
+	if got, err := a2.Identities().Allocate(ctxT(t), app("web")); err != nil || got != id {
+		t.Fatalf("restored labels without etcd: %d, %v; want %d", got, err, id)
+	}
+	if _, err := a2.Identities().Allocate(ctxT(t), app("new")); !errors.Is(err, ErrUnreachable) {
+		t.Fatalf("new labels without etcd: %v", err)
+	}
+	e.start()
+	waitConnected(t, a2)
+	cli := e.newClient()
+	defer cli.Close()
+	eventually(t, "the reference", func() bool { h := refHolders(t, cli, id); return len(h) == 1 && a2.Status().Queued == 0 })
 }

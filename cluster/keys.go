@@ -13,16 +13,19 @@ import (
 // root is the prefix of every key; v1 is the layout documented in doc.go.
 const root = "ebpfnet/v1/"
 
+// The keys the remote view reads (nodes, their blocks, their endpoints)
+// share net/, so that one watch sees them, and sees a lease's keys go in
+// the same revision as its node key, without the identities' traffic.
 const (
-	nodesPrefix      = root + "nodes/"
-	networksPrefix   = root + "networks/"
-	blocksPrefix     = root + "blocks/"
-	identityIDs      = root + "identities/id/"
-	identityLabels   = root + "identities/labels/"
-	identityRefs     = root + "identities/ref/"
-	endpointsPrefix  = root + "endpoints/"
-	policyKey        = root + "policy"
-	remoteRangeStart = blocksPrefix // WatchRemote reads blocks/, endpoints/ and nodes/ in one range
+	netPrefix       = root + "net/"
+	nodesPrefix     = netPrefix + "nodes/"
+	networksPrefix  = netPrefix + "networks/"
+	blocksPrefix    = netPrefix + "blocks/"
+	endpointsPrefix = netPrefix + "endpoints/"
+	identityIDs     = root + "identities/id/"
+	identityLabels  = root + "identities/labels/"
+	identityRefs    = root + "identities/ref/"
+	policyKey       = root + "policy"
 )
 
 func nodeKey(name string) string { return nodesPrefix + name }
@@ -89,19 +92,6 @@ func parseRefKey(key string) (identity.ID, string, error) {
 }
 
 func endpointKey(ip netip.Addr) string { return endpointsPrefix + ip.String() }
-
-// prefixEnd is the end of the range of every key that starts with p, as
-// clientv3.WithPrefix computes it.
-func prefixEnd(p string) string {
-	b := []byte(p)
-	for i := len(b) - 1; i >= 0; i-- {
-		if b[i] < 0xff {
-			b[i]++
-			return string(b[:i+1])
-		}
-	}
-	return "\x00"
-}
 
 // The values. JSON, so that `etcdctl get` is readable.
 

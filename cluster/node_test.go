@@ -121,6 +121,13 @@ func TestLostLeaseRecreatesEveryOwnKey(t *testing.T) {
 	if _, err := cli.Revoke(ctxT(t), old); err != nil {
 		t.Fatal(err)
 	}
+	// A write made before the node notices is refused by etcd (the lease
+	// is not found); it waits for the new lease too.
+	late := netip.MustParseAddr("10.90.0.9")
+	if err := a.PublishEndpoint(late, id); err != nil {
+		t.Fatal(err)
+	}
+	keys = append(keys, endpointKey(late))
 	eventually(t, "every key back under a new lease", func() bool {
 		cur := clientv3.LeaseID(a.Status().LeaseID)
 		if cur == old || cur == 0 {

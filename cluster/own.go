@@ -2,12 +2,14 @@ package cluster
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sort"
 	"strings"
 	"sync"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -43,9 +45,11 @@ type ownKey struct {
 	gen       uint64
 	doneGen   uint64
 	doneLease clientv3.LeaseID
-	// err is why the last write of gen failed for good (not for want of
-	// etcd); the key is not retried until it changes.
-	err error
+	// err is why the last write of gen under errLease failed for good
+	// (not for want of etcd); the key is not retried until it changes
+	// or the lease does.
+	err      error
+	errLease clientv3.LeaseID
 }
 
 func newOwnKeys(n *Node) *ownKeys {
@@ -97,7 +101,7 @@ func (o *ownKeys) remove(key string) {
 
 // needsWrite tells whether k differs from what etcd holds under lease.
 func (k *ownKey) needsWrite(lease clientv3.LeaseID) bool {
-	if k.err != nil {
+	if k.err != nil && k.errLease == lease {
 		return false
 	}
 	if k.present {
@@ -133,7 +137,7 @@ func (o *ownKeys) wait(ctx context.Context, key string, gen uint64) error {
 		case k == nil || k.gen > gen:
 			o.mu.Unlock()
 			return nil // removed or superseded: nothing of gen is left to wait for
-		case k.err != nil:
+		case k.err != nil && k.errLease == lease:
 			err := k.err
 			o.mu.Unlock()
 			return err
@@ -229,7 +233,9 @@ func (o *ownKeys) pass() bool {
 		ctx, cancel := context.WithTimeout(o.n.ctx, o.n.cfg.RequestTimeout)
 		err := o.write(ctx, lease, w)
 		cancel()
-		if err != nil && unavailable(err) {
+		if err != nil && (unavailable(err) || errors.Is(err, rpctypes.ErrLeaseNotFound)) {
+			// etcd is away, or the lease went and the session is about
+			// to see it and grant another: the writes wait.
 			o.n.noteErr(err)
 			return false
 		}
@@ -240,7 +246,7 @@ func (o *ownKeys) pass() bool {
 			}
 		} else if k := o.keys[w.key]; k != nil && k.gen == w.gen {
 			if err != nil {
-				k.err = err
+				k.err, k.errLease = err, lease
 			} else {
 				k.doneGen, k.doneLease = w.gen, lease
 				if !k.present {
