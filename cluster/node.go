@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -355,6 +356,7 @@ func (n *Node) Status() Status {
 		st.Conflicts = append(st.Conflicts, id)
 	}
 	n.mu.Unlock()
+	slices.Sort(st.Conflicts)
 	st.Queued = n.own.queued()
 	st.Writes = n.writes.Load()
 	st.WatchEvents = n.watchEvents.Load()

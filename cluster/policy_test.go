@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ebpfnet/ebpfnet/endpoint"
 	"github.com/ebpfnet/ebpfnet/policy"
 )
 
@@ -98,13 +99,13 @@ func TestPolicyImportedOnOneNodeIsSeenOnTheOther(t *testing.T) {
 	}
 	wg.Wait()
 	eventually(t, "both nodes at revision 6", func() bool { return ra.Revision() == 6 && rb.Revision() == 6 })
-	if got := len(rb.Rules()); got != 6 {
+	if got := len(rulesOf(rb)); got != 6 {
 		t.Fatalf("b has %d rules after the concurrent imports, want 6", got)
 	}
 	if rev, err := rb.DeleteAll(); err != nil || rev != 7 {
 		t.Fatalf("DeleteAll = %d, %v", rev, err)
 	}
-	eventually(t, "a to see the deletion", func() bool { return ra.Revision() == 7 && len(ra.Rules()) == 0 })
+	eventually(t, "a to see the deletion", func() bool { return ra.Revision() == 7 && len(rulesOf(ra)) == 0 })
 
 	// With etcd gone, import fails clearly; a daemon started now still
 	// has the last rules it saw.
@@ -132,8 +133,8 @@ func TestPolicyImportedOnOneNodeIsSeenOnTheOther(t *testing.T) {
 	}
 }
 
-// Rules without a method of their own: the Repository's copy.
-func (r *Rules) Rules() []policy.Rule {
+// rulesOf returns the rules of r's local copy.
+func rulesOf(r *Rules) []policy.Rule {
 	rules, _ := r.Snapshot()
 	return rules
 }
@@ -155,8 +156,10 @@ func TestClusterPolicyBehindTheCopyIsRaised(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "the copy to follow the cluster's empty policy", func() bool { return ra.Revision() == 6 && len(ra.Rules()) == 0 })
+	eventually(t, "the copy to follow the cluster's empty policy", func() bool { return ra.Revision() == 6 && len(rulesOf(ra)) == 0 })
 	if rev, err := ra.Import(rulesNamed(t, "new")); err != nil || rev != 7 {
 		t.Fatalf("Import = %d, %v", rev, err)
 	}
 }
+
+var _ endpoint.Rules = (*Rules)(nil)
