@@ -60,3 +60,20 @@ func (s *subscribers) deliver() {
 		}
 	}
 }
+
+// Notifier is the same ordered delivery for an Allocator kept outside this
+// package (etcd's in a cluster): Queue a change while holding the lock
+// that orders the changes, Deliver after releasing it. The zero value is
+// ready to use.
+type Notifier struct{ s subscribers }
+
+// Add calls fn for every change delivered from now on, until cancel.
+func (n *Notifier) Add(fn func(Change)) (cancel func()) { return n.s.add(fn) }
+
+// Queue records a change for the next Deliver; with no subscriber it is
+// dropped.
+func (n *Notifier) Queue(c Change) { n.s.queue(c) }
+
+// Deliver hands every queued change to every subscriber, in the order
+// queued; two Delivers at once never reorder them.
+func (n *Notifier) Deliver() { n.s.deliver() }

@@ -84,31 +84,15 @@ func (r *Repository) persist(rules []Rule, revision uint64) error {
 	return nil
 }
 
-// Import adds rules as Cilium's policy import does: every existing rule
-// whose labels equal (as a set) those of an imported rule is replaced;
-// others stay. Rules without labels never replace anything, because they
-// cannot be told apart. The rules are validated as Parse would; on any
-// error, validation or persistence, nothing changes. It returns the new
-// revision.
+// Import adds rules as Cilium's policy import does (see Merge). The rules
+// are validated as Parse would; on any error, validation or persistence,
+// nothing changes. It returns the new revision.
 func (r *Repository) Import(rules []Rule) (uint64, error) {
-	if err := Validate(rules); err != nil {
-		return 0, fmt.Errorf("import policy: %w", err)
-	}
-	incoming := map[string]bool{}
-	for _, nr := range rules {
-		if len(nr.Labels) > 0 {
-			incoming[labelSetKey(nr.Labels)] = true
-		}
-	}
 	r.mu.Lock()
-	var next []Rule
-	for _, old := range r.rules {
-		if len(old.Labels) == 0 || !incoming[labelSetKey(old.Labels)] {
-			next = append(next, old)
-		}
-	}
-	for _, nr := range rules {
-		next = append(next, nr.clone())
+	next, err := Merge(r.rules, rules)
+	if err != nil {
+		r.mu.Unlock()
+		return 0, fmt.Errorf("import policy: %w", err)
 	}
 	if err := r.persist(next, r.revision+1); err != nil {
 		r.mu.Unlock()
@@ -117,6 +101,64 @@ func (r *Repository) Import(rules []Rule) (uint64, error) {
 	r.rules = next
 	r.revision++
 	return r.changed(), nil
+}
+
+// Merge returns the rule set that importing incoming into existing makes,
+// as Cilium's policy import does: every existing rule whose labels equal
+// (as a set) those of an incoming rule is replaced; others stay, in order,
+// and the incoming rules follow. Rules without labels never replace
+// anything, because they cannot be told apart. incoming is validated as
+// Parse would. Neither argument is changed; the result is a copy. A store
+// other than the file (etcd in a cluster) imports with it, so that both
+// replace alike.
+func Merge(existing, incoming []Rule) ([]Rule, error) {
+	if err := Validate(incoming); err != nil {
+		return nil, err
+	}
+	replaced := map[string]bool{}
+	for _, nr := range incoming {
+		if len(nr.Labels) > 0 {
+			replaced[labelSetKey(nr.Labels)] = true
+		}
+	}
+	next := []Rule{}
+	for _, old := range existing {
+		if len(old.Labels) == 0 || !replaced[labelSetKey(old.Labels)] {
+			next = append(next, old.clone())
+		}
+	}
+	for _, nr := range incoming {
+		next = append(next, nr.clone())
+	}
+	return next, nil
+}
+
+// Set replaces the rules and the revision with those of another store
+// (the cluster's, whose copy this repository then is), persisted first,
+// and tells the subscribers. A revision that is not newer than the one
+// held changes nothing and reports false: a store's notifications may
+// repeat or arrive late, and the endpoints must never go back to older
+// rules.
+func (r *Repository) Set(rules []Rule, revision uint64) (bool, error) {
+	if err := Validate(rules); err != nil {
+		return false, fmt.Errorf("set policy revision %d: %w", revision, err)
+	}
+	r.mu.Lock()
+	if revision <= r.revision {
+		r.mu.Unlock()
+		return false, nil
+	}
+	next := make([]Rule, 0, len(rules))
+	for _, rule := range rules {
+		next = append(next, rule.clone())
+	}
+	if err := r.persist(next, revision); err != nil {
+		r.mu.Unlock()
+		return false, fmt.Errorf("set policy revision %d: %w", revision, err)
+	}
+	r.rules, r.revision = next, revision
+	r.changed()
+	return true, nil
 }
 
 // DeleteAll removes every rule and returns the new revision.

@@ -173,3 +173,62 @@ func TestSubscribe(t *testing.T) {
 		t.Fatalf("revisions heard %v, want [1 2]", got)
 	}
 }
+
+func TestMergeReplacesByLabelsWithoutChangingItsArguments(t *testing.T) {
+	existing := mustParse(t, `[
+		{"endpointSelector": {}, "description": "a1", "labels": [{"key": "name", "value": "a"}]},
+		{"endpointSelector": {}, "description": "u1"}]`)
+	incoming := mustParse(t, `[{"endpointSelector": {}, "description": "a2", "labels": [{"key": "name", "value": "a"}]}]`)
+	merged, err := Merge(existing, incoming)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := descriptions(merged), []string{"u1", "a2"}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("merged = %v, want %v", got, want)
+	}
+	merged[0].Description = "changed"
+	if existing[1].Description != "u1" || incoming[0].Description != "a2" {
+		t.Fatal("Merge's result shares memory with its arguments")
+	}
+	if _, err := Merge(existing, []Rule{{Egress: []EgressRule{{ToEntities: []string{"mars"}}}}}); err == nil {
+		t.Fatal("Merge accepted an invalid rule")
+	}
+}
+
+func TestSetTakesOnlyNewerRevisions(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "policy.json")
+	repo, err := NewRepository(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var seen []uint64
+	cancel := repo.Subscribe(func(rev uint64) { seen = append(seen, rev) })
+	defer cancel()
+	rules := mustParse(t, designExample)
+	if ok, err := repo.Set(rules, 7); err != nil || !ok {
+		t.Fatalf("Set(7) = %v, %v", ok, err)
+	}
+	if ok, err := repo.Set(nil, 7); err != nil || ok {
+		t.Fatalf("Set of the same revision = %v, %v; want ignored", ok, err)
+	}
+	if ok, err := repo.Set(nil, 3); err != nil || ok {
+		t.Fatalf("Set of an older revision = %v, %v; want ignored", ok, err)
+	}
+	if got, rev := repo.Snapshot(); rev != 7 || !reflect.DeepEqual(got, rules) {
+		t.Fatalf("after Set: revision %d, %d rules", rev, len(got))
+	}
+	if !reflect.DeepEqual(seen, []uint64{7}) {
+		t.Fatalf("subscriber saw %v, want [7]", seen)
+	}
+	again, err := NewRepository(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again.Revision() != 7 || len(again.Rules()) != len(rules) {
+		t.Fatalf("reload after Set: revision %d, %d rules", again.Revision(), len(again.Rules()))
+	}
+	bad := []Rule{{Egress: []EgressRule{{ToEntities: []string{"mars"}}}}}
+	if ok, err := repo.Set(bad, 8); err == nil || ok || repo.Revision() != 7 {
+		t.Fatalf("Set of invalid rules = %v, %v; revision %d", ok, err, repo.Revision())
+	}
+}
