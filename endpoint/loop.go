@@ -196,9 +196,16 @@ func (l *loop) restoreIdentity(ctx context.Context, ep datapath.Endpoint) {
 	l.upsertLocal(ep, id)
 }
 
+// upsertLocal records a local endpoint's address under its identity in the
+// ipcache and, in a cluster, tells the other nodes.
 func (l *loop) upsertLocal(ep datapath.Endpoint, id identity.ID) {
 	if err := l.m.cfg.IPCache.Upsert(hostPrefix(ep.IPv4.Addr()), ipcache.SourceLocalEndpoint, ipcache.Entry{Identity: id}); err != nil {
 		l.log.WithError(err).WithField("epid", ep.ID).Warn("ipcache entry of an endpoint")
+	}
+	if p := l.m.cfg.Publish; p != nil {
+		if err := p.PublishEndpoint(ep.IPv4.Addr(), id); err != nil {
+			l.log.WithError(err).WithField("epid", ep.ID).Warn("publish an endpoint to the cluster")
+		}
 	}
 }
 
@@ -236,6 +243,9 @@ func (l *loop) delete(ctx context.Context, dockerEndpointID string) error {
 	}
 	if err := l.m.cfg.IPCache.Delete(hostPrefix(ep.IPv4.Addr()), ipcache.SourceLocalEndpoint); err != nil {
 		l.log.WithError(err).WithField("epid", ep.ID).Warn("remove a deleted endpoint's ipcache entry")
+	}
+	if p := l.m.cfg.Publish; p != nil {
+		p.WithdrawEndpoint(ep.IPv4.Addr())
 	}
 	if id, ok := l.m.holds(ep.ID); ok {
 		l.m.setHeld(ep.ID, 0, false)

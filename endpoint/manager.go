@@ -57,6 +57,15 @@ type Rules interface {
 	Subscribe(func(revision uint64)) (cancel func())
 }
 
+// Publisher tells the other nodes of a cluster which addresses are this
+// node's endpoints, and under which identity. *cluster.Node implements it;
+// nil on a single node. Neither call may block: the manager's loop makes
+// them.
+type Publisher interface {
+	PublishEndpoint(ip netip.Addr, id identity.ID) error
+	WithdrawEndpoint(ip netip.Addr)
+}
+
 // Network is what policy needs of a Docker network.
 type Network struct {
 	ID      string
@@ -85,7 +94,10 @@ type Config struct {
 	// NodeAddresses lists the node's own addresses, which the ipcache
 	// maps to the host identity; nil means none.
 	NodeAddresses func() ([]netip.Addr, error)
-	Log           logrus.FieldLogger
+	// Publish, in a cluster, learns every local endpoint's address and
+	// identity; nil on a single node.
+	Publish Publisher
+	Log     logrus.FieldLogger
 }
 
 // ErrStopped answers calls made once the manager has been closed.

@@ -171,6 +171,32 @@ func (f *fakeDatapath) ipcacheOf(p string) (identity.ID, bool) {
 	return id, ok
 }
 
+// fakePublisher records what the cluster would be told.
+type fakePublisher struct {
+	mu        sync.Mutex
+	published map[netip.Addr]identity.ID
+}
+
+func (f *fakePublisher) PublishEndpoint(ip netip.Addr, id identity.ID) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.published[ip] = id
+	return nil
+}
+
+func (f *fakePublisher) WithdrawEndpoint(ip netip.Addr) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.published, ip)
+}
+
+func (f *fakePublisher) get(ip string) (identity.ID, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	id, ok := f.published[netip.MustParseAddr(ip)]
+	return id, ok
+}
+
 // env is a manager over the fake datapath and the real pure parts: the
 // file identity allocator, the policy repository and the ipcache.
 type env struct {
@@ -180,6 +206,7 @@ type env struct {
 	rules *policy.Repository
 	m     *Manager
 	node  []netip.Addr
+	pub   *fakePublisher
 }
 
 const netID = "net1"
@@ -189,7 +216,8 @@ var gateway = netip.MustParseAddr("10.77.0.1")
 func newEnv(t *testing.T) *env {
 	t.Helper()
 	dir := t.TempDir()
-	e := &env{t: t, dp: newFakeDatapath(), node: []netip.Addr{netip.MustParseAddr("192.0.2.10")}}
+	e := &env{t: t, dp: newFakeDatapath(), node: []netip.Addr{netip.MustParseAddr("192.0.2.10")},
+		pub: &fakePublisher{published: map[netip.Addr]identity.ID{}}}
 	var err error
 	if e.ids, err = identity.NewFileAllocator(filepath.Join(dir, "identities.json")); err != nil {
 		t.Fatal(err)
@@ -213,6 +241,7 @@ func (e *env) start(eps []datapath.Endpoint) {
 	e.m, err = New(Config{
 		Datapath: e.dp, IPCache: cache, Identities: e.ids, CIDRs: e.ids, Rules: e.rules,
 		NodeAddresses: func() ([]netip.Addr, error) { return e.node, nil },
+		Publish:       e.pub,
 		Log:           log,
 	})
 	if err != nil {
@@ -588,5 +617,26 @@ func TestClosedManagerRefuses(t *testing.T) {
 	ep := &datapath.Endpoint{DockerNetworkID: netID, DockerEndpointID: "x", IPv4: netip.MustParsePrefix("10.77.0.3/16")}
 	if err := e.m.CreateEndpoint(context.Background(), ep); !errors.Is(err, ErrStopped) {
 		t.Fatalf("err = %v, want ErrStopped", err)
+	}
+}
+
+// In a cluster the other nodes learn every local endpoint: at init from
+// its creation, with its identity once known, gone with it.
+func TestEndpointsArePublished(t *testing.T) {
+	e := newEnv(t)
+	e.create("ep1", "10.77.0.2")
+	if id, ok := e.pub.get("10.77.0.2"); !ok || id != identity.Init {
+		t.Fatalf("published %d, %v; want init", id, ok)
+	}
+	e.setLabels("ep1", "c1", map[string]string{"id": "app1"})
+	ep, _ := e.dp.policyOf(t, "ep1")
+	if id, _ := e.pub.get("10.77.0.2"); uint32(id) != ep.Identity {
+		t.Fatalf("published %d, want the labels' %d", id, ep.Identity)
+	}
+	if err := e.m.DeleteEndpoint(context.Background(), "ep1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := e.pub.get("10.77.0.2"); ok {
+		t.Fatal("a deleted endpoint is still published")
 	}
 }
