@@ -70,6 +70,27 @@ const (
 // `docker run` on the network; an answer with an error frees it.
 const EndpointCallTimeout = 20 * time.Second
 
+// OptionMTU is the bridge driver's MTU option, which ours honours too.
+const OptionMTU = "com.docker.network.driver.mtu"
+
+// networkMTU is the MTU of a new network's containers: -o
+// com.docker.network.driver.mtu, at most max when there is one (the
+// overlay's), else max; 0 leaves the kernel's default.
+func networkMTU(options map[string]string, max int) (int, error) {
+	v, ok := options[OptionMTU]
+	if !ok {
+		return max, nil
+	}
+	mtu, err := strconv.Atoi(v)
+	if err != nil || mtu < 576 || mtu > 65535 {
+		return 0, fmt.Errorf("%s=%q: want a number from 576 to 65535", OptionMTU, v)
+	}
+	if max > 0 && mtu > max {
+		return 0, fmt.Errorf("%s=%d: the overlay between nodes carries at most %d", OptionMTU, mtu, max)
+	}
+	return mtu, nil
+}
+
 // Network options (-o) of ours.
 const (
 	// OptionPolicyEnforcement is default, always or never, as Cilium's
@@ -120,6 +141,8 @@ type Driver struct {
 	networks *networkStore
 	// observe learns the networks after every change (OnNetworks).
 	observe func([]Network)
+	// maxMTU caps new networks' MTU (SetMaxMTU); 0 for none.
+	maxMTU int
 }
 
 var _ network.Driver = (*Driver)(nil)
@@ -168,6 +191,16 @@ func (d *Driver) SetExternal(e External) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.external = e
+}
+
+// SetMaxMTU caps the MTU of the containers of new networks: in a cluster
+// the overlay's, which is smaller than the uplink's by the encapsulation.
+// A network gets it unless -o com.docker.network.driver.mtu asks for less.
+// Call it before serving Docker; 0 (one node) leaves the kernel's default.
+func (d *Driver) SetMaxMTU(mtu int) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.maxMTU = mtu
 }
 
 // network returns one network's record.
@@ -265,9 +298,13 @@ func (d *Driver) CreateNetwork(req *network.CreateNetworkRequest) error {
 	if err != nil {
 		return fmt.Errorf("create network: %w", err)
 	}
+	mtu, err := networkMTU(options, d.maxMTU)
+	if err != nil {
+		return fmt.Errorf("create network: %w", err)
+	}
 	rec := networkRecord{
 		ID:       req.NetworkID,
-		Datapath: datapath.Network{Index: index, Subnet: subnet, Gateway: gateway},
+		Datapath: datapath.Network{Index: index, Subnet: subnet, Gateway: gateway, MTU: mtu},
 		Internal: internal,
 		Options:  options,
 	}

@@ -362,3 +362,25 @@ func TestOnNetworksSeesEveryChange(t *testing.T) {
 		t.Fatalf("networks %+v", n)
 	}
 }
+
+func TestNetworkMTU(t *testing.T) {
+	d, fake, _ := newTestDriver(t)
+	d.SetMaxMTU(1450)
+	if err := d.CreateNetwork(createNetwork("n1", "10.77.0.0/16", "10.77.0.1/16", nil)); err != nil {
+		t.Fatal(err)
+	}
+	if got := fake.networks[1].MTU; got != 1450 {
+		t.Fatalf("MTU %d, want the overlay's 1450", got)
+	}
+	if err := d.CreateNetwork(createNetwork("n2", "10.78.0.0/16", "10.78.0.1/16", map[string]interface{}{OptionMTU: "1400"})); err != nil {
+		t.Fatal(err)
+	}
+	if got := fake.networks[2].MTU; got != 1400 {
+		t.Fatalf("MTU %d, want the asked 1400", got)
+	}
+	for _, bad := range []string{"1500", "x", "100"} {
+		if err := d.CreateNetwork(createNetwork("n3", "10.79.0.0/16", "10.79.0.1/16", map[string]interface{}{OptionMTU: bad})); err == nil {
+			t.Errorf("MTU %q accepted", bad)
+		}
+	}
+}

@@ -115,12 +115,17 @@ func (p *pool) reserve(a netip.Addr) (undo func(), err error) {
 // dynamicRange is the inclusive range allocateNext draws from: the sub-pool
 // (or the whole pool) without the pool's network and broadcast addresses. The
 // sub-pool's own first and last addresses are ordinary addresses of the pool,
-// so they are handed out, as Docker does.
+// so they are handed out, as Docker does; a node's block of a cluster network
+// keeps them back all the same, so that no container gets a 10.90.1.0 that
+// some tools would take for a network's address.
 func (p *pool) dynamicRange() (first, last uint32, ok bool) {
 	pFirst, pLast := bounds(p.prefix)
 	first, last = pFirst+1, pLast-1
 	if p.subPool.IsValid() {
 		sFirst, sLast := bounds(p.subPool)
+		if p.block && p.subPool.Bits() < 31 {
+			sFirst, sLast = sFirst+1, sLast-1
+		}
 		first, last = max(first, sFirst), min(last, sLast)
 	}
 	return first, last, first <= last

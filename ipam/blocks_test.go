@@ -59,8 +59,8 @@ func TestClusterPoolHandsOutFromItsBlock(t *testing.T) {
 	// The gateway is the network's, the same on every node; containers
 	// get addresses of the block.
 	mustAddr(t, d, pool.PoolID, "", true, "10.90.0.1/16")
-	// The block's first address is an ordinary one of the /16.
-	mustAddr(t, d, pool.PoolID, "", false, "10.90.2.0/16")
+	// The block's first address is kept back: it looks like a network's.
+	mustAddr(t, d, pool.PoolID, "", false, "10.90.2.1/16")
 	mustAddr(t, d, pool.PoolID, "10.90.2.77", false, "10.90.2.77/16")
 	if _, err := requestAddr(d, pool.PoolID, "10.90.1.5", false); err == nil || !strings.Contains(err.Error(), "outside this node's block 10.90.2.0/24") {
 		t.Fatalf("an address of another node's block: %v", err)
@@ -74,7 +74,7 @@ func TestClusterPoolHandsOutFromItsBlock(t *testing.T) {
 	if _, err := requestAddr(again, pool.PoolID, "10.90.1.5", false); err == nil {
 		t.Fatal("after a restart an address of another node's block was handed out")
 	}
-	mustAddr(t, again, pool.PoolID, "", false, "10.90.2.1/16")
+	mustAddr(t, again, pool.PoolID, "", false, "10.90.2.2/16")
 }
 
 func TestClusterPoolRelease(t *testing.T) {
