@@ -165,3 +165,15 @@ func (c *Client) Conntrack(ctx context.Context) ([]ConntrackEntry, error) {
 	var e []ConntrackEntry
 	return e, c.send(ctx, http.MethodGet, "/v1/bpf/ct", nil, &e)
 }
+
+// Nodes lists the cluster's nodes.
+func (c *Client) Nodes(ctx context.Context) ([]Node, error) {
+	var n []Node
+	return n, c.send(ctx, http.MethodGet, "/v1/nodes", nil, &n)
+}
+
+// RemoveNode removes a dead node from the cluster, its blocks freed.
+func (c *Client) RemoveNode(ctx context.Context, name string) error {
+	var out struct{}
+	return c.send(ctx, http.MethodDelete, "/v1/nodes/"+url.PathEscape(name), nil, &out)
+}

@@ -24,6 +24,39 @@ type Status struct {
 	// Reconciled is true once the daemon has compared its state with
 	// Docker's after start and removed what Docker no longer knows.
 	Reconciled bool `json:"reconciled"`
+	// Cluster is the node's link to its cluster; nil on a single node.
+	Cluster *ClusterStatus `json:"cluster,omitempty"`
+}
+
+// ClusterStatus is a cluster node's view of etcd.
+type ClusterStatus struct {
+	Node      string   `json:"node"`
+	NodeIP    string   `json:"nodeIP"`
+	Etcd      []string `json:"etcd"`
+	Connected bool     `json:"connected"`
+	// Since is when Connected last changed.
+	Since     time.Time `json:"since"`
+	LastError string    `json:"lastError,omitempty"`
+	LeaseID   int64     `json:"leaseID"`
+	// Queued counts the node's own writes waiting for etcd.
+	Queued int `json:"queued"`
+	// WaitingForIdentity counts containers whose label set has no
+	// identity yet because etcd did not answer: they are init.
+	WaitingForIdentity int    `json:"waitingForIdentity"`
+	Writes             uint64 `json:"writes"`
+	WatchEvents        uint64 `json:"watchEvents"`
+}
+
+// Node is one node of the cluster, as `ebpfnet node list` shows it.
+type Node struct {
+	Name      string    `json:"name"`
+	IP        string    `json:"ip,omitempty"`
+	Blocks    []string  `json:"blocks"` // "10.90.3.0/24 of 10.90.0.0/16"
+	Heartbeat time.Time `json:"heartbeat,omitzero"`
+	Version   string    `json:"version,omitempty"`
+	// State is alive, or dead: gone, its blocks still its own until
+	// `ebpfnet node remove`.
+	State string `json:"state"`
 }
 
 // Network is one ebpfnet network.

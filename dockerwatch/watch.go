@@ -52,21 +52,26 @@ type Watcher struct {
 	known map[string]Container // container ID -> labels, learnt at create
 }
 
-// NewClient connects to Docker as the docker CLI would (DOCKER_HOST or the
-// default socket). It negotiates the API version with the daemon at the
-// first call: Docker 20.10 knows nothing newer than 1.41, and Docker
-// 29.0-29.2 refuse anything older than 1.44, so no one version serves both.
-func NewClient() (*dockerclient.Client, error) {
-	cli, err := dockerclient.NewClientWithOpts(dockerclient.FromEnv, dockerclient.WithAPIVersionNegotiation())
+// NewClient connects to the Docker at host, or where the docker CLI would
+// (DOCKER_HOST or the default socket) when host is empty. It negotiates the
+// API version with the daemon at the first call: Docker 20.10 knows
+// nothing newer than 1.41, and Docker 29.0-29.2 refuse anything older than
+// 1.44, so no one version serves both.
+func NewClient(host string) (*dockerclient.Client, error) {
+	opts := []dockerclient.Opt{dockerclient.FromEnv, dockerclient.WithAPIVersionNegotiation()}
+	if host != "" {
+		opts = append(opts, dockerclient.WithHost(host))
+	}
+	cli, err := dockerclient.NewClientWithOpts(opts...)
 	if err != nil {
 		return nil, fmt.Errorf("docker client: %w", err)
 	}
 	return cli, nil
 }
 
-// New connects to Docker with NewClient.
-func New(log logrus.FieldLogger) (*Watcher, error) {
-	cli, err := NewClient()
+// New follows the Docker at host (NewClient).
+func New(log logrus.FieldLogger, host string) (*Watcher, error) {
+	cli, err := NewClient(host)
 	if err != nil {
 		return nil, err
 	}

@@ -91,7 +91,9 @@ func httpError(w http.ResponseWriter, msg string) {
 }
 
 // serveFake serves f on a unix socket and points DOCKER_HOST at it.
-func serveFake(t *testing.T, f *fakeDocker) {
+// serveFake serves f on a socket of its own, which DOCKER_HOST names, and
+// returns its address.
+func serveFake(t *testing.T, f *fakeDocker) string {
 	t.Helper()
 	socket := filepath.Join(t.TempDir(), "docker.sock")
 	ln, err := net.Listen("unix", socket)
@@ -103,6 +105,7 @@ func serveFake(t *testing.T, f *fakeDocker) {
 	t.Cleanup(func() { _ = srv.Close() })
 	t.Setenv("DOCKER_HOST", "unix://"+socket)
 	t.Setenv("DOCKER_API_VERSION", "")
+	return "unix://" + socket
 }
 
 var (
@@ -118,10 +121,16 @@ func TestWatcherNegotiatesTheAPIVersion(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			f := fake
 			f.seen = make(chan string, 100)
-			serveFake(t, &f)
+			host := serveFake(t, &f)
+			if name == "29" {
+				// --docker-host wins over DOCKER_HOST.
+				t.Setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+			} else {
+				host = ""
+			}
 			log := logrus.New()
 			log.SetOutput(io.Discard)
-			w, err := New(log)
+			w, err := New(log, host)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -26,6 +26,7 @@ import (
 
 	"github.com/ebpfnet/ebpfnet/api"
 	"github.com/ebpfnet/ebpfnet/atomicfile"
+	"github.com/ebpfnet/ebpfnet/cluster"
 	"github.com/ebpfnet/ebpfnet/datapath"
 	"github.com/ebpfnet/ebpfnet/dockerwatch"
 	"github.com/ebpfnet/ebpfnet/driver"
@@ -69,6 +70,11 @@ type Config struct {
 	// CallBound is how long a Docker call may take before it is answered
 	// with an error; 0 is DefaultCallBound.
 	CallBound time.Duration
+	// Cluster makes the node one of several (cluster.go); off by default.
+	Cluster ClusterConfig
+	// DockerHost is the dockerd whose events give containers' labels
+	// (unix:///run/docker.sock); empty is DOCKER_HOST or the default.
+	DockerHost string
 }
 
 // DefaultConfig returns the production paths.
@@ -92,23 +98,30 @@ func DefaultConfig(version string) Config {
 
 // Daemon is a running ebpfnet daemon.
 type Daemon struct {
-	cfg        Config
-	log        logrus.FieldLogger
-	startedAt  time.Time
-	datapath   *datapath.Datapath
-	ipam       *ipam.Driver
-	driver     *driver.Driver
+	cfg       Config
+	log       logrus.FieldLogger
+	startedAt time.Time
+	datapath  *datapath.Datapath
+	ipam      *ipam.Driver
+	driver    *driver.Driver
+	// identities numbers the rules' prefixes, and on a single node the
+	// label sets too (labelIdentities).
 	identities *identity.FileAllocator
-	rules      *policy.Repository
+	rules      endpoint.Rules
 	ipcache    *ipcache.Cache
-	endpoints  *endpoint.Manager
-	external   *external.Manager
-	monitor    *monitorBroker
-	restored   int
+	// cluster is this node's part of a cluster; nil on a single node.
+	cluster   *cluster.Node
+	endpoints *endpoint.Manager
+	external  *external.Manager
+	monitor   *monitorBroker
+	restored  int
 	// startState is what we held before serving, for reconcileWithDocker.
 	startState ownState
 	reconciled atomic.Bool
 	lock       *os.File
+	// pending are the containers whose identity could not be allocated
+	// yet (a new label set while the cluster's store is away).
+	pending pendingContainers
 	// metrics and metricsLn are set when Config.MetricsAddr is: the
 	// listener is opened in start, so a bad address fails the start, and
 	// served from serve.
@@ -168,11 +181,26 @@ func start(cfg Config, log logrus.FieldLogger) (_ *Daemon, err error) {
 	} else if remounted {
 		log.Info("remounted /proc/sys read-write in the plugin's mount namespace")
 	}
+	overlay, err := d.overlayConfig()
+	if err != nil {
+		return nil, err
+	}
 	d.datapath, err = datapath.New(datapath.Config{
-		StateDir: cfg.StateDir, PinDir: cfg.PinDir, HostDevice: cfg.HostDevice, Version: cfg.Version,
+		StateDir: cfg.StateDir, PinDir: cfg.PinDir, HostDevice: cfg.HostDevice, Version: cfg.Version, Overlay: overlay,
 	}, log.WithField("subsys", "datapath"))
 	if err != nil {
 		return nil, fmt.Errorf("start datapath: %w", err)
+	}
+	if overlay == nil && cfg.Cluster.OverlayDevice == "" {
+		// A node that left its cluster owns no tunnel.
+		if err := datapath.RemoveOverlay(datapath.DefaultOverlayDevice); err != nil {
+			log.WithError(err).Warn("remove the overlay device of an earlier cluster")
+		}
+	}
+	if cfg.Cluster.Enabled() {
+		if err := d.connectCluster(); err != nil {
+			return nil, err
+		}
 	}
 	d.ipam, err = ipam.New(ipam.Config{
 		StatePath:       filepath.Join(cfg.LibDir, "ipam.json"),
@@ -180,6 +208,7 @@ func start(cfg Config, log logrus.FieldLogger) (_ *Daemon, err error) {
 		DefaultPoolSize: cfg.DefaultPoolSize,
 		HostRoutes:      ipam.HostRoutesNetlink,
 		Logger:          log.WithField("subsys", "ipam"),
+		Blocks:          d.blocks(),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("start IPAM: %w", err)
@@ -187,24 +216,33 @@ func start(cfg Config, log logrus.FieldLogger) (_ *Daemon, err error) {
 	if d.identities, err = identity.NewFileAllocator(filepath.Join(cfg.LibDir, "identities.json")); err != nil {
 		return nil, fmt.Errorf("load identities: %w", err)
 	}
-	if d.rules, err = policy.NewRepository(filepath.Join(cfg.LibDir, "policy.json")); err != nil {
-		return nil, fmt.Errorf("load policy: %w", err)
+	if d.rules, err = d.loadRules(); err != nil {
+		return nil, err
 	}
 	// Entries pinned by the last start stay until every source has put
-	// its own back (endpoint restore below), so no address falls to the
-	// world in between.
-	d.ipcache, err = ipcache.New(d.datapath, log.WithField("subsys", "ipcache"),
-		ipcache.SourceLocalEndpoint, ipcache.SourceHost, ipcache.SourceCIDR)
+	// its own back (endpoint restore below; in a cluster, the first
+	// listing of the other nodes), so no address falls to the world or
+	// loses its tunnel in between.
+	sources := []ipcache.Source{ipcache.SourceLocalEndpoint, ipcache.SourceHost, ipcache.SourceCIDR}
+	if d.cluster != nil {
+		sources = append(sources, ipcache.SourceRemote)
+	}
+	d.ipcache, err = ipcache.New(d.datapath, log.WithField("subsys", "ipcache"), sources...)
 	if err != nil {
 		return nil, err
+	}
+	var publish endpoint.Publisher
+	if d.cluster != nil {
+		publish = d.cluster
 	}
 	d.endpoints, err = endpoint.New(endpoint.Config{
 		Datapath:      d.datapath,
 		IPCache:       d.ipcache,
-		Identities:    d.identities,
+		Identities:    d.labelIdentities(),
 		CIDRs:         d.identities,
 		Rules:         d.rules,
 		NodeAddresses: nodeIPv4Addresses,
+		Publish:       publish,
 		Log:           log.WithField("subsys", "endpoint"),
 	})
 	if err != nil {
@@ -214,6 +252,9 @@ func start(cfg Config, log logrus.FieldLogger) (_ *Daemon, err error) {
 	d.driver, err = driver.New(filepath.Join(cfg.LibDir, "networks.json"), d.datapath, d.endpoints, log.WithField("subsys", "driver"))
 	if err != nil {
 		return nil, fmt.Errorf("start network driver: %w", err)
+	}
+	if overlay != nil {
+		d.driver.SetMaxMTU(overlay.MTU())
 	}
 	if cfg.External {
 		ext, err := external.New(external.Config{
@@ -245,8 +286,15 @@ func start(cfg Config, log logrus.FieldLogger) (_ *Daemon, err error) {
 		return nil, fmt.Errorf("restore endpoints' policy: %w", err)
 	}
 	d.driver.OnNetworks(func(ns []driver.Network) { d.endpoints.SetNetworks(endpointNetworks(ns)) })
+	if d.cluster != nil {
+		// The restored endpoints are published again: what the lease
+		// still holds beyond them is a leftover of the last run.
+		d.cluster.MarkRestored()
+	}
 	// The file kept numbers whose references lived in memory: those the
-	// restored endpoints did not take again are free.
+	// restored endpoints did not take again are free (in a cluster the
+	// file numbers prefixes only, and the label sets' it holds are an
+	// earlier single node's).
 	if freed, err := d.identities.CollectUnreferenced(); err != nil {
 		log.WithError(err).Warn("free identities no endpoint holds")
 	} else if len(freed) > 0 {
@@ -317,8 +365,19 @@ func (d *Daemon) serve(ctx context.Context) error {
 		defer background.Done()
 		ctgc.Run(reconcileCtx)
 	}()
+	if d.cluster != nil {
+		background.Add(2)
+		go func() {
+			defer background.Done()
+			d.watchRemote(reconcileCtx)
+		}()
+		go func() {
+			defer background.Done()
+			d.pending.retry(reconcileCtx, d.cluster, d.setContainer)
+		}()
+	}
 	if d.cfg.WatchDocker {
-		watcher, err := dockerwatch.New(d.log.WithField("subsys", "dockerwatch"))
+		watcher, err := dockerwatch.New(d.log.WithField("subsys", "dockerwatch"), d.cfg.DockerHost)
 		if err != nil {
 			d.log.WithError(err).Warn("no Docker events: containers keep the init identity")
 		} else {
@@ -416,6 +475,12 @@ func (d *Daemon) close() {
 		// is open and the daemon lock held.
 		d.endpoints.Close()
 	}
+	if d.cluster != nil {
+		// The lease is kept: a restart within its TTL disturbs nothing.
+		if err := d.cluster.Close(); err != nil {
+			d.log.WithError(err).Warn("close the cluster client")
+		}
+	}
 	if d.datapath != nil {
 		if err := d.datapath.Close(); err != nil {
 			d.log.WithError(err).Warn("close datapath")
@@ -506,7 +571,10 @@ func (m daemonMetrics) IdentitiesByType() map[string]int {
 	return out
 }
 
-func (m daemonMetrics) PolicyRevision() uint64 { return m.d.rules.Revision() }
+func (m daemonMetrics) PolicyRevision() uint64 {
+	_, rev := m.d.rules.Snapshot()
+	return rev
+}
 
 func (m daemonMetrics) Verdicts() ([]metrics.Verdict, error) {
 	counters, err := m.d.datapath.Metrics()
@@ -588,4 +656,30 @@ func (d *Daemon) labelsOf(id uint32) []string {
 		out = append(out, l.String())
 	}
 	return out
+}
+
+// loadRules is the policy repository: the cluster's, with its last rules
+// kept in the lib directory, or the node's own policy.json.
+func (d *Daemon) loadRules() (endpoint.Rules, error) {
+	if d.cluster != nil {
+		rules, err := d.cluster.Rules(filepath.Join(d.cfg.LibDir, clusterPolicyFile))
+		if err != nil {
+			return nil, fmt.Errorf("load the cluster's policy: %w", err)
+		}
+		return rules, nil
+	}
+	repo, err := policy.NewRepository(filepath.Join(d.cfg.LibDir, "policy.json"))
+	if err != nil {
+		return nil, fmt.Errorf("load policy: %w", err)
+	}
+	return repo, nil
+}
+
+// blocks is where the IPAM claims this node's share of each network: the
+// cluster; nil on a single node.
+func (d *Daemon) blocks() ipam.Blocks {
+	if d.cluster == nil {
+		return nil
+	}
+	return d.cluster
 }

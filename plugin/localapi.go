@@ -1,6 +1,7 @@
 package plugin
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/ebpfnet/ebpfnet/api"
 	"github.com/ebpfnet/ebpfnet/datapath"
+	"github.com/ebpfnet/ebpfnet/endpoint"
 	"github.com/ebpfnet/ebpfnet/identity"
 	"github.com/ebpfnet/ebpfnet/metrics"
 	"github.com/ebpfnet/ebpfnet/policy"
@@ -46,8 +48,59 @@ func newLocalAPI(d *Daemon) http.Handler {
 		writeJSON(w, http.StatusOK, toAPIEndpoint(ep))
 	})
 	policyRoutes(mux, d)
+	nodeRoutes(mux, d)
 	return mux
 }
+
+// nodeRoutes are `ebpfnet node list` and `node remove`, in a cluster.
+func nodeRoutes(mux *http.ServeMux, d *Daemon) {
+	noCluster := func(w http.ResponseWriter) bool {
+		if d.cluster != nil {
+			return false
+		}
+		writeJSON(w, http.StatusNotFound, api.Error{Message: "this node is not in a cluster (start the daemon with --etcd-endpoints)"})
+		return true
+	}
+	mux.HandleFunc("GET /v1/nodes", func(w http.ResponseWriter, r *http.Request) {
+		if noCluster(w) {
+			return
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), clusterAPITimeout)
+		defer cancel()
+		nodes, err := d.cluster.Nodes(ctx)
+		if err != nil {
+			writeJSON(w, http.StatusServiceUnavailable, api.Error{Message: "list the cluster's nodes: " + err.Error()})
+			return
+		}
+		out := make([]api.Node, 0, len(nodes))
+		for _, n := range nodes {
+			an := api.Node{Name: n.Name, Heartbeat: n.Heartbeat, Version: n.Version, State: n.State, Blocks: []string{}}
+			if n.IP.IsValid() {
+				an.IP = n.IP.String()
+			}
+			for _, b := range n.Blocks {
+				an.Blocks = append(an.Blocks, b.Prefix.String()+" of "+b.Subnet.String())
+			}
+			out = append(out, an)
+		}
+		writeJSON(w, http.StatusOK, out)
+	})
+	mux.HandleFunc("DELETE /v1/nodes/{name}", func(w http.ResponseWriter, r *http.Request) {
+		if noCluster(w) {
+			return
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), clusterAPITimeout)
+		defer cancel()
+		if err := d.cluster.RemoveNode(ctx, r.PathValue("name")); err != nil {
+			writeJSON(w, http.StatusBadRequest, api.Error{Message: "remove node " + r.PathValue("name") + ": " + err.Error()})
+			return
+		}
+		writeJSON(w, http.StatusOK, struct{}{})
+	})
+}
+
+// clusterAPITimeout bounds a CLI call that needs etcd.
+const clusterAPITimeout = 10 * time.Second
 
 func (d *Daemon) status() api.Status {
 	s := api.Status{
@@ -61,6 +114,14 @@ func (d *Daemon) status() api.Status {
 	}
 	for _, n := range d.driver.Networks() {
 		s.Networks = append(s.Networks, api.Network(n))
+	}
+	if d.cluster != nil {
+		cs := d.cluster.Status()
+		s.Cluster = &api.ClusterStatus{
+			Node: d.cluster.Name(), NodeIP: d.cfg.Cluster.NodeIP.String(), Etcd: cs.Endpoints,
+			Connected: cs.Connected, Since: cs.Since, LastError: cs.LastError, LeaseID: cs.LeaseID,
+			Queued: cs.Queued, WaitingForIdentity: d.pending.Len(), Writes: cs.Writes, WatchEvents: cs.WatchEvents,
+		}
 	}
 	for _, p := range d.ipam.Pools() {
 		ap := api.Pool{ID: p.ID, Pool: p.Pool.String(), Allocated: []string{}}
@@ -245,7 +306,7 @@ func endpointState(ep datapath.Endpoint) string {
 }
 
 // rulesJSON returns the rules in force, in Cilium's format.
-func rulesJSON(repo *policy.Repository) (json.RawMessage, uint64, error) {
+func rulesJSON(repo endpoint.Rules) (json.RawMessage, uint64, error) {
 	rules, rev := repo.Snapshot()
 	if rules == nil {
 		rules = []policy.Rule{}

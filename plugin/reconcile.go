@@ -121,7 +121,7 @@ func (d *Daemon) snapshotOwnState() ownState {
 // when ctx ends (daemon stopping).
 func (d *Daemon) reconcileWithDocker(ctx context.Context, own ownState) bool {
 	log := d.log.WithField("subsys", "reconcile")
-	cli, err := dockerwatch.NewClient()
+	cli, err := dockerwatch.NewClient(d.cfg.DockerHost)
 	if err != nil {
 		log.WithError(err).Warn("no Docker client; leftovers of endpoints removed while the daemon was down stay")
 		return false

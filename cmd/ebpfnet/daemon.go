@@ -1,14 +1,17 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/sirupsen/logrus"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/ebpfnet/ebpfnet/plugin"
 )
@@ -46,6 +49,9 @@ func newDaemonCommand() *cobra.Command {
 			if cfg.DefaultPoolSize < 8 || cfg.DefaultPoolSize > 30 {
 				return fmt.Errorf("--default-pool-size %d: must be from 8 to 30", cfg.DefaultPoolSize)
 			}
+			if err := clusterFlags.apply(&cfg); err != nil {
+				return err
+			}
 			return plugin.Run(cmd.Context(), cfg, log)
 		},
 	}
@@ -66,5 +72,59 @@ func newDaemonCommand() *cobra.Command {
 	f.StringVar(&cfg.MetricsAddr, "metrics-addr", envOr("EBPFNET_METRICS_ADDR", ""), "serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9962 (default off; env EBPFNET_METRICS_ADDR)")
 	cfg.DriverName = ""
 	f.StringVar(&cfg.DriverName, "driver-name", envOr("EBPFNET_DRIVER_NAME", ""), "name Docker knows the plugin by (default: the plugin socket's name without .sock)")
+	f.StringVar(&cfg.DockerHost, "docker-host", envOr("DOCKER_HOST", ""), "the dockerd whose events give containers' labels (default: DOCKER_HOST, else the standard socket)")
+	clusterFlags.register(f)
 	return cmd
+}
+
+// clusterOptions are the flags that make the node one of a cluster.
+type clusterOptions struct {
+	endpoints []string
+	nodeName  string
+	nodeIP    string
+	leaseTTL  time.Duration
+	blockBits int
+}
+
+var clusterFlags clusterOptions
+
+func (o *clusterOptions) register(f *pflag.FlagSet) {
+	f.StringSliceVar(&o.endpoints, "etcd-endpoints", envList("EBPFNET_ETCD_ENDPOINTS", nil), "etcd URLs: join the cluster they hold (env EBPFNET_ETCD_ENDPOINTS; default: a single node, no etcd)")
+	f.StringVar(&o.nodeName, "node-name", envOr("EBPFNET_NODE_NAME", ""), "this node's name in the cluster (env EBPFNET_NODE_NAME; default: the hostname)")
+	f.StringVar(&o.nodeIP, "node-ip", envOr("EBPFNET_NODE_IP", ""), "the address other nodes reach this one at (env EBPFNET_NODE_IP; default: the default route's source address)")
+	f.DurationVar(&o.leaseTTL, "etcd-lease-ttl", 0, "how long a node's entries outlive it in etcd (default 60s)")
+	f.IntVar(&o.blockBits, "node-block-size", 0, "prefix length of a node's address block in each cluster network (default 24)")
+}
+
+// apply fills cfg.Cluster, with the defaults that need the host.
+func (o *clusterOptions) apply(cfg *plugin.Config) error {
+	if len(o.endpoints) == 0 {
+		if o.nodeName != "" || o.nodeIP != "" {
+			return errors.New("--node-name and --node-ip need --etcd-endpoints")
+		}
+		return nil
+	}
+	c := plugin.ClusterConfig{EtcdEndpoints: o.endpoints, NodeName: o.nodeName, LeaseTTL: o.leaseTTL, BlockBits: o.blockBits}
+	if c.NodeName == "" {
+		host, err := os.Hostname()
+		if err != nil {
+			return fmt.Errorf("no --node-name and no hostname: %w", err)
+		}
+		c.NodeName = host
+	}
+	if o.nodeIP != "" {
+		ip, err := netip.ParseAddr(o.nodeIP)
+		if err != nil || !ip.Is4() {
+			return fmt.Errorf("--node-ip %q is not an IPv4 address", o.nodeIP)
+		}
+		c.NodeIP = ip
+	} else {
+		ip, err := plugin.DefaultNodeIP()
+		if err != nil {
+			return err
+		}
+		c.NodeIP = ip
+	}
+	cfg.Cluster = c
+	return nil
 }

@@ -51,6 +51,7 @@ func newRootCommand() *cobra.Command {
 		newIdentityCommand(opts),
 		newBPFCommand(opts),
 		newMonitorCommand(opts),
+		newNodeCommand(opts),
 	)
 	return root
 }

@@ -3,7 +3,9 @@ package main
 import (
 	"fmt"
 	"io"
+	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -38,6 +40,17 @@ func statusTable(out io.Writer, s api.Status) error {
 			id = id[:12]
 		}
 		fmt.Fprintf(w, "  %s\tsubnet %s gateway %s\n", id, n.Subnet, n.Gateway)
+	}
+	if c := s.Cluster; c != nil {
+		state := "connected"
+		if !c.Connected {
+			state = "DISCONNECTED (" + c.LastError + ")"
+		}
+		fmt.Fprintf(w, "Cluster:\tnode %s (%s), etcd %s\n", c.Node, c.NodeIP, strings.Join(c.Etcd, ","))
+		fmt.Fprintf(w, "  etcd\t%s since %s, lease %x, %d writes queued\n", state, c.Since.Local().Format(time.RFC3339), c.LeaseID, c.Queued)
+		if c.WaitingForIdentity > 0 {
+			fmt.Fprintf(w, "  waiting\t%d containers wait for an identity (init until etcd answers)\n", c.WaitingForIdentity)
+		}
 	}
 	fmt.Fprintf(w, "IPAM pools:\t%d\n", len(s.Pools))
 	for _, p := range s.Pools {
