@@ -10,7 +10,7 @@ PURE_PKGS := ./atomicfile/ ./dockerid/ ./endpoint/ ./identity/ ./ipcache/ ./labe
 STATICCHECK ?= $(shell $(GO) env GOPATH)/bin/staticcheck
 
 .PHONY: all build bpf bpf-check lint test test-unit fuzz test-privileged e2e e2e-docker29 e2e-node docker29 \
-	bench clean plugin-rootfs plugin plugin-push install uninstall
+	bench cluster-demo clean plugin-rootfs plugin plugin-push install uninstall
 
 all: build
 
@@ -86,6 +86,11 @@ test: lint bpf-check test-unit fuzz test-privileged e2e e2e-docker29
 
 bench: build
 	./bench/run
+
+# Three nodes on this machine, the Cilium walk-through across them, then
+# everything taken down (scripts/cluster-demo).
+cluster-demo:
+	./scripts/cluster-demo
 
 # The managed plugin. PLUGIN is the local name; plugin-push publishes the
 # same rootfs as $(REGISTRY)/ebpfnet:$(PLUGIN_TAG), the reference users give
