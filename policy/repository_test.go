@@ -1,11 +1,14 @@
 package policy
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/ebpfnet/ebpfnet/atomicfile"
 )
 
 func mustParse(t *testing.T, s string) []Rule {
@@ -171,5 +174,99 @@ func TestSubscribe(t *testing.T) {
 	}
 	if len(got) != 2 || got[0] != 1 || got[1] != 2 {
 		t.Fatalf("revisions heard %v, want [1 2]", got)
+	}
+}
+
+// A repository marked lost says so across a restart, holds no rules, and
+// the next change of the rules (import or delete of all) clears the mark,
+// in the file too.
+func TestLostUntilTheRulesChange(t *testing.T) {
+	for _, change := range []string{"import", "delete"} {
+		t.Run(change, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "policy.json")
+			repo, err := NewRepository(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, lost := repo.Lost(); lost {
+				t.Fatal("a new repository is lost")
+			}
+			if err := repo.MarkLost("policy.json was corrupt"); err != nil {
+				t.Fatal(err)
+			}
+			again, err := NewRepository(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if why, lost := again.Lost(); !lost || why != "policy.json was corrupt" {
+				t.Fatalf("after reload Lost() = %q %v", why, lost)
+			}
+			if len(again.Rules()) != 0 {
+				t.Fatalf("a lost repository holds %d rules", len(again.Rules()))
+			}
+			// Persist keeps the mark.
+			if err := again.Persist(); err != nil {
+				t.Fatal(err)
+			}
+			if _, lost := again.Lost(); !lost {
+				t.Fatal("Persist cleared the mark")
+			}
+			seen := false
+			cancel := again.Subscribe(func(uint64) {
+				_, seen = again.Lost()
+			})
+			defer cancel()
+			if change == "import" {
+				_, err = again.Import(mustParse(t, `[{"endpointSelector": {}, "description": "x"}]`))
+			} else {
+				_, err = again.DeleteAll()
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if seen {
+				t.Error("a subscriber saw the repository still lost")
+			}
+			if _, lost := again.Lost(); lost {
+				t.Fatalf("still lost after %s", change)
+			}
+			third, err := NewRepository(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, lost := third.Lost(); lost {
+				t.Fatalf("the file still says lost after %s", change)
+			}
+		})
+	}
+}
+
+// A file that does not parse is corrupt (atomicfile.ErrCorrupt), and the
+// rules and the revision survive a Persist.
+func TestCorruptFileAndPersist(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "policy.json")
+	if err := os.WriteFile(path, []byte(`{"version": 1, "rules": [`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := NewRepository(path); !errors.Is(err, atomicfile.ErrCorrupt) {
+		t.Fatalf("err = %v, want ErrCorrupt", err)
+	}
+	os.Remove(path)
+	repo, err := NewRepository(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := repo.Import(mustParse(t, `[{"endpointSelector": {}, "description": "x"}]`)); err != nil {
+		t.Fatal(err)
+	}
+	if err := repo.Persist(); err != nil {
+		t.Fatal(err)
+	}
+	again, err := NewRepository(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again.Revision() != 1 || len(again.Rules()) != 1 {
+		t.Fatalf("after Persist: revision %d, %d rules", again.Revision(), len(again.Rules()))
 	}
 }
