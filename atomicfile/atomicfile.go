@@ -80,6 +80,15 @@ func CleanTemporaries(dir string) error {
 // that could not be read at all is not corrupt: nothing is decided on it.
 var ErrCorrupt = errors.New("corrupt state file")
 
+// Corrupt marks err as saying that a state file is corrupt: errors.Is(err,
+// ErrCorrupt) holds, and the message is err's own.
+func Corrupt(err error) error { return corruptError{err} }
+
+type corruptError struct{ err error }
+
+func (e corruptError) Error() string   { return e.err.Error() }
+func (e corruptError) Unwrap() []error { return []error{e.err, ErrCorrupt} }
+
 // MoveAside renames path to path.corrupt-<UTC time of now> (a number is
 // added should that name be taken), syncs the directory and returns the
 // new name: the file is kept for whoever wants to look at it, and its

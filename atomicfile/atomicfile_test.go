@@ -1,6 +1,8 @@
 package atomicfile
 
 import (
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -96,5 +98,19 @@ func TestMoveAsideKeepsEveryCopy(t *testing.T) {
 	}
 	if _, err := MoveAside(path, now); err == nil {
 		t.Fatal("moving a missing file aside succeeded")
+	}
+}
+
+func TestCorruptKeepsTheMessage(t *testing.T) {
+	cause := errors.New("unexpected end of JSON input")
+	err := fmt.Errorf("load: %w", Corrupt(fmt.Errorf("ipam.json is corrupt: %w", cause)))
+	if !errors.Is(err, ErrCorrupt) || !errors.Is(err, cause) {
+		t.Fatalf("%v: not both ErrCorrupt and its cause", err)
+	}
+	if err.Error() != "load: ipam.json is corrupt: unexpected end of JSON input" {
+		t.Fatalf("message %q", err)
+	}
+	if errors.Is(cause, ErrCorrupt) {
+		t.Fatal("the cause itself became corrupt")
 	}
 }

@@ -85,7 +85,7 @@ func NewFileAllocator(path string) (*FileAllocator, error) {
 		return nil, fmt.Errorf("read identity state: %w", err)
 	}
 	if err := a.load(data); err != nil {
-		return nil, fmt.Errorf("identity state %s is corrupt: %w: %w", path, atomicfile.ErrCorrupt, err)
+		return nil, atomicfile.Corrupt(fmt.Errorf("identity state %s is corrupt: %w", path, err))
 	}
 	return a, nil
 }

@@ -2,6 +2,7 @@ package identity
 
 import (
 	"context"
+	"errors"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -9,6 +10,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/ebpfnet/ebpfnet/atomicfile"
 	"github.com/ebpfnet/ebpfnet/labels"
 )
 
@@ -327,8 +329,8 @@ func TestCorruptFileIsAnError(t *testing.T) {
 			t.Fatal(err)
 		}
 		_, err := NewFileAllocator(path)
-		if err == nil || !strings.Contains(err.Error(), "corrupt") {
-			t.Errorf("%s: err = %v", name, err)
+		if err == nil || !strings.Contains(err.Error(), "corrupt") || !errors.Is(err, atomicfile.ErrCorrupt) {
+			t.Errorf("%s: err = %v, want atomicfile.ErrCorrupt", name, err)
 		}
 	}
 }

@@ -56,14 +56,14 @@ func NewRepository(path string) (*Repository, error) {
 	}
 	var f repositoryFile
 	if err := json.Unmarshal(data, &f); err != nil {
-		return nil, fmt.Errorf("policy state %s is corrupt: %w: %w", path, atomicfile.ErrCorrupt, err)
+		return nil, atomicfile.Corrupt(fmt.Errorf("policy state %s is corrupt: %w", path, err))
 	}
 	if f.Version != repositoryVersion {
-		return nil, fmt.Errorf("policy state %s is corrupt: %w: version %d, want %d", path, atomicfile.ErrCorrupt, f.Version, repositoryVersion)
+		return nil, atomicfile.Corrupt(fmt.Errorf("policy state %s is corrupt: version %d, want %d", path, f.Version, repositoryVersion))
 	}
 	rules, err := Parse(f.Rules)
 	if err != nil {
-		return nil, fmt.Errorf("policy state %s is corrupt: %w: %w", path, atomicfile.ErrCorrupt, err)
+		return nil, atomicfile.Corrupt(fmt.Errorf("policy state %s is corrupt: %w", path, err))
 	}
 	r.rules, r.revision, r.lost = rules, f.Revision, f.Lost
 	return r, nil
