@@ -34,6 +34,10 @@ type Network struct {
 	Gateway  string            `json:"gateway"`
 	Internal bool              `json:"internal,omitempty"`
 	Options  map[string]string `json:"options,omitempty"`
+	// Rebuilt says the network was rebuilt from its endpoints' records
+	// (networks.json was lost) and Docker has not confirmed its options
+	// yet: its endpoints keep their policy, new ones deny all.
+	Rebuilt bool `json:"rebuilt,omitempty"`
 }
 
 // Pool is one IPAM pool and what is allocated from it.
