@@ -80,10 +80,14 @@ func (n networkRecord) check() error {
 }
 
 // CheckState loads the network state file at path as New would, without
-// doing anything with it: nil when it is valid or missing.
-func CheckState(path string) error {
-	_, err := loadNetworkStore(path)
-	return err
+// doing anything with it, and says how many networks it holds: none and
+// nil when it is missing.
+func CheckState(path string) (networks int, err error) {
+	s, err := loadNetworkStore(path)
+	if err != nil {
+		return 0, err
+	}
+	return len(s.networks), nil
 }
 
 func (s *networkStore) get(id string) (networkRecord, bool) {

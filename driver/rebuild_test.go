@@ -17,8 +17,8 @@ import (
 // be, is corrupt (atomicfile.ErrCorrupt); a missing one is an empty state.
 func TestCorruptNetworkState(t *testing.T) {
 	dir := t.TempDir()
-	if err := CheckState(filepath.Join(dir, "missing.json")); err != nil {
-		t.Fatalf("missing file: %v", err)
+	if n, err := CheckState(filepath.Join(dir, "missing.json")); n != 0 || err != nil {
+		t.Fatalf("missing file: %d, %v", n, err)
 	}
 	for name, content := range map[string]string{
 		"garbage":   "[{",
@@ -33,7 +33,7 @@ func TestCorruptNetworkState(t *testing.T) {
 		if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		if err := CheckState(path); !errors.Is(err, atomicfile.ErrCorrupt) {
+		if _, err := CheckState(path); !errors.Is(err, atomicfile.ErrCorrupt) {
 			t.Errorf("%s: %v, want atomicfile.ErrCorrupt", name, err)
 		}
 		if _, err := New(path, newFake(), newFake(), logrus.New()); !errors.Is(err, atomicfile.ErrCorrupt) {
@@ -50,6 +50,9 @@ func TestRebuiltNetworksConfirmedByDocker(t *testing.T) {
 	net1 := datapath.Network{Index: 3, Subnet: netip.MustParsePrefix("10.77.0.0/24"), Gateway: netip.MustParseAddr("10.77.0.1"), MTU: 1450}
 	if err := WriteRebuilt(path, []RebuiltNetwork{{ID: "net1", Datapath: net1, Internal: true}}); err != nil {
 		t.Fatal(err)
+	}
+	if n, err := CheckState(path); n != 1 || err != nil {
+		t.Fatalf("CheckState of the rebuilt file: %d, %v", n, err)
 	}
 	if err := WriteRebuilt(path+".x", []RebuiltNetwork{{ID: "a", Datapath: net1}, {ID: "b", Datapath: net1}}); err == nil {
 		t.Fatal("two networks with one index were written")

@@ -114,6 +114,9 @@ type Daemon struct {
 	// served from serve.
 	metrics   *metrics.Metrics
 	metricsLn net.Listener
+
+	// healing is what start rebuilt of the lib directory (heal.go).
+	healing *healing
 }
 
 // Run starts the daemon and serves until ctx is cancelled.
@@ -173,6 +176,11 @@ func start(cfg Config, log logrus.FieldLogger) (_ *Daemon, err error) {
 	}, log.WithField("subsys", "datapath"))
 	if err != nil {
 		return nil, fmt.Errorf("start datapath: %w", err)
+	}
+	// Corrupt or lost state files are rebuilt before their owners load
+	// them (heal.go).
+	if d.healing, err = d.healLibDir(); err != nil {
+		return nil, err
 	}
 	d.ipam, err = ipam.New(ipam.Config{
 		StatePath:       filepath.Join(cfg.LibDir, "ipam.json"),
@@ -553,7 +561,7 @@ func endpointNetworks(ns []driver.Network) []endpoint.Network {
 	out := make([]endpoint.Network, 0, len(ns))
 	for _, n := range ns {
 		gw, _ := netip.ParseAddr(n.Gateway)
-		out = append(out, endpoint.Network{ID: n.ID, Gateway: gw, Mode: n.PolicyMode(), Audit: n.PolicyAudit()})
+		out = append(out, endpoint.Network{ID: n.ID, Gateway: gw, Mode: n.PolicyMode(), Audit: n.PolicyAudit(), Unconfirmed: n.Rebuilt})
 	}
 	return out
 }
