@@ -162,7 +162,7 @@ func (d *Daemon) healLibDir() (*healing, error) {
 		check func(string) error
 	}{
 		{networksFile, func(p string) error { _, err := driver.CheckState(p); return err }},
-		{ipamFile, func(p string) error { _, err := ipam.FileStore{Path: p}.Load(); return err }},
+		{ipamFile, func(p string) error { _, err := ipam.New(ipam.Config{StatePath: p}); return err }},
 		{identitiesFile, func(p string) error { _, err := identity.NewFileAllocator(p); return err }},
 		{policyFile, func(p string) error { _, err := policy.NewRepository(p); return err }},
 	}

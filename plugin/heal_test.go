@@ -156,6 +156,13 @@ func (n *testNode) corrupt(tb testing.TB, names ...string) {
 	}
 }
 
+func (n *testNode) write(tb testing.TB, name, content string) {
+	tb.Helper()
+	if err := os.WriteFile(n.lib(name), []byte(content), 0o600); err != nil {
+		tb.Fatal(err)
+	}
+}
+
 func (n *testNode) remove(tb testing.TB, names ...string) {
 	tb.Helper()
 	for _, name := range names {
@@ -271,7 +278,7 @@ func noPorts(context.Context, string) ([]external.Binding, int, error) { return 
 // prefix its CIDR identity; once Docker answers, a new address is a free
 // one.
 func TestHealIPAMAndIdentities(t *testing.T) {
-	for _, fault := range []string{"corrupt", "missing"} {
+	for _, fault := range []string{"corrupt", "invalid", "missing"} {
 		t.Run(fault, func(t *testing.T) {
 			n := newTestNode(t)
 			poolID, gateway := createTestNetwork(t, n.cur, "net-h", "10.203.0.0/24")
@@ -295,20 +302,27 @@ func TestHealIPAMAndIdentities(t *testing.T) {
 				t.Fatalf("CIDR identities %v, want one, not the first number", cidrs)
 			}
 			before := d.datapath.Endpoints()
-			if before[0].Identity == uint32(identity.MinAllocated) {
-				t.Fatalf("set-up: app1 has the first number %d", before[0].Identity)
+			for _, ep := range before {
+				if ep.Identity == uint32(identity.MinAllocated) {
+					t.Fatalf("set-up: endpoint %d has the first number %d", ep.ID, ep.Identity)
+				}
 			}
 			_, flags2 := policyOf(t, d, eps[1].ID)
 
 			n.restart(t, func() {
-				if fault == "corrupt" {
+				switch fault {
+				case "corrupt":
 					n.corrupt(t, ipamFile, identitiesFile)
-				} else {
+				case "invalid":
+					// They decode, but do not hold together.
+					n.write(t, ipamFile, `{"version": 1, "pools": [{"id": "x", "addressSpace": "ebpfnet-local", "pool": "10.203.0.0/24"}]}`)
+					n.write(t, identitiesFile, `{"version": 1, "identities": [{"id": 300, "labels": []}, {"id": 300, "labels": []}]}`)
+				default:
 					n.remove(t, ipamFile, identitiesFile)
 				}
 			})
 			d = n.cur.daemon
-			if fault == "corrupt" {
+			if fault != "missing" {
 				for _, f := range []string{ipamFile, identitiesFile} {
 					if aside := n.movedAside(f); len(aside) != 1 {
 						t.Errorf("%s moved aside to %v, want one copy", f, aside)
@@ -339,8 +353,10 @@ func TestHealIPAMAndIdentities(t *testing.T) {
 			if _, flags := policyOf(t, d, eps[1].ID); !reflect.DeepEqual(flags, flags2) {
 				t.Errorf("app2's policy %v after the loss, was %v", flags, flags2)
 			}
-			if ls, ok := d.identities.Lookup(identity.ID(before[0].Identity)); !ok || ls.String() != "container:id=app1" {
-				t.Errorf("identity %d is %v after the loss", before[0].Identity, ls)
+			for _, ep := range before {
+				if ls, ok := d.identities.Lookup(identity.ID(ep.Identity)); !ok || ls.String() != "container:id="+ep.Labels["id"] {
+					t.Errorf("identity %d is %v after the loss, want id=%s's", ep.Identity, ls, ep.Labels["id"])
+				}
 			}
 			// No address before Docker has been asked.
 			code, out := n.cur.call(t, "/IpamDriver.RequestAddress", map[string]any{"PoolID": poolID})
