@@ -221,27 +221,37 @@ func readDockerState(ctx context.Context, cli *dockerclient.Client, configuredNa
 		for _, ep := range n.Containers {
 			state.endpoints[ep.EndpointID] = true
 		}
-		state.details = append(state.details, describeNetwork(n, ours))
-		if !ours[n.IPAM.Driver] {
-			continue
-		}
-		for _, cfg := range n.IPAM.Config {
-			subnet, err := netip.ParsePrefix(cfg.Subnet)
-			if err != nil {
-				continue
+		dn := describeNetwork(n, ours)
+		state.details = append(state.details, dn)
+		if dn.ourIPAM {
+			for subnet, held := range dn.inUse() {
+				state.inUse[subnet] = held
 			}
-			held := map[netip.Addr]bool{}
-			addAddr(held, cfg.Gateway)
-			for _, a := range cfg.AuxAddress {
-				addAddr(held, a)
-			}
-			for _, ep := range n.Containers {
-				addAddr(held, ep.IPv4Address)
-			}
-			state.inUse[subnet.Masked()] = held
 		}
 	}
 	return state, nil
+}
+
+// inUse maps each of the network's subnets to the addresses Docker holds
+// in it: gateway, aux addresses and its containers'.
+func (n dockerNetwork) inUse() map[netip.Prefix]map[netip.Addr]bool {
+	out := map[netip.Prefix]map[netip.Addr]bool{}
+	for _, p := range n.pools {
+		held := map[netip.Addr]bool{}
+		if p.gateway.IsValid() {
+			held[p.gateway] = true
+		}
+		for _, a := range p.aux {
+			held[a] = true
+		}
+		for _, ep := range n.containers {
+			if a := parseAddr(ep.IPv4Address); p.subnet.Contains(a) {
+				held[a] = true
+			}
+		}
+		out[p.subnet] = held
+	}
+	return out
 }
 
 // describeNetwork keeps what the state files rebuilt at start need of an
@@ -261,6 +271,12 @@ func describeNetwork(n dockernetwork.Inspect, ours map[string]bool) dockerNetwor
 			p.ipRange = r.Masked()
 		}
 		p.gateway = parseAddr(cfg.Gateway)
+		if !p.gateway.IsValid() {
+			// Docker (20.10) shows only the gateway the user gave;
+			// otherwise it asked the IPAM driver for one, and ours,
+			// as Docker's own, answers the first usable address.
+			p.gateway = p.subnet.Addr().Next()
+		}
 		for _, a := range cfg.AuxAddress {
 			if addr := parseAddr(a); addr.IsValid() {
 				p.aux = append(p.aux, addr)
@@ -279,16 +295,6 @@ func parseAddr(s string) netip.Addr {
 	}
 	a, _ := netip.ParseAddr(s)
 	return a
-}
-
-// addAddr adds an address given as "10.0.0.2" or "10.0.0.2/24".
-func addAddr(set map[netip.Addr]bool, s string) {
-	if i := strings.IndexByte(s, '/'); i >= 0 {
-		s = s[:i]
-	}
-	if a, err := netip.ParseAddr(s); err == nil {
-		set[a] = true
-	}
 }
 
 // driverNames are the names Docker knows our drivers by. The configured name

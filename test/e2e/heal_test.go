@@ -148,7 +148,7 @@ func TestCorruptStateHeals(t *testing.T) {
 			held[a] = true
 		}
 	}
-	for _, ep := range append(after, api.Endpoint{IPv4: fresh}) {
+	for _, ep := range append(after, api.Endpoint{IPv4: fresh}, api.Endpoint{IPv4: "10.248.0.1"}) {
 		if a := strings.TrimSuffix(ep.IPv4, "/24"); !held[a] {
 			t.Errorf("ipam.json does not hold %s: %v", a, held)
 		}
@@ -172,4 +172,9 @@ func TestCorruptStateHeals(t *testing.T) {
 		t.Errorf("a plain restart after healing: rebuilt %+v, problems %v", again.Healed, again.Problems)
 	}
 	checkPolicy("after a plain restart")
+	// Reconcile keeps the gateway Docker does not show (no --gateway).
+	waitReconciled(t, bin)
+	if status := run(t, bin, "status", "-o", "json"); !strings.Contains(status, `"10.248.0.1"`) {
+		t.Errorf("the gateway 10.248.0.1 is no longer allocated after a restart: %s", status)
+	}
 }
