@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -70,7 +71,10 @@ func newTestNode(tb testing.TB, configure ...func(*Config)) *testNode {
 	}
 	tb.Cleanup(func() {
 		if n.cur == nil {
-			os.RemoveAll(n.cfg.PinDir)
+			// A restart failed: what the last daemon left is found
+			// from its records.
+			removeLeftovers(tb, n.cfg)
+			tb.Logf("daemon logs:\n%s", n.logs.String())
 			return
 		}
 		d := n.cur.daemon
@@ -90,6 +94,50 @@ func newTestNode(tb testing.TB, configure ...func(*Config)) *testNode {
 		}
 	})
 	return n
+}
+
+// removeLeftovers removes what daemons on cfg's paths left on the host,
+// without a daemon: the veths and networks their records name, our
+// iptables chains, the pins.
+func removeLeftovers(tb testing.TB, cfg Config) {
+	tb.Helper()
+	defer os.RemoveAll(cfg.PinDir)
+	log := logrus.New()
+	log.SetOutput(io.Discard)
+	dp, err := datapath.New(datapath.Config{StateDir: cfg.StateDir, PinDir: cfg.PinDir, HostDevice: cfg.HostDevice, Version: cfg.Version}, log)
+	if err != nil {
+		tb.Errorf("open the datapath to clean up: %v", err)
+		return
+	}
+	defer dp.Close()
+	records, err := dp.Records()
+	if err != nil {
+		tb.Errorf("records: %v", err)
+	}
+	networks := map[uint32]datapath.Network{}
+	for _, ep := range records {
+		if err := deleteLink(ep.IfName); err != nil {
+			tb.Errorf("remove endpoint %d's veth: %v", ep.ID, err)
+		}
+		networks[ep.Network.Index] = ep.Network
+	}
+	for _, net := range networks {
+		if err := dp.RemoveNetwork(net); err != nil {
+			tb.Errorf("remove network %d: %v", net.Index, err)
+		}
+	}
+	if err := deleteLink(cfg.HostDevice); err != nil {
+		tb.Errorf("remove the host device: %v", err)
+	}
+	if cfg.External {
+		m, err := external.New(external.Config{ChainPrefix: chainPrefix(cfg.DriverName), Log: log})
+		if err == nil {
+			err = m.Restore(nil, nil) // no network: chains and jumps go
+		}
+		if err != nil {
+			tb.Errorf("remove our iptables chains: %v", err)
+		}
+	}
 }
 
 // start starts a daemon on the node's paths and serves it; its stop
