@@ -309,9 +309,6 @@ func (l *loop) registryAll() map[identity.ID]labels.Labels { return l.m.registry
 // ways as soon as any rule exists (only rules naming reserved:init allow
 // it anything): it never has an allow-all window.
 func (l *loop) compile(ep datapath.Endpoint, ids map[identity.ID]labels.Labels) (policy.EndpointPolicy, error) {
-	if why, lost := l.rulesLost(); lost {
-		return policy.EndpointPolicy{}, fmt.Errorf("the rules in force were lost (%s): re-import them", why)
-	}
 	n, ok := l.networks[ep.DockerNetworkID]
 	if !ok {
 		return policy.EndpointPolicy{}, fmt.Errorf("network %s is unknown", ep.DockerNetworkID)
@@ -339,6 +336,10 @@ func (l *loop) compile(ep datapath.Endpoint, ids map[identity.ID]labels.Labels) 
 // compileOrDeny is compile failing closed: a policy that cannot be
 // computed denies both ways rather than allowing all.
 func (l *loop) compileOrDeny(ep datapath.Endpoint, ids map[identity.ID]labels.Labels) policy.EndpointPolicy {
+	if _, lost := l.rulesLost(); lost {
+		// Said once at restore and in status, not for every endpoint.
+		return policy.DenyAll()
+	}
 	p, err := l.compile(ep, ids)
 	if err != nil {
 		l.log.WithError(err).WithField("epid", ep.ID).Warn("compile policy; the endpoint denies all")
