@@ -214,7 +214,7 @@ func (d *Daemon) healLibDir() (*healing, error) {
 		return h, nil
 	}
 
-	r := rebuild{d: d, log: log, records: records, path: path}
+	r := &rebuild{d: d, log: log, records: records, path: path}
 	if d.cfg.External && (faults[networksFile].name != "" || faults[externalFile].name != "") {
 		rules, err := external.Recover(external.Config{ChainPrefix: chainPrefix(d.cfg.DriverName), Log: log})
 		if err != nil {
@@ -286,7 +286,7 @@ type rebuild struct {
 // networks rebuilds networks.json from the records: one network per
 // Docker network ID, its index, subnet, gateway and MTU as its endpoints
 // run with them; --internal and masquerade from our rules.
-func (r rebuild) networks() (string, []string, error) {
+func (r *rebuild) networks() (string, []string, error) {
 	var out []driver.RebuiltNetwork
 	var notRebuilt []string
 	byID := map[string]datapath.Network{}
@@ -328,7 +328,7 @@ func (r rebuild) networks() (string, []string, error) {
 
 // ipam rebuilds ipam.json from the records, pending: one pool per network
 // subnet, its gateway and the endpoints' addresses.
-func (r rebuild) ipam() (string, []string, error) {
+func (r *rebuild) ipam() (string, []string, error) {
 	bySubnet := map[netip.Prefix]*ipam.PoolSeed{}
 	var order []netip.Prefix
 	for _, ep := range r.records {
@@ -362,7 +362,7 @@ func (r rebuild) ipam() (string, []string, error) {
 // identities rebuilds identities.json: the label identities the records
 // carry and the CIDR identities the pinned ipcache holds keep their
 // numbers.
-func (r rebuild) identities() (string, []string, error) {
+func (r *rebuild) identities() (string, []string, error) {
 	var notRebuilt []string
 	ids := map[identity.ID]labels.Labels{}
 	for _, ep := range r.records {
@@ -409,7 +409,7 @@ func (r rebuild) identities() (string, []string, error) {
 
 // policy marks policy.json lost: compiled maps cannot be turned back into
 // rules.
-func (r rebuild) policy() (string, []string, error) {
+func (r *rebuild) policy() (string, []string, error) {
 	repo, err := policy.NewRepository(r.path(policyFile))
 	if err != nil {
 		return "", nil, err
@@ -423,7 +423,7 @@ func (r rebuild) policy() (string, []string, error) {
 }
 
 // external rebuilds external.json from our DNAT rules.
-func (r rebuild) external() (string, []string, error) {
+func (r *rebuild) external() (string, []string, error) {
 	refs := make([]external.EndpointRef, 0, len(r.records))
 	for _, ep := range r.records {
 		refs = append(refs, external.EndpointRef{ID: ep.DockerEndpointID, NetworkID: ep.DockerNetworkID, IfName: ep.IfName})

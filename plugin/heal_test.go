@@ -571,8 +571,8 @@ func TestHealPolicy(t *testing.T) {
 					t.Errorf("endpoint %d after the loss: %#x %v, want its pinned %#x %v", c.epid, flags, keys, c.flags, c.keys)
 				}
 			}
-			if !hasProblem(d, "policy lost, re-import") {
-				t.Errorf("status problems %v do not say policy lost, re-import", d.problems())
+			if !hasProblem(d, "policy lost, re-import") || !hasProblem(d, "policy.json was "+fault) {
+				t.Errorf("status problems %v do not say policy lost, re-import, nor that policy.json was %s", d.problems(), fault)
 			}
 			if !strings.Contains(n.logs.String(), "policy lost, re-import") {
 				t.Error("the log does not say policy lost, re-import")
