@@ -26,6 +26,29 @@ type Status struct {
 	Reconciled bool `json:"reconciled"`
 	// Cluster is the node's link to its cluster; nil on a single node.
 	Cluster *ClusterStatus `json:"cluster,omitempty"`
+	// Problems are what needs the operator, e.g. "policy lost, re-import".
+	Problems []string `json:"problems,omitempty"`
+	// Healed lists the state files of the lib directory that were corrupt
+	// or missing at start and were rebuilt.
+	Healed []HealedFile `json:"healed,omitempty"`
+}
+
+// HealedFile is a state file that was corrupt, or missing on a node that
+// has endpoints or networks, and was rebuilt at start from the endpoints'
+// records, the pinned maps and our iptables rules, then from Docker.
+type HealedFile struct {
+	File string `json:"file"`
+	// Fault is "corrupt: <why>" or "missing".
+	Fault string `json:"fault"`
+	// MovedTo is where a corrupt file was moved aside.
+	MovedTo string `json:"movedTo,omitempty"`
+	// Rebuilt says what it was rebuilt from and what it holds now.
+	Rebuilt string `json:"rebuilt"`
+	// WaitingForDocker is true until Docker has been asked for what only
+	// it knows (networks' options, addresses, published ports).
+	WaitingForDocker bool `json:"waitingForDocker,omitempty"`
+	// NotRebuilt lists what could not be rebuilt.
+	NotRebuilt []string `json:"notRebuilt,omitempty"`
 }
 
 // ClusterStatus is a cluster node's view of etcd.
@@ -67,6 +90,10 @@ type Network struct {
 	Gateway  string            `json:"gateway"`
 	Internal bool              `json:"internal,omitempty"`
 	Options  map[string]string `json:"options,omitempty"`
+	// Rebuilt says the network was rebuilt from its endpoints' records
+	// (networks.json was lost) and Docker has not confirmed its options
+	// yet: its endpoints keep their policy, new ones deny all.
+	Rebuilt bool `json:"rebuilt,omitempty"`
 }
 
 // Pool is one IPAM pool and what is allocated from it.

@@ -3,9 +3,12 @@
 package atomicfile
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"time"
 )
 
 // Write replaces path with data: it writes a temporary file in the same
@@ -69,4 +72,41 @@ func CleanTemporaries(dir string) error {
 		}
 	}
 	return nil
+}
+
+// ErrCorrupt marks a state file that was read but does not hold valid
+// state. Its owner's loader wraps it; the daemon then moves the file aside
+// (MoveAside) and rebuilds what it held from what else knows it. A file
+// that could not be read at all is not corrupt: nothing is decided on it.
+var ErrCorrupt = errors.New("corrupt state file")
+
+// Corrupt marks err as saying that a state file is corrupt: errors.Is(err,
+// ErrCorrupt) holds, and the message is err's own.
+func Corrupt(err error) error { return corruptError{err} }
+
+type corruptError struct{ err error }
+
+func (e corruptError) Error() string   { return e.err.Error() }
+func (e corruptError) Unwrap() []error { return []error{e.err, ErrCorrupt} }
+
+// MoveAside renames path to path.corrupt-<UTC time of now> (a number is
+// added should that name be taken), syncs the directory and returns the
+// new name: the file is kept for whoever wants to look at it, and its
+// name is free for the rebuilt state.
+func MoveAside(path string, now time.Time) (string, error) {
+	base := path + ".corrupt-" + now.UTC().Format("20060102T150405Z")
+	aside := base
+	for n := 2; ; n++ {
+		if _, err := os.Lstat(aside); errors.Is(err, fs.ErrNotExist) {
+			break
+		}
+		aside = fmt.Sprintf("%s-%d", base, n)
+	}
+	if err := os.Rename(path, aside); err != nil {
+		return "", fmt.Errorf("move %s aside: %w", path, err)
+	}
+	if err := syncDir(filepath.Dir(path)); err != nil {
+		return "", err
+	}
+	return aside, nil
 }

@@ -1,9 +1,12 @@
 package atomicfile
 
 import (
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 )
 
 func TestWriteReplacesContentAndLeavesNoTemporary(t *testing.T) {
@@ -63,5 +66,51 @@ func TestCleanTemporariesRemovesOnlyTemporaries(t *testing.T) {
 	}
 	if _, err := os.Stat(stale); !os.IsNotExist(err) {
 		t.Fatalf("temporary still there: %v", err)
+	}
+}
+
+// A file moved aside keeps its content under a dated name, and a second
+// fault in the same second does not overwrite the first one's copy.
+func TestMoveAsideKeepsEveryCopy(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "ipam.json")
+	now := time.Date(2026, 11, 27, 15, 44, 27, 0, time.UTC)
+	var aside []string
+	for _, content := range []string{"first", "second"} {
+		if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		got, err := MoveAside(path, now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if data, _ := os.ReadFile(got); string(data) != content {
+			t.Fatalf("%s holds %q, want %q", got, data, content)
+		}
+		aside = append(aside, got)
+	}
+	want := []string{path + ".corrupt-20261127T154427Z", path + ".corrupt-20261127T154427Z-2"}
+	if aside[0] != want[0] || aside[1] != want[1] {
+		t.Fatalf("moved to %v, want %v", aside, want)
+	}
+	if _, err := os.Stat(path); !os.IsNotExist(err) {
+		t.Fatalf("%s is still there: %v", path, err)
+	}
+	if _, err := MoveAside(path, now); err == nil {
+		t.Fatal("moving a missing file aside succeeded")
+	}
+}
+
+func TestCorruptKeepsTheMessage(t *testing.T) {
+	cause := errors.New("unexpected end of JSON input")
+	err := fmt.Errorf("load: %w", Corrupt(fmt.Errorf("ipam.json is corrupt: %w", cause)))
+	if !errors.Is(err, ErrCorrupt) || !errors.Is(err, cause) {
+		t.Fatalf("%v: not both ErrCorrupt and its cause", err)
+	}
+	if err.Error() != "load: ipam.json is corrupt: unexpected end of JSON input" {
+		t.Fatalf("message %q", err)
+	}
+	if errors.Is(cause, ErrCorrupt) {
+		t.Fatal("the cause itself became corrupt")
 	}
 }

@@ -607,12 +607,21 @@ func TestDatapathDeleteAndRestore(t *testing.T) {
 	_ = orphan.Close()
 
 	e.dp = e.open()
+	records, err := e.dp.Records()
+	if err != nil {
+		t.Fatalf("Records: %v", err)
+	}
 	restored, err := e.dp.Restore()
 	if err != nil {
 		t.Fatalf("Restore: %v", err)
 	}
 	if len(restored) != 2 || restored[0].ID != a.ID || restored[1].ID != b.ID {
 		t.Fatalf("restored %+v, want endpoints %d and %d", restored, a.ID, b.ID)
+	}
+	// Records, read before, names what Restore re-adopts and nothing else.
+	if len(records) != 2 || records[0].ID != a.ID || records[1].ID != b.ID ||
+		records[0].IPv4 != a.IPv4 || records[1].Network != b.Network || records[0].DockerNetworkID != a.DockerNetworkID {
+		t.Fatalf("records %+v, want endpoints %d and %d as created", records, a.ID, b.ID)
 	}
 	if restored[0].IfIndex != a.IfIndex || restored[0].DockerEndpointID != a.DockerEndpointID {
 		t.Errorf("restored endpoint differs: %+v", restored[0])
@@ -753,6 +762,9 @@ func TestDatapathRestoreFinishesDeletion(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.dp = e.open()
+	if records, err := e.dp.Records(); err != nil || len(records) != 1 || records[0].ID != b.ID {
+		t.Errorf("records %+v (%v), want only endpoint %d", records, err, b.ID)
+	}
 	restored, err := e.dp.Restore()
 	if err != nil {
 		t.Fatal(err)

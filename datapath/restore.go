@@ -254,3 +254,36 @@ func (d *Datapath) removeOrphanPins() error {
 	}
 	return errors.Join(errs...)
 }
+
+// Records returns the endpoints Restore would re-adopt, read from their
+// restore records without touching anything: a valid record, no deletion
+// under way, the host veth there. The daemon reads them before Restore to
+// rebuild its lost state files from them (plugin/heal.go): each carries its
+// network (index, subnet, gateway), its Docker IDs, address, identity and
+// labels. Sorted by ID.
+func (d *Datapath) Records() ([]Endpoint, error) {
+	ids, err := d.stateDirIDs()
+	if err != nil {
+		return nil, err
+	}
+	var out []Endpoint
+	for _, id := range ids {
+		dir := d.epDir(id)
+		data, err := os.ReadFile(filepath.Join(dir, EPConfigFile))
+		if err != nil {
+			continue
+		}
+		_, ep, err := ParseEPConfig(data)
+		if err != nil || ep.ID != id || validateEndpoint(&ep) != nil || ep.IfName == "" {
+			continue
+		}
+		if _, err := os.Stat(filepath.Join(dir, deletingFile)); err == nil {
+			continue
+		}
+		if _, err := netlink.LinkByName(ep.IfName); err != nil {
+			continue
+		}
+		out = append(out, ep)
+	}
+	return out, nil
+}

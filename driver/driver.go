@@ -218,6 +218,9 @@ type Network struct {
 	Gateway  string            `json:"gateway"`
 	Internal bool              `json:"internal,omitempty"`
 	Options  map[string]string `json:"options,omitempty"`
+	// Rebuilt says the network was rebuilt from its endpoints' records
+	// and Docker has not confirmed its options yet.
+	Rebuilt bool `json:"rebuilt,omitempty"`
 }
 
 // PolicyMode is the network's enforcement mode, as -o
@@ -248,7 +251,7 @@ func toNetwork(n networkRecord) Network {
 	return Network{
 		ID: n.ID, Index: n.Datapath.Index,
 		Subnet: n.Datapath.Subnet.String(), Gateway: n.Datapath.Gateway.String(),
-		Internal: n.Internal, Options: n.Options,
+		Internal: n.Internal, Options: n.Options, Rebuilt: n.Rebuilt,
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 
 	"github.com/ebpfnet/ebpfnet/atomicfile"
 	"github.com/ebpfnet/ebpfnet/datapath"
+	"github.com/ebpfnet/ebpfnet/dockerid"
 )
 
 // networkRecord is what we persist of a Docker network. Docker never replays
@@ -18,6 +19,10 @@ type networkRecord struct {
 	Datapath datapath.Network  `json:"datapath"`
 	Internal bool              `json:"internal,omitempty"`
 	Options  map[string]string `json:"options,omitempty"`
+	// Rebuilt marks a record rebuilt from its endpoints' (the file was
+	// lost): Internal and Options are guesses until Docker confirms them
+	// (Driver.Confirm).
+	Rebuilt bool `json:"rebuilt,omitempty"`
 }
 
 // networkStore keeps the networks in memory and in one JSON file, replaced
@@ -39,12 +44,50 @@ func loadNetworkStore(path string) (*networkStore, error) {
 	}
 	var list []networkRecord
 	if err := json.Unmarshal(data, &list); err != nil {
-		return nil, fmt.Errorf("parse network state %s (fix or remove it): %w", path, err)
+		return nil, atomicfile.Corrupt(fmt.Errorf("network state %s is corrupt: %w", path, err))
 	}
-	for _, n := range list {
+	indexes := map[uint32]string{}
+	for i, n := range list {
+		if err := n.check(); err != nil {
+			return nil, atomicfile.Corrupt(fmt.Errorf("network state %s is corrupt: network %d: %w", path, i, err))
+		}
+		if _, dup := s.networks[n.ID]; dup {
+			return nil, atomicfile.Corrupt(fmt.Errorf("network state %s is corrupt: network %s appears twice", path, dockerid.Short(n.ID)))
+		}
+		if other, dup := indexes[n.Datapath.Index]; dup {
+			return nil, atomicfile.Corrupt(fmt.Errorf("network state %s is corrupt: networks %s and %s have index %d",
+				path, dockerid.Short(other), dockerid.Short(n.ID), n.Datapath.Index))
+		}
+		indexes[n.Datapath.Index] = n.ID
 		s.networks[n.ID] = n
 	}
 	return s, nil
+}
+
+// check says why a record cannot be a network, or nil.
+func (n networkRecord) check() error {
+	switch dp := n.Datapath; {
+	case n.ID == "":
+		return errors.New("no network ID")
+	case dp.Index == 0 || dp.Index > 0xffff:
+		return fmt.Errorf("index %d: want 1 to 65535", dp.Index)
+	case !dp.Subnet.IsValid() || !dp.Subnet.Addr().Is4() || dp.Subnet != dp.Subnet.Masked():
+		return fmt.Errorf("subnet %v is not a canonical IPv4 prefix", dp.Subnet)
+	case !dp.Gateway.Is4() || !dp.Subnet.Contains(dp.Gateway):
+		return fmt.Errorf("gateway %v is not in subnet %s", dp.Gateway, dp.Subnet)
+	}
+	return nil
+}
+
+// CheckState loads the network state file at path as New would, without
+// doing anything with it, and says how many networks it holds: none and
+// nil when it is missing.
+func CheckState(path string) (networks int, err error) {
+	s, err := loadNetworkStore(path)
+	if err != nil {
+		return 0, err
+	}
+	return len(s.networks), nil
 }
 
 func (s *networkStore) get(id string) (networkRecord, bool) {

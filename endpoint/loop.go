@@ -39,6 +39,10 @@ type loop struct {
 	// empty, so that a burst of deletions costs one, or at once before an
 	// event that needs every policy map current (see flush).
 	dirty bool
+	// frozen are the endpoints restored while the rules were lost
+	// (LostRules): their pinned policy is the only trace of the rules,
+	// and stays as it is until the rules change.
+	frozen map[uint16]bool
 }
 
 func newLoop(m *Manager) *loop {
@@ -110,6 +114,10 @@ func (e rulesChanged) handle(l *loop) {
 		return // an older notification; the newer one was taken already
 	}
 	l.rules, l.rulesRev = rules, rev
+	if _, lost := l.rulesLost(); !lost && len(l.frozen) > 0 {
+		l.log.WithField("endpoints", len(l.frozen)).Info("rules in force again: every endpoint is compiled against them")
+		l.frozen = nil
+	}
 	l.syncCIDRs()
 	// At once rather than when the queue is empty: a CIDR identity the
 	// sync freed must be gone from every policy map before any later
@@ -135,7 +143,15 @@ func (e waitRevision) handle(l *loop) {
 type networksChanged struct{ networks []Network }
 
 func (e networksChanged) handle(l *loop) {
+	before := l.networks
 	l.setNetworks(e.networks)
+	for id, n := range l.networks {
+		if old, ok := before[id]; ok && old != n {
+			// Its options are known now (it was rebuilt) or changed:
+			// its endpoints are compiled with them.
+			l.dirty = true
+		}
+	}
 	l.syncHostAddresses()
 }
 
@@ -152,6 +168,14 @@ func (l *loop) restore(ctx context.Context, eps []datapath.Endpoint, networks []
 	l.rules, l.rulesRev = l.m.cfg.Rules.Snapshot()
 	for id, p := range l.m.cfg.CIDRs.CIDRs() {
 		l.cidrs[p] = id
+	}
+	if why, lost := l.rulesLost(); lost {
+		l.frozen = map[uint16]bool{}
+		for _, ep := range eps {
+			l.frozen[ep.ID] = true
+		}
+		l.log.WithFields(logrus.Fields{"why": why, "endpoints": len(eps)}).
+			Warn("policy lost, re-import: restored endpoints keep their policy as pinned, new endpoints deny all, until `ebpfnet policy import` or `ebpfnet policy delete --all`")
 	}
 	l.syncCIDRs()
 	for _, ep := range eps {
@@ -251,6 +275,7 @@ func (l *loop) delete(ctx context.Context, dockerEndpointID string) error {
 		l.m.setHeld(ep.ID, 0, false)
 		l.m.releaseQuietly(ctx, id)
 	}
+	delete(l.frozen, ep.ID)
 	return nil
 }
 
@@ -298,6 +323,9 @@ func (l *loop) compile(ep datapath.Endpoint, ids map[identity.ID]labels.Labels) 
 	if !ok {
 		return policy.EndpointPolicy{}, fmt.Errorf("network %s is unknown", ep.DockerNetworkID)
 	}
+	if n.Unconfirmed {
+		return policy.EndpointPolicy{}, fmt.Errorf("the options of network %s are not known yet (rebuilt, Docker not asked yet)", ep.DockerNetworkID)
+	}
 	mode := n.Mode
 	id := identity.ID(ep.Identity)
 	own := policy.Endpoint{Identity: id, Labels: labels.FromDocker(ep.Labels)}
@@ -318,6 +346,10 @@ func (l *loop) compile(ep datapath.Endpoint, ids map[identity.ID]labels.Labels) 
 // compileOrDeny is compile failing closed: a policy that cannot be
 // computed denies both ways rather than allowing all.
 func (l *loop) compileOrDeny(ep datapath.Endpoint, ids map[identity.ID]labels.Labels) policy.EndpointPolicy {
+	if _, lost := l.rulesLost(); lost {
+		// Said once at restore and in status, not for every endpoint.
+		return policy.DenyAll()
+	}
 	p, err := l.compile(ep, ids)
 	if err != nil {
 		l.log.WithError(err).WithField("epid", ep.ID).Warn("compile policy; the endpoint denies all")
@@ -326,13 +358,32 @@ func (l *loop) compileOrDeny(ep datapath.Endpoint, ids map[identity.ID]labels.La
 	return p
 }
 
-// applyOne compiles one endpoint's policy and writes what changed.
+// applyOne compiles one endpoint's policy and writes what changed. An
+// endpoint whose policy cannot be compiled from what it was compiled
+// from (kept) keeps the policy it has.
 func (l *loop) applyOne(ep datapath.Endpoint, ids map[identity.ID]labels.Labels) (added, removed int) {
+	if l.kept(ep) {
+		return 0, 0
+	}
 	added, removed, err := l.m.cfg.Datapath.ApplyPolicy(ep.ID, l.compileOrDeny(ep, ids))
 	if err != nil && !errors.Is(err, datapath.ErrNoEndpoint) {
 		l.log.WithError(err).WithField("epid", ep.ID).Warn("apply policy to an endpoint")
 	}
 	return added, removed
+}
+
+// kept tells whether ep keeps the policy it has: restored while the rules
+// were lost, or on a network whose options are not known yet.
+func (l *loop) kept(ep datapath.Endpoint) bool {
+	return l.frozen[ep.ID] || l.networks[ep.DockerNetworkID].Unconfirmed
+}
+
+// rulesLost says whether the rules in force were lost (LostRules).
+func (l *loop) rulesLost() (string, bool) {
+	if lr, ok := l.m.cfg.Rules.(LostRules); ok {
+		return lr.Lost()
+	}
+	return "", false
 }
 
 // regenerate compiles every endpoint against the rules and identities as
@@ -371,6 +422,13 @@ func (l *loop) regenerate() {
 // numbered before old ones are freed, so that no prefix takes the number
 // of one that went in the same change.
 func (l *loop) syncCIDRs() {
+	if _, lost := l.rulesLost(); lost {
+		// No rules to tell which prefixes matter: the frozen policy
+		// maps may name any CIDR identity, so every one keeps its
+		// number and its ipcache entry.
+		l.publishCIDRs()
+		return
+	}
 	want := map[netip.Prefix]bool{}
 	for _, p := range policy.CIDRs(l.rules) {
 		want[p] = true
@@ -394,18 +452,23 @@ func (l *loop) syncCIDRs() {
 			delete(l.cidrs, p)
 		}
 	}
+	l.publishCIDRs()
+	if len(gone) > 0 {
+		sort.Slice(gone, func(i, j int) bool { return gone[i] < gone[j] })
+		if err := l.m.cfg.CIDRs.ReleaseCIDR(gone...); err != nil {
+			l.log.WithError(err).Warn("free CIDR identities no rule names")
+		}
+	}
+}
+
+// publishCIDRs makes the ipcache's CIDR entries those of l.cidrs.
+func (l *loop) publishCIDRs() {
 	entries := make(map[netip.Prefix]ipcache.Entry, len(l.cidrs))
 	for p, id := range l.cidrs {
 		entries[p] = ipcache.Entry{Identity: id}
 	}
 	if err := l.m.cfg.IPCache.Replace(ipcache.SourceCIDR, entries); err != nil {
 		l.log.WithError(err).Warn("ipcache entries of the rules' prefixes")
-	}
-	if len(gone) > 0 {
-		sort.Slice(gone, func(i, j int) bool { return gone[i] < gone[j] })
-		if err := l.m.cfg.CIDRs.ReleaseCIDR(gone...); err != nil {
-			l.log.WithError(err).Warn("free CIDR identities no rule names")
-		}
 	}
 }
 

@@ -74,6 +74,22 @@ type Network struct {
 	Mode policy.Mode
 	// Audit reports denials without dropping (-o ebpfnet.policy-audit).
 	Audit bool
+	// Unconfirmed says that the network's options are not known: its
+	// record was rebuilt from the endpoints' and Docker has not been asked
+	// yet. Its endpoints keep the policy they have, new ones deny all,
+	// until it comes again confirmed.
+	Unconfirmed bool
+}
+
+// LostRules is implemented by a Rules that can have lost the rules in
+// force (policy.Repository, whose file may be corrupt or gone). While
+// Lost says so, the manager keeps the policy of every endpoint it
+// restored as the pinned maps hold it, denies every new endpoint both
+// ways, and keeps the CIDR identities it found; compiled policy cannot be
+// turned back into rules, and compiling no rules would open everything.
+// The next revision of the rules (an import, a delete of all) ends it.
+type LostRules interface {
+	Lost() (why string, lost bool)
 }
 
 // Container is what the manager learns of the container behind an

@@ -8,6 +8,7 @@ import (
 	"maps"
 	"net/netip"
 	"path/filepath"
+	"reflect"
 	"sort"
 	"sync"
 	"testing"
@@ -229,8 +230,14 @@ func newEnv(t *testing.T) *env {
 	return e
 }
 
-// start runs a manager over e's parts, restoring eps.
+// start runs a manager over e's parts, restoring eps on netID.
 func (e *env) start(eps []datapath.Endpoint) {
+	e.t.Helper()
+	e.startOn(eps, []Network{{ID: netID, Gateway: gateway, Mode: policy.ModeDefault}})
+}
+
+// startOn runs a manager over e's parts, restoring eps on networks.
+func (e *env) startOn(eps []datapath.Endpoint, networks []Network) {
 	e.t.Helper()
 	log := logrus.New()
 	log.SetOutput(io.Discard)
@@ -250,7 +257,7 @@ func (e *env) start(eps []datapath.Endpoint) {
 	e.m.Start()
 	m := e.m
 	e.t.Cleanup(m.Close)
-	if err := e.m.Restore(context.Background(), eps, []Network{{ID: netID, Gateway: gateway, Mode: policy.ModeDefault}}); err != nil {
+	if err := e.m.Restore(context.Background(), eps, networks); err != nil {
 		e.t.Fatal(err)
 	}
 	e.settle()
@@ -639,4 +646,109 @@ func TestEndpointsArePublished(t *testing.T) {
 	if _, ok := e.pub.get("10.77.0.2"); ok {
 		t.Fatal("a deleted endpoint is still published")
 	}
+}
+
+const app2ToCIDR = `[{"endpointSelector": {"matchLabels": {"id": "app2"}},
+	"egress": [{"toCIDR": ["198.51.100.0/24"]}], "labels": [{"key": "name", "value": "c"}]}]`
+
+// Rules whose file was lost: the endpoints restored keep their pinned
+// policy (neither opened nor emptied), the CIDR identities keep their
+// numbers and ipcache entries, a new endpoint denies both ways even once
+// its labels are known, and an import puts everything under the rules.
+func TestLostRulesKeepRestoredPolicyAndDenyNew(t *testing.T) {
+	e := newEnv(t)
+	e.importRules(app1FromApp2)
+	e.importRules(app2ToCIDR)
+	e.create("ep1", "10.77.0.2")
+	e.create("ep2", "10.77.0.3")
+	e.setLabels("ep1", "c1", map[string]string{"id": "app1"})
+	e.setLabels("ep2", "c2", map[string]string{"id": "app2"})
+	_, p1 := e.dp.policyOf(t, "ep1")
+	_, p2 := e.dp.policyOf(t, "ep2")
+	cidr, ok := e.dp.ipcacheOf("198.51.100.0/24")
+	if !ok || !p1.IngressEnforced || !p2.EgressEnforced {
+		t.Fatalf("set-up: ipcache %v, app1 %+v, app2 %+v", ok, p1, p2)
+	}
+	e.m.Close()
+
+	if err := e.rules.MarkLost("policy.json was corrupt"); err != nil {
+		t.Fatal(err)
+	}
+	e.start(e.dp.Endpoints())
+	if _, got := e.dp.policyOf(t, "ep1"); !reflect.DeepEqual(got, p1) {
+		t.Fatalf("app1's policy after the loss %+v, want it kept %+v", got, p1)
+	}
+	if _, got := e.dp.policyOf(t, "ep2"); !reflect.DeepEqual(got, p2) {
+		t.Fatalf("app2's policy after the loss %+v, want it kept %+v", got, p2)
+	}
+	if id, ok := e.dp.ipcacheOf("198.51.100.0/24"); !ok || id != cidr {
+		t.Fatalf("the rules' prefix is %d %v in the ipcache, want its identity %d kept", id, ok, cidr)
+	}
+	e.create("ep3", "10.77.0.4")
+	e.setLabels("ep3", "c3", map[string]string{"id": "app2"})
+	if _, p3 := e.dp.policyOf(t, "ep3"); !p3.IngressEnforced || !p3.EgressEnforced || len(p3.Entries) != 0 {
+		t.Fatalf("a new endpoint while the rules are lost: %+v, want deny all", p3)
+	}
+	// A frozen endpoint that gets its labels again keeps its policy.
+	e.setLabels("ep1", "c1", map[string]string{"id": "app1"})
+	if _, got := e.dp.policyOf(t, "ep1"); !reflect.DeepEqual(got, p1) {
+		t.Fatalf("app1's policy after its labels came again %+v, want it kept", got)
+	}
+
+	e.importRules(app1FromApp2)
+	ep3, p3 := e.dp.policyOf(t, "ep3")
+	if p3.IngressEnforced || p3.EgressEnforced {
+		t.Fatalf("after the import app2's new endpoint %+v, want what the rules say (open)", p3)
+	}
+	if _, got := e.dp.policyOf(t, "ep1"); !has(got, policy.Key{Identity: ep3.Identity, Direction: policy.Ingress}) {
+		t.Fatalf("after the import app1 %+v does not allow app2 (%d)", got, ep3.Identity)
+	}
+	if _, got := e.dp.policyOf(t, "ep2"); got.EgressEnforced {
+		t.Fatalf("after an import without the CIDR rule app2 still enforces egress %+v", got)
+	}
+	if _, ok := e.dp.ipcacheOf("198.51.100.0/24"); ok {
+		t.Fatal("the prefix no rule names any more kept its ipcache entry")
+	}
+}
+
+// A network whose options are not known yet (rebuilt, Docker not asked):
+// its endpoints keep their policy, a new one denies all, and once the
+// network is confirmed everything is compiled with its options.
+func TestUnconfirmedNetworkKeepsPolicy(t *testing.T) {
+	e := newEnv(t)
+	e.create("ep1", "10.77.0.2")
+	e.setLabels("ep1", "c1", map[string]string{"id": "app1"})
+	e.m.Close()
+	if _, err := e.rules.Import(mustParseRules(t, app1FromApp2)); err != nil {
+		t.Fatal(err)
+	}
+	e.startOn(e.dp.Endpoints(), []Network{{ID: netID, Gateway: gateway, Unconfirmed: true}})
+	if _, p := e.dp.policyOf(t, "ep1"); p.IngressEnforced || p.EgressEnforced {
+		t.Fatalf("on an unconfirmed network app1 was compiled again: %+v", p)
+	}
+	if id, _ := e.dp.ipcacheOf("10.77.0.1/32"); id != identity.Host {
+		t.Fatalf("the unconfirmed network's gateway is %d, want host", id)
+	}
+	e.create("ep2", "10.77.0.3")
+	e.setLabels("ep2", "c2", map[string]string{"id": "app2"})
+	if _, p := e.dp.policyOf(t, "ep2"); !p.IngressEnforced || !p.EgressEnforced || len(p.Entries) != 0 {
+		t.Fatalf("a new endpoint on an unconfirmed network %+v, want deny all", p)
+	}
+	e.m.SetNetworks([]Network{{ID: netID, Gateway: gateway, Mode: policy.ModeNever}})
+	e.settle()
+	if _, p := e.dp.policyOf(t, "ep1"); p.IngressEnforced {
+		t.Fatalf("confirmed with enforcement never, app1 enforces %+v", p)
+	}
+	if _, p := e.dp.policyOf(t, "ep2"); p.IngressEnforced || p.EgressEnforced {
+		t.Fatalf("confirmed with enforcement never, app2 enforces %+v", p)
+	}
+}
+
+func mustParseRules(t *testing.T, js string) []policy.Rule {
+	t.Helper()
+	rules, err := policy.Parse([]byte(js))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rules
 }

@@ -74,13 +74,26 @@ type endpointState struct {
 
 // New loads the persisted state; nothing is programmed until Restore.
 func New(cfg Config) (*Manager, error) {
+	cfg, err := withDefaults(cfg)
+	if err != nil {
+		return nil, err
+	}
+	st, err := loadState(cfg.StatePath)
+	if err != nil {
+		return nil, err
+	}
+	return &Manager{cfg: cfg, log: cfg.Log, nm: chainNames(cfg.ChainPrefix), st: st}, nil
+}
+
+// withDefaults fills what cfg leaves empty.
+func withDefaults(cfg Config) (Config, error) {
 	if cfg.Log == nil {
 		cfg.Log = logrus.New()
 	}
 	if cfg.Tables == nil {
 		ipt, err := iptables.NewWithProtocol(iptables.ProtocolIPv4)
 		if err != nil {
-			return nil, fmt.Errorf("iptables: %w", err)
+			return cfg, fmt.Errorf("iptables: %w", err)
 		}
 		cfg.Tables = ipt
 	}
@@ -98,26 +111,9 @@ func New(cfg Config) (*Manager, error) {
 	}
 	if len(cfg.ChainPrefix) > 16 {
 		// iptables chain names end at 28 characters; "-POSTROUTING" is 12.
-		return nil, fmt.Errorf("chain prefix %q: at most 16 characters", cfg.ChainPrefix)
+		return cfg, fmt.Errorf("chain prefix %q: at most 16 characters", cfg.ChainPrefix)
 	}
-	m := &Manager{cfg: cfg, log: cfg.Log, nm: chainNames(cfg.ChainPrefix), st: state{Networks: map[string]Network{}, Endpoints: map[string]endpointState{}}}
-	data, err := os.ReadFile(cfg.StatePath)
-	switch {
-	case errors.Is(err, os.ErrNotExist):
-	case err != nil:
-		return nil, fmt.Errorf("read %s: %w", cfg.StatePath, err)
-	default:
-		if err := json.Unmarshal(data, &m.st); err != nil {
-			return nil, fmt.Errorf("parse %s: %w", cfg.StatePath, err)
-		}
-		if m.st.Networks == nil {
-			m.st.Networks = map[string]Network{}
-		}
-		if m.st.Endpoints == nil {
-			m.st.Endpoints = map[string]endpointState{}
-		}
-	}
-	return m, nil
+	return cfg, nil
 }
 
 // Restore makes the rules match networks (the driver's, which are the

@@ -85,7 +85,7 @@ func NewFileAllocator(path string) (*FileAllocator, error) {
 		return nil, fmt.Errorf("read identity state: %w", err)
 	}
 	if err := a.load(data); err != nil {
-		return nil, fmt.Errorf("identity state %s is corrupt: %w", path, err)
+		return nil, atomicfile.Corrupt(fmt.Errorf("identity state %s is corrupt: %w", path, err))
 	}
 	return a, nil
 }
@@ -146,8 +146,8 @@ func (a *FileAllocator) load(data []byte) error {
 // change is one persisted step: what to add, what to drop, where the
 // cursor goes.
 type change struct {
-	addLabels *stateEntry
-	addCIDR   *stateCIDR
+	addLabels []stateEntry
+	addCIDRs  []stateCIDR
 	drop      map[ID]bool
 	next      ID
 }
@@ -169,12 +169,8 @@ func (a *FileAllocator) persist(ch change) error {
 			st.CIDRs = append(st.CIDRs, stateCIDR{ID: id, Prefix: p})
 		}
 	}
-	if ch.addLabels != nil {
-		st.Identities = append(st.Identities, *ch.addLabels)
-	}
-	if ch.addCIDR != nil {
-		st.CIDRs = append(st.CIDRs, *ch.addCIDR)
-	}
+	st.Identities = append(st.Identities, ch.addLabels...)
+	st.CIDRs = append(st.CIDRs, ch.addCIDRs...)
 	sort.Slice(st.Identities, func(i, j int) bool { return st.Identities[i].ID < st.Identities[j].ID })
 	sort.Slice(st.CIDRs, func(i, j int) bool { return st.CIDRs[i].ID < st.CIDRs[j].ID })
 	data, err := json.MarshalIndent(st, "", "  ")
@@ -216,7 +212,7 @@ func (a *FileAllocator) Allocate(_ context.Context, ls labels.Labels) (ID, error
 	if next > MaxAllocated {
 		next = MinAllocated
 	}
-	if err := a.persist(change{addLabels: &stateEntry{ID: id, Labels: own.Sorted()}, next: next}); err != nil {
+	if err := a.persist(change{addLabels: []stateEntry{{ID: id, Labels: own.Sorted()}}, next: next}); err != nil {
 		a.mu.Unlock()
 		return 0, fmt.Errorf("allocate identity for %q: %w", key, err)
 	}
@@ -318,6 +314,115 @@ func (a *FileAllocator) freeLocked(drop map[ID]bool) error {
 	return nil
 }
 
+// Adopt registers identities under the numbers they already carry: those
+// the pinned maps and the endpoints' records hold when the file that kept
+// them is lost (plugin/heal.go), so that no policy map or ipcache entry
+// changes meaning. It takes no reference: restored endpoints take theirs
+// as they are restored, and CollectUnreferenced frees the rest.
+//
+// An entry that contradicts the allocator or an earlier entry (a number
+// another label set or prefix has, labels or a prefix numbered otherwise,
+// a number outside its range, reserved or CIDR labels) is refused and
+// reported; the others are adopted, lower numbers first. A refused label
+// set is numbered anew when its endpoint is restored, as after any loss.
+// The cursor moves past the highest label identity adopted. The file is
+// written once, also when nothing is adopted, so that it exists.
+func (a *FileAllocator) Adopt(ids map[ID]labels.Labels, cidrs map[ID]netip.Prefix) (refused []error, err error) {
+	a.mu.Lock()
+	var ch change
+	byKey := map[string]ID{}
+	byPrefix := map[netip.Prefix]ID{}
+	next := a.next
+	for _, id := range sortedIDs(ids) {
+		ls := ids[id]
+		key := ls.String()
+		switch have, taken := a.byID[id]; {
+		case id.Kind() != KindAllocated:
+			refused = append(refused, fmt.Errorf("identity %d: not a label identity (%d..%d)", id, MinAllocated, MaxAllocated))
+			continue
+		case ls.HasSource(labels.SourceReserved) || ls.HasSource(labels.SourceCIDR):
+			refused = append(refused, fmt.Errorf("identity %d: labels %q are reserved or CIDR labels", id, key))
+			continue
+		case taken && have.String() == key:
+			continue // held already
+		case taken:
+			refused = append(refused, fmt.Errorf("identity %d: labels %q, but the allocator has %q under it", id, key, have.String()))
+			continue
+		}
+		if other, ok := a.byKey[key]; ok {
+			refused = append(refused, fmt.Errorf("identity %d: labels %q have identity %d already", id, key, other))
+			continue
+		}
+		if other, ok := byKey[key]; ok {
+			refused = append(refused, fmt.Errorf("identity %d: labels %q are adopted as identity %d", id, key, other))
+			continue
+		}
+		byKey[key] = id
+		ch.addLabels = append(ch.addLabels, stateEntry{ID: id, Labels: ls.Sorted()})
+		if id >= next {
+			next = id + 1
+			if next > MaxAllocated {
+				next = MinAllocated
+			}
+		}
+	}
+	for _, id := range sortedIDs(cidrs) {
+		p := cidrs[id].Masked()
+		switch have, taken := a.prefixOf[id]; {
+		case id.Kind() != KindCIDR:
+			refused = append(refused, fmt.Errorf("CIDR identity %d: outside %d..%d", id, LocalScope, MaxLocal))
+			continue
+		case !p.IsValid() || p.Bits() == 0:
+			refused = append(refused, fmt.Errorf("CIDR identity %d: prefix %v cannot be numbered", id, cidrs[id]))
+			continue
+		case taken && have == p:
+			continue
+		case taken:
+			refused = append(refused, fmt.Errorf("CIDR identity %d: prefix %s, but the allocator has %s under it", id, p, have))
+			continue
+		}
+		if other, ok := a.byPrefix[p]; ok {
+			refused = append(refused, fmt.Errorf("CIDR identity %d: prefix %s has identity %d already", id, p, other))
+			continue
+		}
+		if other, ok := byPrefix[p]; ok {
+			refused = append(refused, fmt.Errorf("CIDR identity %d: prefix %s is adopted as identity %d", id, p, other))
+			continue
+		}
+		byPrefix[p] = id
+		ch.addCIDRs = append(ch.addCIDRs, stateCIDR{ID: id, Prefix: p})
+	}
+	ch.next = next
+	if err := a.persist(ch); err != nil {
+		a.mu.Unlock()
+		return refused, fmt.Errorf("adopt identities: %w", err)
+	}
+	for _, e := range ch.addLabels {
+		ls := labels.FromLabels(e.Labels...)
+		a.byID[e.ID] = ls
+		a.byKey[ls.String()] = e.ID
+		a.subs.queue(Change{ID: e.ID, Labels: ls.Clone()})
+	}
+	for _, c := range ch.addCIDRs {
+		a.prefixOf[c.ID] = c.Prefix
+		a.byPrefix[c.Prefix] = c.ID
+	}
+	a.next = next
+	a.mu.Unlock()
+	a.subs.deliver()
+	return refused, nil
+}
+
+// sortedIDs returns the keys of m in ascending order.
+func sortedIDs[V any](m map[ID]V) []ID {
+	out := make([]ID, 0, len(m))
+	for id := range m {
+		out = append(out, id)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
+	return out
+}
+
 // AllocateCIDR returns the identity of a prefix, the same one every time for
 // the same (masked) prefix, from LocalScope up, persisted like Allocate's.
 // A /0 prefix is the world itself and returns World without allocating.
@@ -345,7 +450,7 @@ func (a *FileAllocator) AllocateCIDR(p netip.Prefix) (ID, error) {
 	if id > MaxLocal {
 		return 0, fmt.Errorf("allocate CIDR identity for %s: all local identities are in use", p)
 	}
-	if err := a.persist(change{addCIDR: &stateCIDR{ID: id, Prefix: p}}); err != nil {
+	if err := a.persist(change{addCIDRs: []stateCIDR{{ID: id, Prefix: p}}}); err != nil {
 		return 0, fmt.Errorf("allocate CIDR identity for %s: %w", p, err)
 	}
 	a.prefixOf[id] = p

@@ -2,6 +2,7 @@ package identity
 
 import (
 	"context"
+	"errors"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -9,6 +10,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/ebpfnet/ebpfnet/atomicfile"
 	"github.com/ebpfnet/ebpfnet/labels"
 )
 
@@ -327,8 +329,8 @@ func TestCorruptFileIsAnError(t *testing.T) {
 			t.Fatal(err)
 		}
 		_, err := NewFileAllocator(path)
-		if err == nil || !strings.Contains(err.Error(), "corrupt") {
-			t.Errorf("%s: err = %v", name, err)
+		if err == nil || !strings.Contains(err.Error(), "corrupt") || !errors.Is(err, atomicfile.ErrCorrupt) {
+			t.Errorf("%s: err = %v, want atomicfile.ErrCorrupt", name, err)
 		}
 	}
 }
@@ -361,5 +363,103 @@ func TestConcurrentAllocate(t *testing.T) {
 		if r := a.References(got[i]); r != 4 {
 			t.Fatalf("identity %d has %d references, want 4", got[i], r)
 		}
+	}
+}
+
+// Identities whose file was lost are adopted under the numbers the
+// endpoints and the pinned maps carry: allocating their labels again
+// returns the same number, the file holds them, numbering goes on after
+// the highest, and nothing that contradicts is taken.
+func TestAdoptKeepsNumbers(t *testing.T) {
+	a, path := newAlloc(t)
+	app1 := labels.FromDocker(map[string]string{"id": "app1"})
+	app2 := labels.FromDocker(map[string]string{"id": "app2"})
+	web := netip.MustParsePrefix("192.0.2.0/24")
+	var changes []Change
+	cancel := a.Subscribe(func(c Change) { changes = append(changes, c) })
+	defer cancel()
+	refused, err := a.Adopt(map[ID]labels.Labels{
+		300:              app1,
+		270:              app2,
+		280:              app2.Clone(),                     // app2 has 270 already
+		5:                labels.FromLabels(labels.Init()), // reserved
+		310:              labels.FromLabels(labels.Host()), // reserved labels
+		MaxAllocated + 1: labels.FromDocker(nil),           // out of range
+	}, map[ID]netip.Prefix{
+		LocalScope + 7: web,
+		LocalScope + 8: web,                                 // prefix adopted as +7
+		3:              netip.MustParsePrefix("10.0.0.0/8"), // not a CIDR number
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(refused) != 6 {
+		t.Errorf("refused %d entries, want 6: %v", len(refused), refused)
+	}
+	if id := mustAlloc(t, a, app1); id != 300 {
+		t.Fatalf("app1 = %d, want its adopted 300", id)
+	}
+	if id := mustAlloc(t, a, app2); id != 270 {
+		t.Fatalf("app2 = %d, want its adopted 270", id)
+	}
+	if id, _ := a.AllocateCIDR(web); id != LocalScope+7 {
+		t.Fatalf("CIDR = %d, want its adopted %d", id, LocalScope+7)
+	}
+	if id := mustAlloc(t, a, labels.FromDocker(map[string]string{"id": "new"})); id != 301 {
+		t.Fatalf("a new label set = %d, want 301 after the highest adopted", id)
+	}
+	if len(changes) < 2 || changes[0].ID != 270 || changes[1].ID != 300 {
+		t.Errorf("subscribers saw %v, want 270 and 300 appear first", changes)
+	}
+	// Adopted identities hold no reference: the endpoints take theirs.
+	if r := a.References(270); r != 1 {
+		t.Errorf("270 has %d references after one Allocate, want 1", r)
+	}
+	b, err := NewFileAllocator(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ls, ok := b.Lookup(300); !ok || !ls.Equal(app1) {
+		t.Fatalf("after reload 300 = %v %v", ls, ok)
+	}
+	if b.CIDRs()[LocalScope+7] != web {
+		t.Fatalf("after reload CIDRs = %v", b.CIDRs())
+	}
+}
+
+// Adopt never renumbers what the allocator holds, and writes the file even
+// when it adopts nothing, so that a missing file means a lost one.
+func TestAdoptRefusesWhatTheAllocatorHolds(t *testing.T) {
+	a, path := newAlloc(t)
+	if _, err := os.Stat(path); !os.IsNotExist(err) {
+		t.Fatalf("new allocator wrote its file: %v", err)
+	}
+	if refused, err := a.Adopt(nil, nil); err != nil || len(refused) != 0 {
+		t.Fatalf("empty Adopt: %v %v", refused, err)
+	}
+	if _, err := os.Stat(path); err != nil {
+		t.Fatalf("empty Adopt wrote no file: %v", err)
+	}
+	app1 := labels.FromDocker(map[string]string{"id": "app1"})
+	id := mustAlloc(t, a, app1)
+	refused, err := a.Adopt(map[ID]labels.Labels{
+		id:     labels.FromDocker(map[string]string{"id": "other"}), // number taken
+		id + 5: app1,                                                // labels numbered already
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(refused) != 2 {
+		t.Fatalf("refused %v, want both", refused)
+	}
+	// What it holds already is no conflict.
+	if refused, err := a.Adopt(map[ID]labels.Labels{id: app1}, nil); err != nil || len(refused) != 0 {
+		t.Fatalf("adopting what is held: %v %v", refused, err)
+	}
+	if ls, _ := a.Lookup(id); !ls.Equal(app1) {
+		t.Fatalf("identity %d renumbered to %v", id, ls)
+	}
+	if _, ok := a.Lookup(id + 5); ok {
+		t.Fatalf("labels of %d adopted again as %d", id, id+5)
 	}
 }

@@ -107,6 +107,12 @@ type Driver struct {
 	hostRoutes func() ([]netip.Prefix, error)
 	blocks     Blocks
 	log        logrus.FieldLogger
+	// pending is State.Pending: no address or pool is handed out until
+	// Confirm. The releases Docker sends meanwhile are kept, to be applied
+	// again to the confirmed state.
+	pending         bool
+	pendingReleases []poolAddress
+	pendingPools    []string
 }
 
 var _ ipamapi.Ipam = (*Driver)(nil)
@@ -155,7 +161,8 @@ func New(cfg Config) (*Driver, error) {
 		}
 		d.store = FileStore{Path: cfg.StatePath}
 	}
-	if err := d.alloc.load(d.store); err != nil {
+	var err error
+	if d.pending, err = d.alloc.load(d.store); err != nil {
 		return nil, fmt.Errorf("ipam: %w", err)
 	}
 	return d, nil
@@ -164,7 +171,7 @@ func New(cfg Config) (*Driver, error) {
 // commit persists the current state; if that fails it runs undo, so that
 // memory never holds a change the file lacks.
 func (d *Driver) commit(undo func()) error {
-	if err := d.store.Save(d.alloc.snapshot()); err != nil {
+	if err := d.store.Save(d.alloc.snapshot(d.pending)); err != nil {
 		undo()
 		return err
 	}
@@ -246,6 +253,9 @@ func (d *Driver) RequestPool(req *ipamapi.RequestPoolRequest) (*ipamapi.RequestP
 
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if d.pending {
+		return nil, fmt.Errorf("request pool: %w", ErrRebuilding)
+	}
 	if req.Pool == "" || anySize {
 		bits := d.alloc.defaultPoolLen
 		if anySize {
@@ -325,6 +335,9 @@ func (d *Driver) releaseBlock(subnet netip.Prefix) {
 func (d *Driver) ReleasePool(req *ipamapi.ReleasePoolRequest) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if d.pending {
+		d.pendingPools = append(d.pendingPools, req.PoolID)
+	}
 	p, ok := d.alloc.pools[req.PoolID]
 	if !ok {
 		d.log.WithField("id", req.PoolID).Debug("release of unknown pool ignored")
@@ -375,6 +388,9 @@ func (d *Driver) RequestAddress(req *ipamapi.RequestAddressRequest) (*ipamapi.Re
 
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if d.pending {
+		return nil, fmt.Errorf("request address: %w", ErrRebuilding)
+	}
 	p, ok := d.alloc.pools[req.PoolID]
 	if !ok {
 		return nil, fmt.Errorf("unknown pool ID %q", req.PoolID)
@@ -429,6 +445,9 @@ func (d *Driver) ReleaseAddress(req *ipamapi.ReleaseAddressRequest) error {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if d.pending {
+		d.pendingReleases = append(d.pendingReleases, poolAddress{poolID: req.PoolID, addr: addr})
+	}
 	p, ok := d.alloc.pools[req.PoolID]
 	if !ok {
 		d.log.WithFields(logrus.Fields{"id": req.PoolID, "address": addr}).Debug("release on unknown pool ignored")
@@ -450,6 +469,10 @@ func (d *Driver) ReleaseAddress(req *ipamapi.ReleaseAddressRequest) error {
 func (d *Driver) Pools() []PoolInfo {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	return d.poolsLocked()
+}
+
+func (d *Driver) poolsLocked() []PoolInfo {
 	out := []PoolInfo{}
 	for _, p := range d.alloc.sortedPools() {
 		out = append(out, PoolInfo{

@@ -12,6 +12,8 @@ import (
 	"testing"
 
 	ipamapi "github.com/docker/go-plugins-helpers/ipam"
+
+	"github.com/ebpfnet/ebpfnet/atomicfile"
 )
 
 func newTestDriver(t *testing.T, cfg Config) *Driver {
@@ -494,6 +496,9 @@ func TestCorruptStateIsAnError(t *testing.T) {
 			}
 			_, err := New(Config{StatePath: path})
 			wantErr(t, err, fmt.Sprintf("ipam: IPAM state file %s is corrupt: %s", path, c.want))
+			if !errors.Is(err, atomicfile.ErrCorrupt) {
+				t.Fatalf("%v is not atomicfile.ErrCorrupt", err)
+			}
 			got, err := os.ReadFile(path)
 			if err != nil {
 				t.Fatal(err)

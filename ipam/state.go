@@ -32,6 +32,11 @@ type Store interface {
 type State struct {
 	Version int         `json:"version"`
 	Pools   []PoolState `json:"pools"`
+	// Pending says the state was rebuilt from what the endpoints'
+	// records know, after the file was lost, and Docker has not been
+	// asked yet what it holds (Driver.Confirm): no address is handed out
+	// meanwhile, since one in use may be missing.
+	Pending bool `json:"pending,omitempty"`
 }
 
 // PoolState is one pool of State.
@@ -51,8 +56,8 @@ type PoolState struct {
 
 // snapshot renders the allocator as the state document, pools and addresses
 // sorted so that the file is stable and diffable.
-func (a *allocator) snapshot() State {
-	st := State{Version: stateVersion, Pools: []PoolState{}}
+func (a *allocator) snapshot(pending bool) State {
+	st := State{Version: stateVersion, Pools: []PoolState{}, Pending: pending}
 	for _, p := range a.sortedPools() {
 		st.Pools = append(st.Pools, PoolState{
 			ID:           p.id,
@@ -101,25 +106,26 @@ func (f FileStore) Load() (State, error) {
 	}
 	var st State
 	if err := json.Unmarshal(data, &st); err != nil {
-		return State{}, fmt.Errorf("IPAM state file %s is corrupt: %w", f.Path, err)
+		return State{}, atomicfile.Corrupt(fmt.Errorf("IPAM state file %s is corrupt: %w", f.Path, err))
 	}
 	return st, nil
 }
 
-// load fills an empty allocator from the store. State that does not hold
-// together is an error, for the same reason as an undecodable file.
-func (a *allocator) load(store Store) error {
+// load fills an empty allocator from the store and says whether the state
+// is pending (State.Pending). State that does not hold together is
+// corrupt, for the same reason as an undecodable file.
+func (a *allocator) load(store Store) (pending bool, err error) {
 	st, err := store.Load()
 	if err != nil {
-		return err
+		return false, err
 	}
 	if st.Version == 0 && len(st.Pools) == 0 {
-		return nil // never saved
+		return false, nil // never saved
 	}
 	if err := a.restore(st); err != nil {
-		return fmt.Errorf("IPAM state %v is corrupt: %w", store, err)
+		return false, atomicfile.Corrupt(fmt.Errorf("IPAM state %v is corrupt: %w", store, err))
 	}
-	return nil
+	return st.Pending, nil
 }
 
 // restore rebuilds pools from st, checking every invariant the allocator

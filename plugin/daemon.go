@@ -127,6 +127,9 @@ type Daemon struct {
 	// served from serve.
 	metrics   *metrics.Metrics
 	metricsLn net.Listener
+
+	// healing is what start rebuilt of the lib directory (heal.go).
+	healing *healing
 }
 
 // Run starts the daemon and serves until ctx is cancelled.
@@ -196,6 +199,11 @@ func start(cfg Config, log logrus.FieldLogger) (_ *Daemon, err error) {
 		if err := datapath.RemoveOverlay(datapath.DefaultOverlayDevice); err != nil {
 			log.WithError(err).Warn("remove the overlay device of an earlier cluster")
 		}
+	}
+	// Corrupt or lost state files are rebuilt before their owners load
+	// them (heal.go).
+	if d.healing, err = d.healLibDir(); err != nil {
+		return nil, err
 	}
 	if cfg.Cluster.Enabled() {
 		if err := d.connectCluster(); err != nil {
@@ -621,7 +629,7 @@ func endpointNetworks(ns []driver.Network) []endpoint.Network {
 	out := make([]endpoint.Network, 0, len(ns))
 	for _, n := range ns {
 		gw, _ := netip.ParseAddr(n.Gateway)
-		out = append(out, endpoint.Network{ID: n.ID, Gateway: gw, Mode: n.PolicyMode(), Audit: n.PolicyAudit()})
+		out = append(out, endpoint.Network{ID: n.ID, Gateway: gw, Mode: n.PolicyMode(), Audit: n.PolicyAudit(), Unconfirmed: n.Rebuilt})
 	}
 	return out
 }

@@ -133,6 +133,8 @@ func (d *Daemon) status() api.Status {
 		}
 		s.Pools = append(s.Pools, ap)
 	}
+	s.Healed = d.healing.report()
+	s.Problems = d.problems()
 	return s
 }
 

@@ -37,6 +37,28 @@ type dockerState struct {
 	// inUse maps each subnet that uses our IPAM to the addresses Docker holds
 	// in it: gateway, aux addresses and endpoint addresses.
 	inUse map[netip.Prefix]map[netip.Addr]bool
+	// details is each such network as Docker describes it, for the
+	// state files rebuilt at start (healFromDocker).
+	details []dockerNetwork
+}
+
+// dockerNetwork is what Docker's inspection says of a network that uses
+// our network driver, our IPAM driver, or both.
+type dockerNetwork struct {
+	id                 string
+	ourDriver, ourIPAM bool
+	internal           bool
+	options            map[string]string
+	pools              []dockerPool
+	// containers are its endpoints by container ID.
+	containers map[string]dockernetwork.EndpointResource
+}
+
+// dockerPool is one IPv4 IPAM configuration of a Docker network.
+type dockerPool struct {
+	subnet, ipRange netip.Prefix
+	gateway         netip.Addr
+	aux             []netip.Addr
 }
 
 // ownState is what we held when the daemon started.
@@ -144,6 +166,11 @@ func (d *Daemon) reconcileWithDocker(ctx context.Context, own ownState) bool {
 		case <-time.After(time.Second):
 		}
 	}
+	if d.healing.waitsForDocker() {
+		// Before the plan: the pools Docker confirms are what the plan
+		// must compare with.
+		own = d.healFromDocker(ctx, state, own, dockerContainerPorts(cli), log)
+	}
 	plan := planCleanup(state, own)
 	if plan.empty() {
 		log.Debug("nothing left over from before the start")
@@ -195,36 +222,80 @@ func readDockerState(ctx context.Context, cli *dockerclient.Client, configuredNa
 		for _, ep := range n.Containers {
 			state.endpoints[ep.EndpointID] = true
 		}
-		if !ours[n.IPAM.Driver] {
-			continue
-		}
-		for _, cfg := range n.IPAM.Config {
-			subnet, err := netip.ParsePrefix(cfg.Subnet)
-			if err != nil {
-				continue
+		dn := describeNetwork(n, ours)
+		state.details = append(state.details, dn)
+		if dn.ourIPAM {
+			for subnet, held := range dn.inUse() {
+				state.inUse[subnet] = held
 			}
-			held := map[netip.Addr]bool{}
-			addAddr(held, cfg.Gateway)
-			for _, a := range cfg.AuxAddress {
-				addAddr(held, a)
-			}
-			for _, ep := range n.Containers {
-				addAddr(held, ep.IPv4Address)
-			}
-			state.inUse[subnet.Masked()] = held
 		}
 	}
 	return state, nil
 }
 
-// addAddr adds an address given as "10.0.0.2" or "10.0.0.2/24".
-func addAddr(set map[netip.Addr]bool, s string) {
+// inUse maps each of the network's subnets to the addresses Docker holds
+// in it: gateway, aux addresses and its containers'.
+func (n dockerNetwork) inUse() map[netip.Prefix]map[netip.Addr]bool {
+	out := map[netip.Prefix]map[netip.Addr]bool{}
+	for _, p := range n.pools {
+		held := map[netip.Addr]bool{}
+		if p.gateway.IsValid() {
+			held[p.gateway] = true
+		}
+		for _, a := range p.aux {
+			held[a] = true
+		}
+		for _, ep := range n.containers {
+			if a := parseAddr(ep.IPv4Address); p.subnet.Contains(a) {
+				held[a] = true
+			}
+		}
+		out[p.subnet] = held
+	}
+	return out
+}
+
+// describeNetwork keeps what the state files rebuilt at start need of an
+// inspected network.
+func describeNetwork(n dockernetwork.Inspect, ours map[string]bool) dockerNetwork {
+	out := dockerNetwork{
+		id: n.ID, ourDriver: ours[n.Driver], ourIPAM: ours[n.IPAM.Driver],
+		internal: n.Internal, options: n.Options, containers: n.Containers,
+	}
+	for _, cfg := range n.IPAM.Config {
+		subnet, err := netip.ParsePrefix(cfg.Subnet)
+		if err != nil || !subnet.Addr().Is4() {
+			continue
+		}
+		p := dockerPool{subnet: subnet.Masked()}
+		if r, err := netip.ParsePrefix(cfg.IPRange); err == nil {
+			p.ipRange = r.Masked()
+		}
+		p.gateway = parseAddr(cfg.Gateway)
+		if !p.gateway.IsValid() {
+			// Docker (20.10) shows only the gateway the user gave;
+			// otherwise it asked the IPAM driver for one, and ours,
+			// as Docker's own, answers the first usable address.
+			p.gateway = p.subnet.Addr().Next()
+		}
+		for _, a := range cfg.AuxAddress {
+			if addr := parseAddr(a); addr.IsValid() {
+				p.aux = append(p.aux, addr)
+			}
+		}
+		out.pools = append(out.pools, p)
+	}
+	return out
+}
+
+// parseAddr reads an address given as "10.0.0.2" or "10.0.0.2/24"; the
+// zero Addr if it is neither.
+func parseAddr(s string) netip.Addr {
 	if i := strings.IndexByte(s, '/'); i >= 0 {
 		s = s[:i]
 	}
-	if a, err := netip.ParseAddr(s); err == nil {
-		set[a] = true
-	}
+	a, _ := netip.ParseAddr(s)
+	return a
 }
 
 // driverNames are the names Docker knows our drivers by. The configured name

@@ -71,3 +71,26 @@ func TestDriverNamesLearnsTheManagedPluginReference(t *testing.T) {
 		}
 	}
 }
+
+// Docker 20.10 shows a network's gateway only when the user gave one; the
+// one our IPAM chose (the first usable address) is held all the same, so
+// reconcile never releases it (it did, at every restart).
+func TestDockerHoldsTheGatewayItDoesNotShow(t *testing.T) {
+	ours := map[string]bool{"ebpfnet": true}
+	n := dockernetwork.Inspect{ID: "n", Driver: "ebpfnet", IPAM: dockernetwork.IPAM{Driver: "ebpfnet", Config: []dockernetwork.IPAMConfig{
+		{Subnet: "10.1.0.0/24"},
+		{Subnet: "10.2.0.0/24", Gateway: "10.2.0.254", IPRange: "10.2.0.128/25", AuxAddress: map[string]string{"a": "10.2.0.7"}},
+	}}, Containers: map[string]dockernetwork.EndpointResource{"c": {EndpointID: "e", IPv4Address: "10.1.0.9/24"}}}
+	held := describeNetwork(n, ours).inUse()
+	addr := netip.MustParseAddr
+	want := map[netip.Prefix]map[netip.Addr]bool{
+		netip.MustParsePrefix("10.1.0.0/24"): {addr("10.1.0.1"): true, addr("10.1.0.9"): true},
+		netip.MustParsePrefix("10.2.0.0/24"): {addr("10.2.0.254"): true, addr("10.2.0.7"): true},
+	}
+	if !reflect.DeepEqual(held, want) {
+		t.Fatalf("held %v\nwant %v", held, want)
+	}
+	if p := describeNetwork(n, ours).pools[1]; p.ipRange != netip.MustParsePrefix("10.2.0.128/25") {
+		t.Fatalf("ip-range %v", p.ipRange)
+	}
+}

@@ -20,6 +20,9 @@ type Repository struct {
 	mu       sync.RWMutex
 	rules    []Rule
 	revision uint64
+	// lost says why the rules in force were lost (MarkLost); empty when
+	// they were not. The next change of the rules clears it.
+	lost string
 
 	// subs learn every new revision, in order (notifyMu keeps two
 	// changes from reaching them crossed).
@@ -33,6 +36,8 @@ type repositoryFile struct {
 	Version  int             `json:"version"`
 	Revision uint64          `json:"revision"`
 	Rules    json.RawMessage `json:"rules"`
+	// Lost is set by MarkLost, so that a restart still knows.
+	Lost string `json:"lost,omitempty"`
 }
 
 const repositoryVersion = 1
@@ -51,17 +56,56 @@ func NewRepository(path string) (*Repository, error) {
 	}
 	var f repositoryFile
 	if err := json.Unmarshal(data, &f); err != nil {
-		return nil, fmt.Errorf("policy state %s is corrupt: %w", path, err)
+		return nil, atomicfile.Corrupt(fmt.Errorf("policy state %s is corrupt: %w", path, err))
 	}
 	if f.Version != repositoryVersion {
-		return nil, fmt.Errorf("policy state %s is corrupt: version %d, want %d", path, f.Version, repositoryVersion)
+		return nil, atomicfile.Corrupt(fmt.Errorf("policy state %s is corrupt: version %d, want %d", path, f.Version, repositoryVersion))
 	}
 	rules, err := Parse(f.Rules)
 	if err != nil {
-		return nil, fmt.Errorf("policy state %s is corrupt: %w", path, err)
+		return nil, atomicfile.Corrupt(fmt.Errorf("policy state %s is corrupt: %w", path, err))
 	}
-	r.rules, r.revision = rules, f.Revision
+	r.rules, r.revision, r.lost = rules, f.Revision, f.Lost
 	return r, nil
+}
+
+// MarkLost records, in the file first, that the rules in force were lost
+// (their file was corrupt or missing: compiled policy cannot be turned
+// back into rules) and why. The repository holds no rules then; the
+// endpoint manager keeps every endpoint's policy as it is and denies new
+// endpoints until the rules change again (an import or a delete of all),
+// which clears the mark.
+func (r *Repository) MarkLost(why string) error {
+	if why == "" {
+		return fmt.Errorf("mark policy lost: no reason given")
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err := r.write(repositoryFile{Version: repositoryVersion, Revision: r.revision, Rules: json.RawMessage("[]"), Lost: why}); err != nil {
+		return fmt.Errorf("mark policy lost: %w", err)
+	}
+	r.rules, r.lost = nil, why
+	return nil
+}
+
+// Lost says why the rules in force were lost, and whether they were
+// (MarkLost), until the rules change again.
+func (r *Repository) Lost() (why string, lost bool) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.lost, r.lost != ""
+}
+
+// Persist writes the repository as it is. The daemon writes a missing
+// file at a fresh start: a file missing later, on a node with endpoints,
+// is taken for a lost one (plugin/heal.go).
+func (r *Repository) Persist() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.lost != "" {
+		return nil // the file says so already
+	}
+	return r.persist(r.rules, r.revision)
 }
 
 // persist writes rules and revision; the caller changes memory only after
@@ -74,7 +118,11 @@ func (r *Repository) persist(rules []Rule, revision uint64) error {
 	if err != nil {
 		return fmt.Errorf("encode rules: %w", err)
 	}
-	data, err := json.MarshalIndent(repositoryFile{Version: repositoryVersion, Revision: revision, Rules: raw}, "", "  ")
+	return r.write(repositoryFile{Version: repositoryVersion, Revision: revision, Rules: raw})
+}
+
+func (r *Repository) write(f repositoryFile) error {
+	data, err := json.MarshalIndent(f, "", "  ")
 	if err != nil {
 		return fmt.Errorf("encode policy state: %w", err)
 	}
@@ -179,6 +227,9 @@ func (r *Repository) DeleteAll() (uint64, error) {
 // overtaking this one.
 func (r *Repository) changed() uint64 {
 	rev := r.revision
+	// The file was just written without the mark: rules are in force
+	// again, whatever they are.
+	r.lost = ""
 	r.notifyMu.Lock()
 	r.mu.Unlock()
 	defer r.notifyMu.Unlock()

@@ -1,11 +1,14 @@
 package policy
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/ebpfnet/ebpfnet/atomicfile"
 )
 
 func mustParse(t *testing.T, s string) []Rule {
@@ -230,5 +233,94 @@ func TestSetTakesOnlyNewerRevisions(t *testing.T) {
 	bad := []Rule{{Egress: []EgressRule{{ToEntities: []string{"mars"}}}}}
 	if ok, err := repo.Set(bad, 8); err == nil || ok || repo.Revision() != 7 {
 		t.Fatalf("Set of invalid rules = %v, %v; revision %d", ok, err, repo.Revision())
+	}
+}
+
+func TestLostUntilTheRulesChange(t *testing.T) {
+	for _, change := range []string{"import", "delete"} {
+		t.Run(change, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "policy.json")
+			repo, err := NewRepository(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, lost := repo.Lost(); lost {
+				t.Fatal("a new repository is lost")
+			}
+			if err := repo.MarkLost("policy.json was corrupt"); err != nil {
+				t.Fatal(err)
+			}
+			again, err := NewRepository(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if why, lost := again.Lost(); !lost || why != "policy.json was corrupt" {
+				t.Fatalf("after reload Lost() = %q %v", why, lost)
+			}
+			if len(again.Rules()) != 0 {
+				t.Fatalf("a lost repository holds %d rules", len(again.Rules()))
+			}
+			// Persist keeps the mark.
+			if err := again.Persist(); err != nil {
+				t.Fatal(err)
+			}
+			if _, lost := again.Lost(); !lost {
+				t.Fatal("Persist cleared the mark")
+			}
+			seen := false
+			cancel := again.Subscribe(func(uint64) {
+				_, seen = again.Lost()
+			})
+			defer cancel()
+			if change == "import" {
+				_, err = again.Import(mustParse(t, `[{"endpointSelector": {}, "description": "x"}]`))
+			} else {
+				_, err = again.DeleteAll()
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if seen {
+				t.Error("a subscriber saw the repository still lost")
+			}
+			if _, lost := again.Lost(); lost {
+				t.Fatalf("still lost after %s", change)
+			}
+			third, err := NewRepository(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, lost := third.Lost(); lost {
+				t.Fatalf("the file still says lost after %s", change)
+			}
+		})
+	}
+}
+
+func TestCorruptFileAndPersist(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "policy.json")
+	if err := os.WriteFile(path, []byte(`{"version": 1, "rules": [`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := NewRepository(path); !errors.Is(err, atomicfile.ErrCorrupt) {
+		t.Fatalf("err = %v, want ErrCorrupt", err)
+	}
+	os.Remove(path)
+	repo, err := NewRepository(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := repo.Import(mustParse(t, `[{"endpointSelector": {}, "description": "x"}]`)); err != nil {
+		t.Fatal(err)
+	}
+	if err := repo.Persist(); err != nil {
+		t.Fatal(err)
+	}
+	again, err := NewRepository(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again.Revision() != 1 || len(again.Rules()) != 1 {
+		t.Fatalf("after Persist: revision %d, %d rules", again.Revision(), len(again.Rules()))
 	}
 }

@@ -56,5 +56,21 @@ func statusTable(out io.Writer, s api.Status) error {
 	for _, p := range s.Pools {
 		fmt.Fprintf(w, "  %s\t%d addresses allocated\n", p.Pool, len(p.Allocated))
 	}
+	for _, h := range s.Healed {
+		fmt.Fprintf(w, "Rebuilt at start:\t%s (%s)\n", h.File, h.Fault)
+		if h.MovedTo != "" {
+			fmt.Fprintf(w, "  moved aside to\t%s\n", h.MovedTo)
+		}
+		fmt.Fprintf(w, "  from\t%s\n", h.Rebuilt)
+		if h.WaitingForDocker {
+			fmt.Fprintf(w, "  \twaiting for Docker\n")
+		}
+		for _, n := range h.NotRebuilt {
+			fmt.Fprintf(w, "  not rebuilt\t%s\n", n)
+		}
+	}
+	for _, p := range s.Problems {
+		fmt.Fprintf(w, "PROBLEM:\t%s\n", p)
+	}
 	return w.Flush()
 }
