@@ -67,8 +67,10 @@ func DefaultLimits() Limits {
 	return Limits{Window: 5 * time.Minute, MaxFlows: 32768, MaxEdges: 4096, MaxPorts: 16}
 }
 
-// flowKey identifies a flow by its ends. ICMP echo carries the echo id as
-// the requester's port, so two pings with different ids are two flows.
+// flowKey identifies a flow by its ends. Only TCP and UDP have ports: the
+// other protocols' flows are one per pair of addresses (the monitor's
+// events do not carry ICMP's echo id, the conntrack table does; without it
+// both count a ping once).
 type flowKey struct {
 	proto    uint8
 	src, dst netip.AddrPort
@@ -89,9 +91,9 @@ type portKey struct {
 }
 
 type flowEntry struct {
-	key    flowKey
-	edge   *edge
-	port   portKey
+	key  flowKey
+	edge *edge
+	port portKey
 	// bucket is where the flow is counted on its edge: its port, or
 	// "other" when the edge listed MaxPorts already.
 	bucket portKey
@@ -158,6 +160,10 @@ func (f *Flows) Limits() Limits { return f.limits }
 func (f *Flows) Observe(fl Flow) {
 	if fl.Verdict == "" {
 		fl.Verdict = Allowed
+	}
+	if fl.Proto != ProtoTCP && fl.Proto != ProtoUDP {
+		fl.Src = netip.AddrPortFrom(fl.Src.Addr(), 0)
+		fl.Dst = netip.AddrPortFrom(fl.Dst.Addr(), 0)
 	}
 	now := f.now()
 	f.mu.Lock()

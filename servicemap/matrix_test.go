@@ -261,4 +261,7 @@ func TestResolver(t *testing.T) {
 			t.Errorf("Identity(%d, %s) = %d, want %d", c.epid, c.addr, got, c.want)
 		}
 	}
+	if !r.HasEndpoint(1) || r.HasEndpoint(9) {
+		t.Error("HasEndpoint")
+	}
 }

@@ -57,3 +57,9 @@ func (r *Resolver) Identity(epid uint16, addr netip.Addr) uint32 {
 	}
 	return IdentityWorld
 }
+
+// HasEndpoint reports whether the resolver knows local endpoint epid.
+func (r *Resolver) HasEndpoint(epid uint16) bool {
+	_, ok := r.byEndpoint[epid]
+	return ok
+}
