@@ -6,7 +6,7 @@
 "use strict";
 
 const SVG = "http://www.w3.org/2000/svg";
-const W = 1000, H = 720, CX = 500, CY = 330, RX = 380, RY = 250, R = 26;
+const CX = 500, CY = 330, RX = 380, RY = 250, R = 26;
 const VERDICTS = ["allowed", "denied", "audit"];
 
 let snapshot = null;
@@ -58,16 +58,22 @@ function portsText(edge) {
   return s + " · " + edge.flows + (edge.flows === 1 ? " flow" : " flows");
 }
 
+// labelsAbove: a node in the upper half has its text above it, out of
+// the way of the arrows that come from below; its loop goes below.
+function labelsAbove(p) { return p[1] < CY - 1; }
+
 // edgePath is a curve from a to b bowed to the side by k steps, ending at
-// the nodes' rims; a loop above the node when a is b.
+// the nodes' rims; a loop on the side away from the node's text when a
+// is b.
 function edgePath(a, b, k) {
   if (a[0] === b[0] && a[1] === b[1]) {
-    const [x, y] = a, h = 60 + 22 * k, w = 34 + 10 * k;
-    return { d: `M${x - 10},${y - R + 2} C${x - w},${y - R - h} ${x + w},${y - R - h} ${x + 10},${y - R + 2}`, label: [x, y - R - h * 0.75 - 4] };
+    const [x, y] = a, h = 60 + 22 * k, w = 34 + 10 * k, s = labelsAbove(a) ? 1 : -1;
+    const y0 = y + s * (R - 2), y1 = y + s * (R + h);
+    return { d: `M${x - 10},${y0} C${x - w},${y1} ${x + w},${y1} ${x + 10},${y0}`, label: [x, y + s * (R + h * 0.75 + 4) + (s > 0 ? 14 : 0)] };
   }
   const dx = b[0] - a[0], dy = b[1] - a[1], len = Math.hypot(dx, dy);
   const ux = dx / len, uy = dy / len, nx = -uy, ny = ux;
-  const bow = 28 + 30 * k;
+  const bow = 28 + 44 * k;
   const p0 = [a[0] + ux * R, a[1] + uy * R], p2 = [b[0] - ux * (R + 4), b[1] - uy * (R + 4)];
   const c = [(a[0] + b[0]) / 2 + nx * bow, (a[1] + b[1]) / 2 + ny * bow];
   const mid = [0.25 * p0[0] + 0.5 * c[0] + 0.25 * p2[0], 0.25 * p0[1] + 0.5 * c[1] + 0.25 * p2[1]];
@@ -87,6 +93,13 @@ function drawGraph(graph, sel) {
   const ids = graph.identities;
   document.getElementById("empty").hidden = ids.length > 0;
   const pos = positions(ids);
+  // Fit the view to the nodes, with room for their text and loops.
+  if (ids.length) {
+    const xs = [...pos.values()].map(p => p[0]), ys = [...pos.values()].map(p => p[1]);
+    const x0 = Math.min(...xs) - 150, x1 = Math.max(...xs) + 150;
+    const y0 = Math.min(...ys) - 120, y1 = Math.max(...ys) + 120;
+    svg.setAttribute("viewBox", `${x0} ${y0} ${x1 - x0} ${y1 - y0}`);
+  }
   const byID = new Map(ids.map(i => [i.id, i]));
   const name = id => (byID.get(id) || { name: "identity " + id }).name;
 
@@ -128,12 +141,15 @@ function drawGraph(graph, sel) {
     g.appendChild(el("svg:title", {}, `identity ${ident.id}\n${ident.labels.join("\n")}`));
     g.appendChild(el("svg:circle", { cx: x, cy: y, r: R }));
     g.appendChild(el("svg:text", { x, y, dy: "0.35em", class: "count" }, String(ident.endpoints || "")));
-    g.appendChild(el("svg:text", { x, y: y + R + 16, class: "name" }, ident.name));
-    const sub = [];
-    if ((ident.containers || []).length) sub.push(ident.containers.slice(0, 3).join(", ") + (ident.containers.length > 3 ? ", …" : ""));
-    sub.push(`${ident.id}` + (ident.endpoints ? ` · ${ident.endpoints} endpoint${ident.endpoints === 1 ? "" : "s"}` : ""));
-    if ((ident.nodes || []).length) sub.push("on " + ident.nodes.join(", "));
-    sub.forEach((s, i) => g.appendChild(el("svg:text", { x, y: y + R + 32 + 15 * i, class: "sub" }, s)));
+    const lines = [[ident.name, "name"]];
+    if ((ident.containers || []).length) lines.push([ident.containers.slice(0, 3).join(", ") + (ident.containers.length > 3 ? ", …" : ""), "sub"]);
+    lines.push([`${ident.id}` + (ident.endpoints ? ` · ${ident.endpoints} endpoint${ident.endpoints === 1 ? "" : "s"}` : ""), "sub"]);
+    if ((ident.nodes || []).length) lines.push(["on " + ident.nodes.join(", "), "sub"]);
+    const above = labelsAbove([x, y]);
+    lines.forEach(([text, cls], i) => {
+      const ty = above ? y - R - 10 - 15 * (lines.length - 1 - i) : y + R + 17 + 15 * i;
+      g.appendChild(el("svg:text", { x, y: ty, class: cls }, text));
+    });
     g.addEventListener("click", () => select(ident.id === sel ? null : ident.id));
     g.addEventListener("keydown", ev => { if (ev.key === "Enter") select(ident.id); });
     nodeLayer.appendChild(g);
