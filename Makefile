@@ -6,7 +6,7 @@ VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo de
 LDFLAGS   := -s -w -X main.version=$(VERSION)
 BIN       := bin/ebpfnet
 # Packages whose tests need neither root nor a kernel: run with -race.
-PURE_PKGS := ./atomicfile/ ./dockerid/ ./endpoint/ ./identity/ ./ipcache/ ./labels/ ./policy/ ./ipam/ ./driver/ ./external/ ./api/ ./dockerwatch/ ./metrics/ ./hostexec/ ./cmd/... ./cluster/ ./servicemap/ ./ui/
+PURE_PKGS := ./atomicfile/ ./dockerid/ ./endpoint/ ./identity/ ./ipcache/ ./labels/ ./policy/ ./ipam/ ./driver/ ./external/ ./api/ ./dockerwatch/ ./metrics/ ./hostexec/ ./cmd/... ./cluster/ ./servicemap/ ./ui/ ./contrib/grafana/
 STATICCHECK ?= $(shell $(GO) env GOPATH)/bin/staticcheck
 
 .PHONY: all build bpf bpf-check lint test test-unit fuzz test-privileged e2e e2e-docker29 e2e-node docker29 \
