@@ -127,9 +127,12 @@ func (s *server) snapshot(part func(Snapshot) any) http.HandlerFunc {
 // proxies and the browser do not take it for dead.
 const keepAlive = 15 * time.Second
 
-// events streams the snapshot as server-sent events: one at once, then one
-// whenever it changed, looked at every Interval. EventSource reconnects by
-// itself when the daemon restarts.
+// events streams the snapshot as server-sent events, the graph and the
+// matrix each on its own ("graph", "matrix"): both at once, then each
+// whenever it changed, looked at every Interval. The graph changes with
+// every flow; the matrix, which may be large in a cluster, only with
+// endpoints and policy. EventSource reconnects by itself when the daemon
+// restarts.
 func (s *server) events(w http.ResponseWriter, r *http.Request) {
 	flusher, ok := w.(http.Flusher)
 	if !ok {
@@ -143,7 +146,7 @@ func (s *server) events(w http.ResponseWriter, r *http.Request) {
 	flusher.Flush()
 	ticker := time.NewTicker(s.cfg.Interval)
 	defer ticker.Stop()
-	var last []byte
+	last := map[string][]byte{}
 	lastSent := time.Now()
 	for {
 		sn, err := s.src.get(r.Context())
@@ -157,16 +160,26 @@ func (s *server) events(w http.ResponseWriter, r *http.Request) {
 			}
 			flusher.Flush()
 		default:
-			data, err := json.Marshal(sn)
-			if err != nil {
-				s.warn("service map: encode: %v", err)
-				return
-			}
-			if !bytes.Equal(data, last) {
-				if !writeEvent(w, "snapshot", data) {
+			sent := false
+			for _, part := range []struct {
+				name string
+				v    any
+			}{{"matrix", sn.Matrix}, {"graph", sn.Graph}} {
+				data, err := json.Marshal(part.v)
+				if err != nil {
+					s.warn("service map: encode: %v", err)
 					return
 				}
-				last, lastSent = data, time.Now()
+				if bytes.Equal(data, last[part.name]) {
+					continue
+				}
+				if !writeEvent(w, part.name, data) {
+					return
+				}
+				last[part.name], sent = data, true
+			}
+			if sent {
+				lastSent = time.Now()
 				flusher.Flush()
 			} else if time.Since(lastSent) >= keepAlive {
 				if _, err := fmt.Fprint(w, ": alive\n\n"); err != nil {

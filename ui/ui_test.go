@@ -55,7 +55,10 @@ func walkThrough(flows ...servicemap.Flow) Snapshot {
 			{Endpoint: 2, Identity: 257, Ingress: servicemap.EnforceDisabled, Egress: servicemap.EnforceDisabled},
 			{Endpoint: 3, Identity: 258, Ingress: servicemap.EnforceDisabled, Egress: servicemap.EnforceDisabled},
 		},
-		Labels: func(id uint32) []string { return []string{"container:id=app" + string(rune('1'+id-256))} },
+		Labels: func(id uint32) []string {
+			return map[uint32][]string{1: {"reserved:host"}, 2: {"reserved:world"},
+				256: {"container:id=app1"}, 257: {"container:id=app2"}, 258: {"container:id=app3"}}[id]
+		},
 	}
 	f := servicemap.NewFlows(servicemap.Limits{}, nil)
 	for _, fl := range flows {
@@ -266,7 +269,8 @@ func (r *sseReader) next(timeout time.Duration) (string, string) {
 	}
 }
 
-// The stream sends the snapshot at once, then again only when it changed.
+// The stream sends the matrix and the graph at once, then each again only
+// when it changed.
 func TestEventsStreamChanges(t *testing.T) {
 	src := &fakeSource{snap: walkThrough(app2ToApp1)}
 	srv := serve(t, src, Config{Interval: 20 * time.Millisecond})
@@ -274,17 +278,25 @@ func TestEventsStreamChanges(t *testing.T) {
 	defer stop()
 
 	name, data := events.next(2 * time.Second)
-	var sn Snapshot
-	if name != "snapshot" || json.Unmarshal([]byte(data), &sn) != nil || len(sn.Graph.Edges) != 1 {
+	var m servicemap.Matrix
+	if name != "matrix" || json.Unmarshal([]byte(data), &m) != nil || len(m.Cells) != 21 {
 		t.Fatalf("first event %q: %s", name, data)
+	}
+	name, data = events.next(2 * time.Second)
+	var g servicemap.Graph
+	if name != "graph" || json.Unmarshal([]byte(data), &g) != nil || len(g.Edges) != 1 {
+		t.Fatalf("second event %q: %s", name, data)
 	}
 	if name, _ := events.next(200 * time.Millisecond); name != "" {
 		t.Errorf("an unchanged snapshot was sent again (%q)", name)
 	}
 	src.set(walkThrough(app2ToApp1, app3ToApp1), nil)
 	name, data = events.next(2 * time.Second)
-	if name != "snapshot" || json.Unmarshal([]byte(data), &sn) != nil || len(sn.Graph.Edges) != 2 {
-		t.Fatalf("after a change, event %q: %s", name, data)
+	if name != "graph" || json.Unmarshal([]byte(data), &g) != nil || len(g.Edges) != 2 {
+		t.Fatalf("after a new flow, event %q: %s", name, data)
+	}
+	if name, _ := events.next(200 * time.Millisecond); name != "" {
+		t.Errorf("the unchanged matrix was sent again (%q)", name)
 	}
 	src.set(Snapshot{}, errors.New("datapath closed"))
 	if name, data := events.next(2 * time.Second); name != "problem" || data != `"datapath closed"` {
@@ -304,8 +316,8 @@ func TestPagesShareTheSource(t *testing.T) {
 			defer wg.Done()
 			events, stop := openEvents(t, srv.URL)
 			defer stop()
-			if name, _ := events.next(2 * time.Second); name != "snapshot" {
-				t.Errorf("no first snapshot")
+			if name, _ := events.next(2 * time.Second); name != "matrix" {
+				t.Errorf("no first matrix")
 			}
 		}()
 	}

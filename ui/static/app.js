@@ -1,4 +1,5 @@
-// The service map page: draws /api/events' snapshots (server-sent events)
+// The service map page: draws what /api/events streams (server-sent
+// events: the graph and the matrix, each when it changed)
 // as plain SVG. Identities sit on an ellipse in identity order, so the
 // picture stays put while it updates; flows are arrows coloured by verdict.
 // Everything from the daemon goes in as text (textContent), never as
@@ -9,7 +10,7 @@ const SVG = "http://www.w3.org/2000/svg";
 const CX = 500, CY = 330, RX = 380, RY = 250, R = 26;
 const VERDICTS = ["allowed", "denied", "audit"];
 
-let snapshot = null;
+const snapshot = { graph: null, matrix: null };
 let updates = 0;
 
 function el(tag, attrs, text) {
@@ -249,7 +250,7 @@ function drawMatrix(matrix, sel) {
 }
 
 function render() {
-  if (!snapshot) return;
+  if (!snapshot.graph || !snapshot.matrix) return;
   const sel = selectedID();
   document.getElementById("node").textContent = "node " + snapshot.graph.node;
   drawGraph(snapshot.graph, sel);
@@ -266,12 +267,14 @@ function setStatus(text, cls) {
 
 function connect() {
   const events = new EventSource("api/events");
-  events.addEventListener("snapshot", ev => {
-    snapshot = JSON.parse(ev.data);
-    updates++;
-    setStatus("live · updated " + new Date().toLocaleTimeString(), "live");
-    render();
-  });
+  for (const part of ["graph", "matrix"]) {
+    events.addEventListener(part, ev => {
+      snapshot[part] = JSON.parse(ev.data);
+      updates++;
+      setStatus("live · updated " + new Date().toLocaleTimeString(), "live");
+      render();
+    });
+  }
   events.addEventListener("problem", ev => setStatus("the daemon says: " + JSON.parse(ev.data), "down"));
   events.onerror = () => setStatus("disconnected, retrying…", "down");
 }
