@@ -6,7 +6,7 @@ VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo de
 LDFLAGS   := -s -w -X main.version=$(VERSION)
 BIN       := bin/ebpfnet
 # Packages whose tests need neither root nor a kernel: run with -race.
-PURE_PKGS := ./atomicfile/ ./dockerid/ ./endpoint/ ./identity/ ./ipcache/ ./labels/ ./policy/ ./ipam/ ./driver/ ./external/ ./api/ ./dockerwatch/ ./metrics/ ./hostexec/ ./cmd/... ./cluster/
+PURE_PKGS := ./atomicfile/ ./dockerid/ ./endpoint/ ./identity/ ./ipcache/ ./labels/ ./policy/ ./ipam/ ./driver/ ./external/ ./api/ ./dockerwatch/ ./metrics/ ./hostexec/ ./cmd/... ./cluster/ ./servicemap/ ./ui/ ./contrib/grafana/
 STATICCHECK ?= $(shell $(GO) env GOPATH)/bin/staticcheck
 
 .PHONY: all build bpf bpf-check lint test test-unit fuzz test-privileged e2e e2e-docker29 e2e-node docker29 \
@@ -44,8 +44,12 @@ test-privileged:
 	$(GO) test -count=1 -p 1 ./bpf/ ./datapath/ ./plugin/ ./procsys/
 
 # A real dockerd driven through the docker CLI: needs root and dockerd.
-E2E_TEST = $(GO) test -count=1 -p 1 -timeout 15m ./test/e2e/ -ebpfnet-binary=$(CURDIR)/$(BIN)
+# What the tests keep (the service map's screenshot) goes to
+# bin/e2e-artifacts/_artifacts/<n>/; each test names its files in its log.
+E2E_ARTIFACTS := $(CURDIR)/bin/e2e-artifacts
+E2E_TEST = $(GO) test -count=1 -p 1 -timeout 15m -artifacts -outputdir $(E2E_ARTIFACTS) ./test/e2e/ -ebpfnet-binary=$(CURDIR)/$(BIN)
 e2e: build
+	mkdir -p $(E2E_ARTIFACTS)
 	$(E2E_TEST)
 
 # Each fuzz target for FUZZTIME on top of its committed seeds (go test
@@ -74,6 +78,7 @@ e2e-docker29:
 e2e-node: build $(if $(filter 29,$(E2E_DOCKER)),docker29)
 	./scripts/node down $(E2E_NODE)
 	./scripts/node up $(E2E_NODE) --docker $(E2E_DOCKER)
+	mkdir -p $(E2E_ARTIFACTS)
 	@trap './scripts/node down $(E2E_NODE)' EXIT; \
 	./scripts/node exec $(E2E_NODE) $(E2E_TEST) || { \
 		echo "e2e in node $(E2E_NODE) (Docker $(E2E_DOCKER)) failed; the end of its dockerd log:"; \

@@ -75,6 +75,8 @@ type Config struct {
 	// DockerHost is the dockerd whose events give containers' labels
 	// (unix:///run/docker.sock); empty is DOCKER_HOST or the default.
 	DockerHost string
+	// UI is the service map's web page (ui.go); off by default.
+	UI UIConfig
 }
 
 // DefaultConfig returns the production paths.
@@ -130,6 +132,8 @@ type Daemon struct {
 
 	// healing is what start rebuilt of the lib directory (heal.go).
 	healing *healing
+	// ui serves the service map (ui.go); nil when it is off.
+	ui *serviceMap
 }
 
 // Run starts the daemon and serves until ctx is cancelled.
@@ -168,6 +172,9 @@ func start(cfg Config, log logrus.FieldLogger) (_ *Daemon, err error) {
 		if d.metrics, err = metrics.New(daemonMetrics{d}); err != nil {
 			return nil, err
 		}
+	}
+	if d.ui, err = openServiceMap(d); err != nil {
+		return nil, err
 	}
 	// A kill -9 during a write leaves a temporary file beside the state; the
 	// state itself is intact (rename is atomic), so the temporary just goes.
@@ -361,6 +368,10 @@ func (d *Daemon) serve(ctx context.Context) error {
 		defer background.Done()
 		d.monitor.run(reconcileCtx)
 	}()
+	if d.ui != nil {
+		background.Add(1)
+		go func() { defer background.Done(); d.ui.run(reconcileCtx) }()
+	}
 	// Conntrack garbage collection and its metrics (conntrack.go).
 	ctgc := datapath.NewCTGC(d.datapath, 0, d.log.WithField("subsys", "ctgc"))
 	if d.metrics != nil {
@@ -477,6 +488,7 @@ func (d *Daemon) close() {
 		// Already closed when serve ran; this is for a failed start.
 		_ = d.metricsLn.Close()
 	}
+	d.ui.close()
 	if d.endpoints != nil {
 		// A regeneration scheduled by a deletion may still be writing
 		// policy maps and identities.json: finish it while the datapath

@@ -49,6 +49,7 @@ func newLocalAPI(d *Daemon) http.Handler {
 	})
 	policyRoutes(mux, d)
 	nodeRoutes(mux, d)
+	matrixRoutes(mux, d)
 	return mux
 }
 

@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/ebpfnet/ebpfnet/plugin"
+	"github.com/ebpfnet/ebpfnet/ui"
 )
 
 func newDaemonCommand() *cobra.Command {
@@ -52,6 +53,11 @@ func newDaemonCommand() *cobra.Command {
 			if err := clusterFlags.apply(&cfg); err != nil {
 				return err
 			}
+			if cfg.UI.Addr != "" {
+				if err := ui.CheckAddr(cfg.UI.Addr, cfg.UI.AllowRemote); err != nil {
+					return err
+				}
+			}
 			return plugin.Run(cmd.Context(), cfg, log)
 		},
 	}
@@ -69,6 +75,8 @@ func newDaemonCommand() *cobra.Command {
 	f.StringVar(&cfg.LibDir, "lib-dir", cfg.LibDir, "persisted networks, pools and addresses")
 	f.StringVar(&cfg.PinDir, "bpf-dir", cfg.PinDir, "bpffs directory for pinned maps and links")
 	f.StringVar(&cfg.HostDevice, "host-device", cfg.HostDevice, "dummy device that carries the gateway addresses")
+	f.StringVar(&cfg.UI.Addr, "ui-addr", envOr("EBPFNET_UI_ADDR", ""), "serve the service map (a web page) at http://ADDR/, e.g. 127.0.0.1:9966 (default off; env EBPFNET_UI_ADDR)")
+	f.BoolVar(&cfg.UI.AllowRemote, "ui-allow-remote", envOr("EBPFNET_UI_ALLOW_REMOTE", "") == "true", "let --ui-addr be other than a loopback address: the page shows every container and flow, without a password (env EBPFNET_UI_ALLOW_REMOTE=true)")
 	f.StringVar(&cfg.MetricsAddr, "metrics-addr", envOr("EBPFNET_METRICS_ADDR", ""), "serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9962 (default off; env EBPFNET_METRICS_ADDR)")
 	cfg.DriverName = ""
 	f.StringVar(&cfg.DriverName, "driver-name", envOr("EBPFNET_DRIVER_NAME", ""), "name Docker knows the plugin by (default: the plugin socket's name without .sock)")

@@ -78,5 +78,6 @@ func newPolicyCommand(opts *cliOptions) *cobra.Command {
 	}
 	del.Flags().BoolVar(&all, "all", false, "delete every rule")
 	cmd.AddCommand(del)
+	cmd.AddCommand(newPolicyMatrixCommand(opts))
 	return cmd
 }
