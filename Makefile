@@ -62,8 +62,11 @@ fuzz:
 	@for t in $(FUZZ_TARGETS); do \
 		pkg=$${t%%:*}; name=$${t#*:}; \
 		echo "fuzz $$name ($$pkg) for $(FUZZTIME)"; \
-		$(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) $$pkg >/dev/null || \
-			{ echo "$$name found a failing input: see $${pkg}testdata/fuzz/$$name"; exit 1; }; \
+		log=$$(mktemp); \
+		$(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) $$pkg >$$log 2>&1 || \
+			{ tail -n 30 $$log; rm -f $$log; \
+			  echo "$$name failed; a failing input, if found, is in $${pkg}testdata/fuzz/$$name"; exit 1; }; \
+		rm -f $$log; \
 	done
 
 # The same suite in a node of its own (scripts/node) with its own dockerd:
