@@ -86,3 +86,85 @@ func fragments(frame []byte, id uint16, size int) [][]byte {
 }
 
 const protoUDP = 17
+
+// ipv6Frame builds an Ethernet/IPv6 frame around payload, whose first
+// header is nexthdr, with the given hop limit.
+func ipv6Frame(src, dst HardwareAddr, saddr, daddr netip.Addr, nexthdr, hop uint8, payload []byte) []byte {
+	pkt := make([]byte, 14+40+len(payload))
+	copy(pkt[0:6], dst)
+	copy(pkt[6:12], src)
+	binary.BigEndian.PutUint16(pkt[12:], 0x86dd)
+	ip := pkt[14:]
+	ip[0] = 0x60
+	binary.BigEndian.PutUint16(ip[4:], uint16(len(payload)))
+	ip[6] = nexthdr
+	ip[7] = hop
+	s, d := saddr.As16(), daddr.As16()
+	copy(ip[8:24], s[:])
+	copy(ip[24:40], d[:])
+	copy(ip[40:], payload)
+	return pkt
+}
+
+// icmp6Checksum is the ICMPv6 checksum of msg (its checksum field zero)
+// between saddr and daddr, with the IPv6 pseudo-header (RFC 8200 8.1).
+func icmp6Checksum(saddr, daddr netip.Addr, msg []byte) uint16 {
+	s, d := saddr.As16(), daddr.As16()
+	var sum uint32
+	add := func(b []byte) {
+		for i := 0; i+1 < len(b); i += 2 {
+			sum += uint32(binary.BigEndian.Uint16(b[i:]))
+		}
+		if len(b)%2 == 1 {
+			sum += uint32(b[len(b)-1]) << 8
+		}
+	}
+	add(s[:])
+	add(d[:])
+	var tail [8]byte
+	binary.BigEndian.PutUint32(tail[0:], uint32(len(msg)))
+	tail[7] = protoICMPv6
+	add(tail[:])
+	add(msg)
+	for sum>>16 != 0 {
+		sum = sum&0xffff + sum>>16
+	}
+	return ^uint16(sum)
+}
+
+// icmp6Frame builds an ICMPv6 message of typ and code with body after the
+// 4-byte header, checksummed, in an IPv6 frame.
+func icmp6Frame(src, dst HardwareAddr, saddr, daddr netip.Addr, hop, typ, code uint8, body []byte) []byte {
+	msg := make([]byte, 4+len(body))
+	msg[0], msg[1] = typ, code
+	copy(msg[4:], body)
+	binary.BigEndian.PutUint16(msg[2:], icmp6Checksum(saddr, daddr, msg))
+	return ipv6Frame(src, dst, saddr, daddr, protoICMPv6, hop, msg)
+}
+
+// neighborSolicit builds a solicitation for target from saddr, with a
+// source link-layer address option of sll unless it is nil.
+func neighborSolicit(mac HardwareAddr, saddr, target netip.Addr, hop uint8, sll HardwareAddr) []byte {
+	body := make([]byte, 4+16)
+	t := target.As16()
+	copy(body[4:], t[:])
+	if sll != nil {
+		body = append(body, 1, 1)
+		body = append(body, sll...)
+	}
+	// To the target's solicited-node multicast address.
+	dst := netip.AddrFrom16([16]byte{0xff, 0x02, 11: 1, 12: 0xff, 13: t[13], 14: t[14], 15: t[15]})
+	dmac := HardwareAddr{0x33, 0x33, 0xff, t[13], t[14], t[15]}
+	return icmp6Frame(mac, dmac, saddr, dst, hop, 135, 0, body)
+}
+
+// udp6Packet builds an Ethernet/IPv6/UDP frame with payload bytes of data.
+func udp6Packet(src, dst HardwareAddr, saddr, daddr netip.Addr, sport, dport uint16, payload int) []byte {
+	udp := make([]byte, 8+payload)
+	binary.BigEndian.PutUint16(udp[0:], sport)
+	binary.BigEndian.PutUint16(udp[2:], dport)
+	binary.BigEndian.PutUint16(udp[4:], uint16(8+payload))
+	return ipv6Frame(src, dst, saddr, daddr, protoUDP, 64, udp)
+}
+
+const protoICMPv6 = 58
