@@ -158,6 +158,17 @@ func neighborSolicit(mac HardwareAddr, saddr, target netip.Addr, hop uint8, sll 
 	return icmp6Frame(mac, dmac, saddr, dst, hop, 135, 0, body)
 }
 
+// icmp6Echo builds an echo request (reply false) or reply with the id.
+func icmp6Echo(src, dst HardwareAddr, saddr, daddr netip.Addr, reply bool, id uint16) []byte {
+	body := make([]byte, 4+32)
+	binary.BigEndian.PutUint16(body[0:], id)
+	typ := uint8(128)
+	if reply {
+		typ = 129
+	}
+	return icmp6Frame(src, dst, saddr, daddr, 64, typ, 0, body)
+}
+
 // udp6Packet builds an Ethernet/IPv6/UDP frame with payload bytes of data.
 func udp6Packet(src, dst HardwareAddr, saddr, daddr netip.Addr, sport, dport uint16, payload int) []byte {
 	udp := make([]byte, 8+payload)
@@ -165,6 +176,60 @@ func udp6Packet(src, dst HardwareAddr, saddr, daddr netip.Addr, sport, dport uin
 	binary.BigEndian.PutUint16(udp[2:], dport)
 	binary.BigEndian.PutUint16(udp[4:], uint16(8+payload))
 	return ipv6Frame(src, dst, saddr, daddr, protoUDP, 64, udp)
+}
+
+// tcp6Packet is tcpPacket over IPv6.
+func tcp6Packet(src, dst HardwareAddr, saddr, daddr netip.Addr, sport, dport uint16, flags byte) []byte {
+	tcp := make([]byte, 20+64)
+	binary.BigEndian.PutUint16(tcp[0:], sport)
+	binary.BigEndian.PutUint16(tcp[2:], dport)
+	binary.BigEndian.PutUint32(tcp[4:], 1)
+	binary.BigEndian.PutUint32(tcp[8:], 1)
+	tcp[12] = 0x50
+	tcp[13] = flags
+	binary.BigEndian.PutUint16(tcp[14:], 65535)
+	return ipv6Frame(src, dst, saddr, daddr, protoTCP, 64, tcp)
+}
+
+// icmp6Error builds an ICMPv6 error of typ and code quoting as much of
+// quoted (an Ethernet frame) as a router would, with mtu in the Packet
+// Too Big field (the 4 bytes after the header).
+func icmp6Error(src, dst HardwareAddr, saddr, daddr netip.Addr, typ, code uint8, mtu uint32, quoted []byte) []byte {
+	q := quoted[14:]
+	if len(q) > 1280-48 {
+		q = q[:1280-48]
+	}
+	body := make([]byte, 4+len(q))
+	binary.BigEndian.PutUint32(body, mtu)
+	copy(body[4:], q)
+	return icmp6Frame(src, dst, saddr, daddr, 64, typ, code, body)
+}
+
+// fragments6 splits the payload of frame (an Ethernet/IPv6 frame without
+// extension headers) into fragments of at most size bytes (a multiple of
+// 8) each behind a Fragment header with identification id, as a sender's
+// kernel would.
+func fragments6(frame []byte, id uint32, size int) [][]byte {
+	ip := frame[14:]
+	next := ip[6]
+	saddr := netip.AddrFrom16([16]byte(ip[8:24]))
+	daddr := netip.AddrFrom16([16]byte(ip[24:40]))
+	var src, dst HardwareAddr = frame[6:12], frame[0:6]
+	payload := ip[40:]
+	var out [][]byte
+	for off := 0; off < len(payload); off += size {
+		end := min(off+size, len(payload))
+		hdr := make([]byte, 8)
+		hdr[0] = next
+		field := uint16(off/8) << 3
+		if end < len(payload) {
+			field |= 1 // M
+		}
+		binary.BigEndian.PutUint16(hdr[2:], field)
+		binary.BigEndian.PutUint32(hdr[4:], id)
+		out = append(out, ipv6Frame(src, dst, saddr, daddr, 44, 64, append(hdr, payload[off:end]...)))
+	}
+	return out
 }
 
 const protoICMPv6 = 58
