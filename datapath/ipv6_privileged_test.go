@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/sirupsen/logrus"
 
 	"github.com/ebpfnet/ebpfnet/identity"
 	"github.com/ebpfnet/ebpfnet/policy"
@@ -733,6 +734,52 @@ func TestIPv6ConntrackOneKeyPerFlow(t *testing.T) {
 	e.setPolicy(b, FlagEnforceEgress)
 	send(t, "reply b -> a", fromB, tcp6Packet(b.LXCMAC, a.LXCMAC, b.IPv6.Addr(), a.IPv6.Addr(), 80, 41000, 0x12), tcActRedirect)
 	send(t, "a new flow b -> a", fromB, tcp6Packet(b.LXCMAC, a.LXCMAC, b.IPv6.Addr(), a.IPv6.Addr(), 80, 41999, 0x02), tcActShot)
+}
+
+// TestIPv6ConntrackGarbageCollector: a sweep deletes the expired IPv6
+// flows too, counts both tables, and deleting an endpoint deletes its
+// IPv6 flows.
+func TestIPv6ConntrackGarbageCollector(t *testing.T) {
+	e := newTestEnv(t)
+	m := e.dp.nodeMaps[CT6MapName]
+	now := monotonicNow()
+	x, y := netip.MustParseAddr("2001:db8::1"), netip.MustParseAddr("2001:db8::2")
+	live := flowKey6(x, 1000, y, 80, protoTCP)
+	dead := flowKey6(x, 1001, y, 53, protoUDP)
+	for k, exp := range map[ct6Key]uint64{live: now + uint64(time.Hour), dead: now - 1} {
+		if err := m.Put(k, ctEntry{Expires: exp, Timeout: 60}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	g := NewCTGC(e.dp, time.Minute, logrus.New())
+	if err := g.Sweep(); err != nil {
+		t.Fatal(err)
+	}
+	s := g.Stats()
+	if s.IPv6.MaxEntries != 65536 || s.IPv6.Alive[CTClassTCP] != 1 || s.IPv6.Deleted[CTClassNonTCP] != 1 {
+		t.Errorf("IPv6 stats after a sweep: %+v", s.IPv6)
+	}
+	var v ctEntry
+	if err := m.Lookup(dead, &v); err == nil {
+		t.Error("the expired IPv6 flow outlived the sweep")
+	}
+	if err := m.Lookup(live, &v); err != nil {
+		t.Errorf("the live IPv6 flow is gone: %v", err)
+	}
+
+	n := e.network6(1, false)
+	a := e.endpoint6(n, 10)
+	mine := flowKey6(a.IPv6.Addr(), 1000, y, 80, protoTCP)
+	if err := m.Put(mine, ctEntry{Expires: now + uint64(time.Hour), Timeout: 60}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.dp.DeleteEndpoint(a.DockerEndpointID); err != nil {
+		t.Fatal(err)
+	}
+	e.dp.waitDeleted(a.IfName)
+	if err := m.Lookup(mine, &v); err == nil {
+		t.Error("a deleted endpoint's IPv6 flow outlived it")
+	}
 }
 
 // TestIPv6Restore: IPv6-only and dual-stack endpoints come back after a
