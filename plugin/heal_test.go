@@ -734,6 +734,7 @@ func TestBindingsOfDockerPorts(t *testing.T) {
 	want := []external.Binding{
 		{Proto: external.ProtoUDP, Port: 53, HostIP: "127.0.0.1"},
 		{Proto: external.ProtoTCP, Port: 80, HostPort: 8080},
+		{Proto: external.ProtoTCP, Port: 80, HostIP: "::", HostPort: 8080},
 		{Proto: external.ProtoTCP, Port: 81, HostPort: 9000, HostPortEnd: 9005},
 		{Proto: external.ProtoTCP, Port: 443},
 	}

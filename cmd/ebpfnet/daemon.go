@@ -19,7 +19,7 @@ import (
 func newDaemonCommand() *cobra.Command {
 	cfg := plugin.DefaultConfig(version)
 	var logLevel string
-	var pools []string
+	var pools, pools6 []string
 	cmd := &cobra.Command{
 		Use:   "daemon",
 		Short: "Serve the Docker network and IPAM drivers and the local API",
@@ -42,6 +42,17 @@ func newDaemonCommand() *cobra.Command {
 				}
 				cfg.DefaultPools = append(cfg.DefaultPools, prefix.Masked())
 			}
+			cfg.DefaultPools6 = cfg.DefaultPools6[:0]
+			for _, p := range pools6 {
+				prefix, err := netip.ParsePrefix(p)
+				if err != nil || !prefix.Addr().Is6() || prefix.Addr().Is4In6() {
+					return fmt.Errorf("--default-pool6 %q is not an IPv6 CIDR", p)
+				}
+				if prefix.Bits() > 64 {
+					return fmt.Errorf("--default-pool6 %s: smaller than the /64 an IPv6 network gets", p)
+				}
+				cfg.DefaultPools6 = append(cfg.DefaultPools6, prefix.Masked())
+			}
 			if cfg.DriverName == "" {
 				// Docker names a legacy plugin after its socket file.
 				cfg.DriverName = strings.TrimSuffix(filepath.Base(cfg.PluginSocket), ".sock")
@@ -59,10 +70,15 @@ func newDaemonCommand() *cobra.Command {
 	for _, p := range cfg.DefaultPools {
 		defaults = append(defaults, p.String())
 	}
+	defaults6 := make([]string, 0, len(cfg.DefaultPools6))
+	for _, p := range cfg.DefaultPools6 {
+		defaults6 = append(defaults6, p.String())
+	}
 	f := cmd.Flags()
 	f.StringVar(&logLevel, "log-level", envOr("EBPFNET_LOG_LEVEL", "info"), "log level: debug, info, warn, error (env EBPFNET_LOG_LEVEL)")
 	f.StringSliceVar(&pools, "default-pool", envList("EBPFNET_DEFAULT_POOL", defaults), "range that networks without --subnet get their subnet from (env EBPFNET_DEFAULT_POOL)")
 	f.IntVar(&cfg.DefaultPoolSize, "default-pool-size", cfg.DefaultPoolSize, "prefix length of each default subnet")
+	f.StringSliceVar(&pools6, "default-pool6", envList("EBPFNET_DEFAULT_POOL6", defaults6), "range that --ipv6 networks without an IPv6 --subnet get a /64 from (env EBPFNET_DEFAULT_POOL6)")
 	f.StringVar(&cfg.PluginSocket, "plugin-socket", cfg.PluginSocket, "socket Docker finds the plugin at")
 	f.StringVar(&cfg.APISocket, "api-socket", cfg.APISocket, "local API socket for the CLI")
 	f.StringVar(&cfg.StateDir, "state-dir", cfg.StateDir, "per-endpoint state (ep_config.h, bpf_lxc.o)")
