@@ -100,6 +100,8 @@ type clusterOptions struct {
 	nodeIP    string
 	leaseTTL  time.Duration
 	blockBits int
+	// blockBits6 is the node's block size in IPv6 cluster networks.
+	blockBits6 int
 }
 
 var clusterFlags clusterOptions
@@ -110,6 +112,7 @@ func (o *clusterOptions) register(f *pflag.FlagSet) {
 	f.StringVar(&o.nodeIP, "node-ip", envOr("EBPFNET_NODE_IP", ""), "the address other nodes reach this one at (env EBPFNET_NODE_IP; default: the default route's source address)")
 	f.DurationVar(&o.leaseTTL, "etcd-lease-ttl", 0, "how long a node's entries outlive it in etcd (default 60s)")
 	f.IntVar(&o.blockBits, "node-block-size", 0, "prefix length of a node's address block in each cluster network (default 24)")
+	f.IntVar(&o.blockBits6, "node-block-size6", 0, "prefix length of a node's address block in each IPv6 cluster network (default 112)")
 }
 
 // apply fills cfg.Cluster, with the defaults that need the host.
@@ -120,7 +123,7 @@ func (o *clusterOptions) apply(cfg *plugin.Config) error {
 		}
 		return nil
 	}
-	c := plugin.ClusterConfig{EtcdEndpoints: o.endpoints, NodeName: o.nodeName, LeaseTTL: o.leaseTTL, BlockBits: o.blockBits}
+	c := plugin.ClusterConfig{EtcdEndpoints: o.endpoints, NodeName: o.nodeName, LeaseTTL: o.leaseTTL, BlockBits: o.blockBits, BlockBits6: o.blockBits6}
 	if c.NodeName == "" {
 		host, err := os.Hostname()
 		if err != nil {
