@@ -192,7 +192,7 @@ func (d *Datapath) CreateEndpoint(ep *Endpoint) (retErr error) {
 		return err
 	}
 	d.eps[id] = st
-	d.log.WithFields(logrus.Fields{"epid": id, "ifname": ep.IfName, "ipv4": ep.IPv4, "ipv6": ep.IPv6}).Debug("endpoint created")
+	d.log.WithFields(logrus.Fields{"epid": id, "ifname": ep.IfName, "ipv4": ep.IPv4}).Debug("endpoint created")
 	return nil
 }
 
