@@ -829,3 +829,32 @@ func TestIPv6Restore(t *testing.T) {
 		t.Errorf("a deleted endpoint's /128 route is still there: %s", out)
 	}
 }
+
+// TestIPv6CIDRIdentity: an IPv6 prefix's identity in ebpfnet_ipcache6 is
+// what an address within it gets (longest prefix), and an egress rule for
+// that identity lets a container reach it and nothing else of the world.
+func TestIPv6CIDRIdentity(t *testing.T) {
+	e := newTestEnv(t)
+	n := e.network6(1, false)
+	a := e.endpoint6(n, 10)
+	from := e.fromContainer(a)
+	const wide, narrow = 16777217, 16777218
+	for p, id := range map[string]identity.ID{"2001:db8::/32": wide, "2001:db8:1::/48": narrow} {
+		if err := e.dp.PutIPCache(netip.MustParsePrefix(p), IPCacheEntry{Identity: id}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cache, err := e.dp.IPCache()
+	if err != nil || cache[netip.MustParsePrefix("2001:db8:1::/48")].Identity != narrow {
+		t.Fatalf("IPCache lists %v, %v", cache, err)
+	}
+	e.setPolicy(a, FlagEnforceEgress, policy.Key{Identity: wide, Direction: policy.Egress})
+	A := a.IPv6.Addr()
+	send(t, "UDP to the /32's identity", from, udp6Packet(a.LXCMAC, a.NodeMAC, A, netip.MustParseAddr("2001:db8:2::5"), 5000, 53, 8), tcActOK)
+	send(t, "UDP into the /48 (another identity)", from, udp6Packet(a.LXCMAC, a.NodeMAC, A, netip.MustParseAddr("2001:db8:1::5"), 5001, 53, 8), tcActShot)
+	send(t, "UDP to the world", from, udp6Packet(a.LXCMAC, a.NodeMAC, A, netip.MustParseAddr("2001:db9::5"), 5002, 53, 8), tcActShot)
+	if err := e.dp.DeleteIPCache(netip.MustParsePrefix("2001:db8:1::/48")); err != nil {
+		t.Fatal(err)
+	}
+	send(t, "UDP into the /48, deleted: the /32's now", from, udp6Packet(a.LXCMAC, a.NodeMAC, A, netip.MustParseAddr("2001:db8:1::5"), 5003, 53, 8), tcActOK)
+}

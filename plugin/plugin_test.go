@@ -348,8 +348,8 @@ func TestDualStackThroughTheSocket(t *testing.T) {
 		"PoolID": pool6["PoolID"], "Options": map[string]string{"RequestAddressType": "com.docker.network.gateway"}})["Address"].(string)
 	td.mustCall(t, "/NetworkDriver.CreateNetwork", map[string]any{
 		"NetworkID": "net-6", "Options": map[string]any{},
-		"IPv4Data":  []map[string]any{{"AddressSpace": "ebpfnet-local", "Pool": "10.203.0.0/24", "Gateway": gw4}},
-		"IPv6Data":  []map[string]any{{"AddressSpace": "ebpfnet-local", "Pool": subnet6, "Gateway": gw6}},
+		"IPv4Data": []map[string]any{{"AddressSpace": "ebpfnet-local", "Pool": "10.203.0.0/24", "Gateway": gw4}},
+		"IPv6Data": []map[string]any{{"AddressSpace": "ebpfnet-local", "Pool": subnet6, "Gateway": gw6}},
 	})
 	addr4 := td.mustCall(t, "/IpamDriver.RequestAddress", map[string]any{"PoolID": pool4})["Address"].(string)
 	addr6 := td.mustCall(t, "/IpamDriver.RequestAddress", map[string]any{"PoolID": pool6["PoolID"]})["Address"].(string)
