@@ -84,10 +84,14 @@ type Node struct {
 
 // Network is one ebpfnet network.
 type Network struct {
-	ID       string            `json:"id"`
-	Index    uint32            `json:"index"`
-	Subnet   string            `json:"subnet"`
-	Gateway  string            `json:"gateway"`
+	ID      string `json:"id"`
+	Index   uint32 `json:"index"`
+	Subnet  string `json:"subnet"`
+	Gateway string `json:"gateway"`
+	// Subnet6 and Gateway6 are empty for a network without IPv6, Subnet
+	// and Gateway for one without IPv4 (--ipv4=false).
+	Subnet6  string            `json:"subnet6,omitempty"`
+	Gateway6 string            `json:"gateway6,omitempty"`
 	Internal bool              `json:"internal,omitempty"`
 	Options  map[string]string `json:"options,omitempty"`
 	// Rebuilt says the network was rebuilt from its endpoints' records
@@ -106,19 +110,22 @@ type Pool struct {
 
 // Endpoint is GET /v1/endpoints and /v1/endpoints/{id}.
 type Endpoint struct {
-	ID               uint16            `json:"id"`
-	ContainerID      string            `json:"containerID,omitempty"`
-	ContainerName    string            `json:"containerName,omitempty"`
-	DockerNetworkID  string            `json:"dockerNetworkID"`
-	DockerEndpointID string            `json:"dockerEndpointID"`
-	IfName           string            `json:"ifName"`
-	IfIndex          int               `json:"ifIndex"`
-	IPv4             string            `json:"ipv4"`
-	LXCMAC           string            `json:"lxcMAC"`
-	NodeMAC          string            `json:"nodeMAC"`
-	Identity         uint32            `json:"identity"`
-	Labels           map[string]string `json:"labels,omitempty"`
-	PolicyMap        string            `json:"policyMap"`
+	ID               uint16 `json:"id"`
+	ContainerID      string `json:"containerID,omitempty"`
+	ContainerName    string `json:"containerName,omitempty"`
+	DockerNetworkID  string `json:"dockerNetworkID"`
+	DockerEndpointID string `json:"dockerEndpointID"`
+	IfName           string `json:"ifName"`
+	IfIndex          int    `json:"ifIndex"`
+	IPv4             string `json:"ipv4"`
+	// IPv6 is empty for an endpoint without IPv6, IPv4 for one without
+	// IPv4.
+	IPv6      string            `json:"ipv6,omitempty"`
+	LXCMAC    string            `json:"lxcMAC"`
+	NodeMAC   string            `json:"nodeMAC"`
+	Identity  uint32            `json:"identity"`
+	Labels    map[string]string `json:"labels,omitempty"`
+	PolicyMap string            `json:"policyMap"`
 	// PolicyIngress and PolicyEgress say whether policy is enforced in
 	// that direction ("enabled") or everything is allowed ("disabled").
 	PolicyIngress string `json:"policyIngress"`

@@ -2,7 +2,6 @@ package cluster
 
 import (
 	"context"
-	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"net/netip"
@@ -71,10 +70,10 @@ func (n *Node) ClaimBlock(ctx context.Context, subnet netip.Prefix) (netip.Prefi
 	return netip.Prefix{}, fmt.Errorf("claim block in %s: the blocks kept changing; try again", subnet)
 }
 
-// clusterSubnet checks and masks a cluster network's subnet.
+// clusterSubnet checks and masks a cluster network's subnet, IPv4 or IPv6.
 func clusterSubnet(subnet netip.Prefix) (netip.Prefix, error) {
-	if !subnet.IsValid() || !subnet.Addr().Is4() {
-		return netip.Prefix{}, fmt.Errorf("subnet %q: cluster networks are IPv4 prefixes", subnet)
+	if !subnet.IsValid() || subnet.Addr().Is4In6() {
+		return netip.Prefix{}, fmt.Errorf("subnet %q: cluster networks are IPv4 or IPv6 prefixes", subnet)
 	}
 	return subnet.Masked(), nil
 }
@@ -101,7 +100,11 @@ func (n *Node) registerNetwork(ctx context.Context, subnet netip.Prefix) (int, e
 				return 0, fmt.Errorf("subnet %s overlaps the cluster network %s: a cluster network takes the same subnet on every node, and distinct ones must not overlap", subnet, nv.Subnet)
 			}
 		}
-		bits := max(n.cfg.BlockBits, subnet.Bits())
+		blockBits := n.cfg.BlockBits
+		if subnet.Addr().Is6() {
+			blockBits = n.cfg.BlockBits6
+		}
+		bits := max(blockBits, subnet.Bits())
 		txn, err := n.cli.Txn(ctx).
 			If(clientv3.Compare(clientv3.CreateRevision(networkKey(subnet)), "=", 0),
 				clientv3.Compare(clientv3.ModRevision(networksPrefix), "<", resp.Header.Revision+1).WithPrefix()).
@@ -118,19 +121,35 @@ func (n *Node) registerNetwork(ctx context.Context, subnet netip.Prefix) (int, e
 	return 0, fmt.Errorf("the cluster networks kept changing; try again")
 }
 
-// firstFree returns the lowest block of subnet that is not owned.
+// firstFree returns the lowest block of subnet that is not owned. Every
+// block it passes is an owned one, so it takes at most len(owned)+1 steps,
+// whatever the size of the subnet (an IPv6 /64 holds 2^48 /112 blocks).
 func firstFree(subnet netip.Prefix, bits int, owned map[netip.Prefix]bool) (netip.Prefix, bool) {
-	base := binary.BigEndian.Uint32(subnet.Addr().AsSlice())
-	count := uint64(1) << (bits - subnet.Bits())
-	for i := range count {
-		var a [4]byte
-		binary.BigEndian.PutUint32(a[:], base+uint32(i<<(32-bits)))
-		block := netip.PrefixFrom(netip.AddrFrom4(a), bits)
+	cand := subnet.Masked().Addr()
+	for range len(owned) + 1 {
+		block := netip.PrefixFrom(cand, bits)
 		if !owned[block] {
 			return block, true
 		}
+		next, ok := blockAfter(block)
+		if !ok || !subnet.Contains(next) {
+			break
+		}
+		cand = next
 	}
 	return netip.Prefix{}, false
+}
+
+// blockAfter is the first address after block; false past the end of the
+// address family.
+func blockAfter(block netip.Prefix) (netip.Addr, bool) {
+	b := block.Masked().Addr().AsSlice()
+	for i := block.Bits(); i < len(b)*8; i++ {
+		b[i/8] |= 0x80 >> (i % 8)
+	}
+	last, _ := netip.AddrFromSlice(b)
+	next := last.Next()
+	return next, next.IsValid()
 }
 
 // ReleaseBlock gives this node's block of subnet back, and the network's

@@ -76,8 +76,8 @@ func TestOverlappingSubnetIsRefused(t *testing.T) {
 	if nets, _ := a.Networks(ctxT(t)); len(nets) != 1 {
 		t.Fatalf("a refused subnet was registered: %v", nets)
 	}
-	if _, err := a.ClaimBlock(ctxT(t), netip.MustParsePrefix("2001:db8::/64")); err == nil {
-		t.Fatal("an IPv6 subnet was accepted")
+	if _, err := a.ClaimBlock(ctxT(t), netip.MustParsePrefix("::ffff:10.90.0.0/112")); err == nil {
+		t.Fatal("an IPv4-mapped subnet was accepted")
 	}
 }
 
@@ -156,5 +156,57 @@ func TestRemoveNodeRefusesALiveNodeAndFreesADeadOne(t *testing.T) {
 	}
 	if err := b.RemoveNode(ctxT(t), "a"); err == nil {
 		t.Fatal("removing a again succeeded; nothing of it is left")
+	}
+}
+
+// IPv6 cluster networks: blocks of /112 by default, distinct per node and
+// found without walking the 2^48 of a /64; an IPv6 subnet never overlaps
+// an IPv4 one; an overlapping IPv6 subnet is refused.
+func TestIPv6Blocks(t *testing.T) {
+	e := startEtcd(t)
+	a := connectNode(t, nodeOpts{name: "a", ip: "192.0.2.1", endpoint: e.client})
+	b := connectNode(t, nodeOpts{name: "b", ip: "192.0.2.2", endpoint: e.client})
+	waitConnected(t, a)
+	waitConnected(t, b)
+	net6 := netip.MustParsePrefix("fd00:90::/64")
+	claim(t, a, net1)
+	ba, bb := claim(t, a, net6), claim(t, b, net6)
+	if ba != netip.MustParsePrefix("fd00:90::/112") || bb != netip.MustParsePrefix("fd00:90::1:0/112") {
+		t.Fatalf("IPv6 blocks a %s, b %s; want the first two /112s", ba, bb)
+	}
+	if again := claim(t, a, net6); again != ba {
+		t.Fatalf("claiming again gave %s, want %s", again, ba)
+	}
+	if _, err := a.ClaimBlock(ctxT(t), netip.MustParsePrefix("fd00:90::/48")); err == nil || !strings.Contains(err.Error(), net6.String()) {
+		t.Fatalf("an overlapping IPv6 subnet: %v", err)
+	}
+	nets, err := b.Networks(ctxT(t))
+	if err != nil || len(nets) != 2 {
+		t.Fatalf("Networks = %v, %v; want the IPv4 and the IPv6 one", nets, err)
+	}
+	if err := a.ReleaseBlock(ctxT(t), net6); err != nil {
+		t.Fatal(err)
+	}
+	if got := claim(t, a, net6); got != ba {
+		t.Fatalf("after the release a claims %s, want the first block %s again", got, ba)
+	}
+}
+
+func TestFirstFreeBlockOfAnIPv6Subnet(t *testing.T) {
+	subnet := netip.MustParsePrefix("fd00:91::/64")
+	owned := map[netip.Prefix]bool{}
+	for i := 0; i < 1000; i++ {
+		b, ok := firstFree(subnet, 112, owned)
+		if !ok || !subnet.Contains(b.Addr()) || b.Bits() != 112 || owned[b] {
+			t.Fatalf("block %d: %v %v", i, b, ok)
+		}
+		owned[b] = true
+	}
+	if b, _ := firstFree(subnet, 112, owned); b != netip.MustParsePrefix("fd00:91::3e8:0/112") {
+		t.Fatalf("the 1001st block is %s", b)
+	}
+	small := netip.MustParsePrefix("fd00:92::/127")
+	if _, ok := firstFree(small, 127, map[netip.Prefix]bool{small: true}); ok {
+		t.Fatal("a full subnet gave a block")
 	}
 }

@@ -22,7 +22,11 @@
 //	identities/ref/<N>/<node>        ""                               leased
 //	policy                           {revision, rules}
 //
-// A prefix is written 10.90.0.0_16 because "/" separates segments. What
+// A prefix is written 10.90.0.0_16 (fd00:90::_64) because "/" separates
+// segments; an IPv6 endpoint's key is its address (net/endpoints/fd00:90::5).
+// IPv6 networks are cluster networks as IPv4 ones are, with blocks of
+// Config.BlockBits6 (/112 by default); every node's tunnel endpoint stays
+// its IPv4 NodeIP, the underlay. What
 // the remote view reads sits under net/, so that one watch sees it and
 // sees a lease's keys go in the same revision as its node key.
 //
@@ -77,7 +81,7 @@
 // # Remote view
 //
 // WatchRemote lists then watches net/ and gives a RemoteSink every other
-// node's endpoints (/32 with their identity) and every other live node's
+// node's endpoints (/32 or /128 with their identity) and every other live node's
 // blocks (identity World), relisting (Replace) after a compaction. An
 // explicit withdrawal applies at once; the entries of a node whose lease
 // expired stay for Config.RemoteGrace (default 10 s).

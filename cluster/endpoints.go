@@ -23,8 +23,8 @@ import (
 // error.
 func (n *Node) PublishEndpoint(ip netip.Addr, id identity.ID) error {
 	ip = ip.Unmap()
-	if !ip.Is4() || ip.IsUnspecified() {
-		return fmt.Errorf("publish endpoint: %q is not a unicast IPv4 address", ip)
+	if !ip.IsValid() || ip.IsUnspecified() || ip.IsMulticast() || ip.IsLinkLocalUnicast() {
+		return fmt.Errorf("publish endpoint: %q is not a unicast IPv4 or IPv6 address", ip)
 	}
 	if id == identity.Unknown || id.Kind() == identity.KindInvalid || id.Kind() == identity.KindCIDR {
 		return fmt.Errorf("publish endpoint %s: identity %d cannot be an endpoint's", ip, id)
@@ -56,7 +56,7 @@ type RemoteSink interface {
 }
 
 // WatchRemote keeps sink equal to what the other nodes publish: each
-// endpoint as a /32 with its identity, and each live node's address
+// endpoint as a /32 (IPv4) or /128 (IPv6) with its identity, and each live node's address
 // block with identity World (an address of the block whose endpoint is
 // not known yet still routes to its node, judged as the world). The
 // node's own entries are never delivered. An explicit withdrawal goes at

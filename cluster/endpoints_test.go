@@ -181,3 +181,34 @@ func TestRemoteViewListsAgainAfterACompaction(t *testing.T) {
 		t.Fatalf("view %v after %d replaces", got, replaces)
 	}
 }
+
+// IPv6 endpoints and blocks of another node reach the remote view, /128
+// and /112, with that node's IPv4 tunnel endpoint.
+func TestRemoteViewHoldsIPv6EndpointsAndBlocks(t *testing.T) {
+	e := startEtcd(t)
+	a := connectNode(t, nodeOpts{name: "a", ip: ipA.String(), endpoint: e.client})
+	b := connectNode(t, nodeOpts{name: "b", ip: ipB.String(), endpoint: e.client})
+	waitConnected(t, a)
+	waitConnected(t, b)
+	sink := watchRemote(t, b)
+	net6 := netip.MustParsePrefix("fd00:93::/64")
+	blockA := claim(t, a, net6)
+	claim(t, b, net6)
+	ep := netip.MustParseAddr("fd00:93::5")
+	if err := a.PublishEndpoint(ep, 300); err != nil {
+		t.Fatal(err)
+	}
+	for _, bad := range []string{"fe80::1", "ff02::1", "::"} {
+		if err := a.PublishEndpoint(netip.MustParseAddr(bad), 300); err == nil {
+			t.Errorf("%s was published as an endpoint", bad)
+		}
+	}
+	want := map[netip.Prefix]RemoteEntry{
+		blockA:                    {Identity: identity.World, Node: "a", NodeIP: ipA},
+		netip.PrefixFrom(ep, 128): {Identity: 300, Node: "a", NodeIP: ipA},
+	}
+	eventually(t, "b's view of a's IPv6 endpoint and block", func() bool { return sink.equals(want) })
+	a.WithdrawEndpoint(ep)
+	delete(want, netip.PrefixFrom(ep, 128))
+	eventually(t, "the withdrawal of an IPv6 endpoint", func() bool { return sink.equals(want) })
+}

@@ -29,8 +29,12 @@ import (
 
 // Defaults of Config.
 const (
-	DefaultLeaseTTL       = 60 * time.Second
-	DefaultBlockBits      = 24
+	DefaultLeaseTTL  = 60 * time.Second
+	DefaultBlockBits = 24
+	// DefaultBlockBits6 is the prefix length of a node's block of an IPv6
+	// cluster network: 65536 addresses, Cilium's default per-node IPv6
+	// pool size (cluster-pool-ipv6-mask-size).
+	DefaultBlockBits6     = 112
 	DefaultIdentityGrace  = 5 * time.Minute
 	DefaultRemoteGrace    = 10 * time.Second
 	DefaultRequestTimeout = 10 * time.Second
@@ -59,8 +63,10 @@ type Config struct {
 	// that a daemon started while etcd is unreachable still knows them.
 	IdentityCachePath string
 	// BlockBits is the prefix length of a node's address block in a
-	// cluster network; 0 is DefaultBlockBits.
-	BlockBits int
+	// cluster network; 0 is DefaultBlockBits. BlockBits6 is the same for
+	// IPv6 networks; 0 is DefaultBlockBits6.
+	BlockBits  int
+	BlockBits6 int
 	// IdentityGrace is how long an identity must have had no reference
 	// on any node before it is freed; 0 is DefaultIdentityGrace.
 	IdentityGrace time.Duration
@@ -107,6 +113,12 @@ func (c *Config) validate() error {
 	}
 	if c.BlockBits < 8 || c.BlockBits > 32 {
 		return fmt.Errorf("cluster: block prefix length /%d must be within /8../32", c.BlockBits)
+	}
+	if c.BlockBits6 == 0 {
+		c.BlockBits6 = DefaultBlockBits6
+	}
+	if c.BlockBits6 < 16 || c.BlockBits6 > 126 {
+		return fmt.Errorf("cluster: IPv6 block prefix length /%d must be within /16../126", c.BlockBits6)
 	}
 	if c.IdentityGrace == 0 {
 		c.IdentityGrace = DefaultIdentityGrace

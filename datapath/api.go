@@ -30,13 +30,19 @@ type Config struct {
 	Overlay *OverlayConfig
 }
 
-// Network is what the datapath must know of a Docker network.
+// Network is what the datapath must know of a Docker network: its IPv4
+// subnet and gateway, its IPv6 ones, or both (dual-stack). A network
+// without IPv4 (Docker 28+'s --ipv4=false) has an invalid Subnet and
+// Gateway; one without IPv6 invalid Subnet6 and Gateway6, as every network
+// recorded before IPv6 has.
 type Network struct {
 	// Index is a small number, unique on the node, that the BPF program
 	// compares to keep networks apart (1..65535).
-	Index   uint32       `json:"index"`
-	Subnet  netip.Prefix `json:"subnet"`
-	Gateway netip.Addr   `json:"gateway"`
+	Index    uint32       `json:"index"`
+	Subnet   netip.Prefix `json:"subnet"`
+	Gateway  netip.Addr   `json:"gateway"`
+	Subnet6  netip.Prefix `json:"subnet6,omitzero"`
+	Gateway6 netip.Addr   `json:"gateway6,omitzero"`
 	// MTU of the containers' interfaces; 0 leaves the kernel's default.
 	// A network that spans nodes takes the overlay's, which is smaller
 	// than the uplink's by the encapsulation.
@@ -59,8 +65,13 @@ type Endpoint struct {
 	PeerName string       `json:"PeerName"`
 	LXCMAC   HardwareAddr `json:"LXCMAC"`
 	NodeMAC  HardwareAddr `json:"NodeMAC"`
-	IPv4     netip.Prefix `json:"IPv4"` // address with the network's prefix length
-	Network  Network      `json:"Network"`
+	// IPv4 and IPv6 are the container's addresses with their subnet's
+	// prefix length; either may be invalid (an IPv6-only endpoint has no
+	// IPv4, one on a network without IPv6 no IPv6), not both. Records of
+	// versions before IPv6 have no IPv6.
+	IPv4    netip.Prefix `json:"IPv4"`
+	IPv6    netip.Prefix `json:"IPv6,omitzero"`
+	Network Network      `json:"Network"`
 	// Identity is the endpoint's security identity. CreateEndpoint
 	// starts an endpoint without one at init (5); SetEndpointIdentity
 	// changes it when the labels are known.

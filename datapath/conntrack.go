@@ -132,8 +132,12 @@ func (e ctEntry) state(proto uint8) CTState {
 func flowOf(k ctKey, e ctEntry, now uint64) CTFlow {
 	lo := netip.AddrPortFrom(netip.AddrFrom4(k.Saddr), binary.BigEndian.Uint16(k.Sport[:]))
 	hi := netip.AddrPortFrom(netip.AddrFrom4(k.Daddr), binary.BigEndian.Uint16(k.Dport[:]))
-	f := CTFlow{Proto: k.Proto, Src: lo, Dst: hi, State: e.state(k.Proto),
-		Expires: time.Duration(e.Expires - now), SrcEndpoint: e.EPID[0], DstEndpoint: e.EPID[1]}
+	return orient(CTFlow{Proto: k.Proto, Src: lo, Dst: hi, State: e.state(k.Proto),
+		Expires: durationUntil(e.Expires, now), SrcEndpoint: e.EPID[0], DstEndpoint: e.EPID[1]}, e)
+}
+
+// orient puts the end that sent the flow's first packet first.
+func orient(f CTFlow, e ctEntry) CTFlow {
 	if e.Flags&ctFlagInitHi != 0 {
 		f.Src, f.Dst = f.Dst, f.Src
 		f.SrcEndpoint, f.DstEndpoint = f.DstEndpoint, f.SrcEndpoint
@@ -141,21 +145,39 @@ func flowOf(k ctKey, e ctEntry, now uint64) CTFlow {
 	return f
 }
 
-// Conntrack lists the live flows of the conntrack table (expired entries
-// that the garbage collector has not deleted yet are left out), sorted by
-// protocol and ends.
+func durationUntil(expires, now uint64) time.Duration { return time.Duration(expires - now) }
+
+// Conntrack lists the live flows of both conntrack tables, IPv4 and IPv6
+// (expired entries that the garbage collector has not deleted yet are left
+// out), sorted by protocol and ends.
 func (d *Datapath) Conntrack() ([]CTFlow, error) {
 	m, err := d.sharedMap(CTMapName)
 	if err != nil {
 		return nil, err
 	}
 	defer m.Close()
+	m6, err := d.nodeMap(CT6MapName)
+	if err != nil {
+		return nil, err
+	}
+	defer m6.Close()
 	now := monotonicNow()
 	var out []CTFlow
 	err = walkFlows(m, func(k []ctKey, v []ctEntry) error {
 		for i := range k {
 			if v[i].Expires >= now {
 				out = append(out, flowOf(k[i], v[i], now))
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	err = walkFlows(m6, func(k []ct6Key, v []ctEntry) error {
+		for i := range k {
+			if v[i].Expires >= now {
+				out = append(out, flowOf6(k[i], v[i], now))
 			}
 		}
 		return nil
@@ -191,16 +213,30 @@ func (d *Datapath) sharedMap(name string) (*ebpf.Map, error) {
 	return m, nil
 }
 
+// nodeMap is sharedMap for a map only the node programs use.
+func (d *Datapath) nodeMap(name string) (*ebpf.Map, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return nil, errors.New("datapath closed")
+	}
+	m, err := d.nodeMaps[name].Clone()
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", name, err)
+	}
+	return m, nil
+}
+
 // ctBatch is how many entries one batch lookup moves: a full table
 // (CT_MAX, 65536) in 16 system calls.
 const ctBatch = 4096
 
-// walkFlows calls fn with every entry of m, a conntrack table with values
-// of type V, a batch at a time. The programs keep writing while it walks:
-// an entry added or deleted meanwhile may be seen or not, and none is seen
-// twice.
-func walkFlows[V any](m *ebpf.Map, fn func([]ctKey, []V) error) error {
-	keys := make([]ctKey, ctBatch)
+// walkFlows calls fn with every entry of m, a conntrack table with keys
+// of type K (ctKey, ct6Key) and values of type V, a batch at a time. The
+// programs keep writing while it walks: an entry added or deleted
+// meanwhile may be seen or not, and none is seen twice.
+func walkFlows[K, V any](m *ebpf.Map, fn func([]K, []V) error) error {
+	keys := make([]K, ctBatch)
 	vals := make([]V, ctBatch)
 	var cursor ebpf.MapBatchCursor
 	for {
@@ -217,31 +253,31 @@ func walkFlows[V any](m *ebpf.Map, fn func([]ctKey, []V) error) error {
 			return walkFlowsOneByOne(m, fn)
 		}
 		if err != nil {
-			return fmt.Errorf("walk %s: %w", CTMapName, err)
+			return fmt.Errorf("walk %s: %w", m, err)
 		}
 	}
 }
 
 // walkFlowsOneByOne is walkFlows for kernels without batch operations on
 // hash maps (before 5.6): two system calls per entry.
-func walkFlowsOneByOne[V any](m *ebpf.Map, fn func([]ctKey, []V) error) error {
-	var k ctKey
+func walkFlowsOneByOne[K, V any](m *ebpf.Map, fn func([]K, []V) error) error {
+	var k K
 	var v V
 	it := m.Iterate()
 	for it.Next(&k, &v) {
-		if err := fn([]ctKey{k}, []V{v}); err != nil {
+		if err := fn([]K{k}, []V{v}); err != nil {
 			return err
 		}
 	}
 	if err := it.Err(); err != nil {
-		return fmt.Errorf("walk %s: %w", CTMapName, err)
+		return fmt.Errorf("walk %s: %w", m, err)
 	}
 	return nil
 }
 
 // deleteFlows deletes keys from m; keys already gone (evicted, or deleted
 // by a concurrent walk) are fine. It returns how many it deleted.
-func deleteFlows(m *ebpf.Map, keys []ctKey) (int, error) {
+func deleteFlows[K any](m *ebpf.Map, keys []K) (int, error) {
 	if len(keys) == 0 {
 		return 0, nil
 	}
@@ -265,7 +301,7 @@ func deleteFlows(m *ebpf.Map, keys []ctKey) (int, error) {
 		}
 	}
 	if err := errors.Join(errs...); err != nil {
-		return deleted, fmt.Errorf("delete from %s: %w", CTMapName, err)
+		return deleted, fmt.Errorf("delete from %s: %w", m, err)
 	}
 	return deleted, nil
 }

@@ -33,11 +33,13 @@ const (
 
 // CTGCStats is what the collector found.
 type CTGCStats struct {
-	// MaxEntries is the size of the table (CT_MAX).
+	// MaxEntries is the size of the IPv4 table (CT_MAX).
 	MaxEntries int
-	// Alive counts the flows the last completed sweep left, Deleted the
-	// expired ones it deleted, by protocol class (CTClass*).
+	// Alive counts the IPv4 flows the last completed sweep left, Deleted
+	// the expired ones it deleted, by protocol class (CTClass*).
 	Alive, Deleted map[string]int
+	// IPv6 is the same of the IPv6 table, swept in the same runs.
+	IPv6 CTTableStats
 	// Completed and Uncompleted count sweeps since the collector
 	// started: an uncompleted one failed to walk or to delete.
 	Completed, Uncompleted uint64
@@ -45,7 +47,13 @@ type CTGCStats struct {
 	Duration time.Duration
 }
 
-// CTGC is the conntrack table's garbage collector; Run drives it.
+// CTTableStats is what a sweep found in one table.
+type CTTableStats struct {
+	MaxEntries     int
+	Alive, Deleted map[string]int
+}
+
+// CTGC is the conntrack tables' garbage collector; Run drives it.
 type CTGC struct {
 	dp       *Datapath
 	log      logrus.FieldLogger
@@ -64,10 +72,17 @@ func NewCTGC(d *Datapath, interval time.Duration, log logrus.FieldLogger) *CTGC 
 	g := &CTGC{dp: d, log: log, interval: interval, stats: CTGCStats{
 		Alive:   map[string]int{CTClassTCP: 0, CTClassNonTCP: 0},
 		Deleted: map[string]int{CTClassTCP: 0, CTClassNonTCP: 0},
+		IPv6: CTTableStats{
+			Alive:   map[string]int{CTClassTCP: 0, CTClassNonTCP: 0},
+			Deleted: map[string]int{CTClassTCP: 0, CTClassNonTCP: 0},
+		},
 	}}
 	d.mu.Lock()
 	if m := d.shared[CTMapName]; m != nil {
 		g.stats.MaxEntries = int(m.MaxEntries())
+	}
+	if m := d.nodeMaps[CT6MapName]; m != nil {
+		g.stats.IPv6.MaxEntries = int(m.MaxEntries())
 	}
 	d.mu.Unlock()
 	return g
@@ -90,14 +105,22 @@ func (g *CTGC) Run(ctx context.Context) {
 	}
 }
 
-// Sweep deletes the expired flows once and records what it found.
+// Sweep deletes the expired flows of both tables once and records what it
+// found.
 func (g *CTGC) Sweep() error {
 	start := time.Now()
+	now := monotonicNow()
 	m, err := g.dp.sharedMap(CTMapName)
-	var alive, deleted map[string]int
+	var alive, deleted, alive6, deleted6 map[string]int
 	if err == nil {
-		alive, deleted, err = sweepConntrack(m, monotonicNow())
+		alive, deleted, err = sweepConntrack[ctKey](m, now)
 		m.Close()
+	}
+	if err == nil {
+		if m, err = g.dp.nodeMap(CT6MapName); err == nil {
+			alive6, deleted6, err = sweepConntrack[ct6Key](m, now)
+			m.Close()
+		}
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -107,8 +130,10 @@ func (g *CTGC) Sweep() error {
 	}
 	g.stats.Completed++
 	g.stats.Alive, g.stats.Deleted = alive, deleted
+	g.stats.IPv6.Alive, g.stats.IPv6.Deleted = alive6, deleted6
 	g.stats.Duration = time.Since(start)
-	g.log.WithFields(logrus.Fields{"alive": alive, "deleted": deleted, "took": g.stats.Duration}).Debug("conntrack swept")
+	g.log.WithFields(logrus.Fields{"alive": alive, "deleted": deleted, "alive6": alive6, "deleted6": deleted6,
+		"took": g.stats.Duration}).Debug("conntrack swept")
 	return nil
 }
 
@@ -119,6 +144,8 @@ func (g *CTGC) Stats() CTGCStats {
 	s := g.stats
 	s.Alive = cloneCounts(s.Alive)
 	s.Deleted = cloneCounts(s.Deleted)
+	s.IPv6.Alive = cloneCounts(s.IPv6.Alive)
+	s.IPv6.Deleted = cloneCounts(s.IPv6.Deleted)
 	return s
 }
 
@@ -141,16 +168,16 @@ func ctClass(proto uint8) string {
 // counts, by class, those it leaves and those it deleted. A flow recreated
 // over an expired entry's tuple between the walk and the delete loses its
 // new entry; its next packet meets policy, as its first did.
-func sweepConntrack(m *ebpf.Map, now uint64) (alive, deleted map[string]int, err error) {
+func sweepConntrack[K ctKey | ct6Key](m *ebpf.Map, now uint64) (alive, deleted map[string]int, err error) {
 	alive = map[string]int{CTClassTCP: 0, CTClassNonTCP: 0}
 	deleted = map[string]int{CTClassTCP: 0, CTClassNonTCP: 0}
-	var expired []ctKey
-	err = walkFlows(m, func(k []ctKey, v []ctEntry) error {
+	var expired []K
+	err = walkFlows(m, func(k []K, v []ctEntry) error {
 		for i := range k {
 			if v[i].Expires < now {
 				expired = append(expired, k[i])
 			} else {
-				alive[ctClass(k[i].Proto)]++
+				alive[ctClass(keyProto(k[i]))]++
 			}
 		}
 		return nil
@@ -162,7 +189,18 @@ func sweepConntrack(m *ebpf.Map, now uint64) (alive, deleted map[string]int, err
 		return nil, nil, err
 	}
 	for _, k := range expired {
-		deleted[ctClass(k.Proto)]++
+		deleted[ctClass(keyProto(k))]++
 	}
 	return alive, deleted, nil
+}
+
+// keyProto is the protocol of either table's key.
+func keyProto[K ctKey | ct6Key](k K) uint8 {
+	switch k := any(k).(type) {
+	case ctKey:
+		return k.Proto
+	case ct6Key:
+		return k.Proto
+	}
+	return 0
 }

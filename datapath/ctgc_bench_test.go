@@ -34,7 +34,7 @@ func BenchmarkConntrackWalk(b *testing.B) {
 	m := e.dp.shared[CTMapName]
 	b.Run("sweep", func(b *testing.B) {
 		for i := 0; i < b.N; i++ {
-			alive, _, err := sweepConntrack(m, monotonicNow())
+			alive, _, err := sweepConntrack[ctKey](m, monotonicNow())
 			if err != nil || alive[CTClassTCP] != int(m.MaxEntries()) {
 				b.Fatalf("sweep: %v, %v", alive, err)
 			}

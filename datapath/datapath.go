@@ -53,10 +53,13 @@ type Datapath struct {
 	log    logrus.FieldLogger
 	tmpl   *template
 	shared map[string]*ebpf.Map // pinned maps every endpoint program uses
-	policy *ebpf.MapSpec        // shape of a per-endpoint policy map
-	btf    *btf.Cache           // kernel BTF, decoded once for all loads
-	eps    map[uint16]*endpointState
-	closed bool
+	// nodeMaps are the pinned maps only the node programs use: the
+	// IPv6 ones (maps6.go).
+	nodeMaps map[string]*ebpf.Map
+	policy   *ebpf.MapSpec // shape of a per-endpoint policy map
+	btf      *btf.Cache    // kernel BTF, decoded once for all loads
+	eps      map[uint16]*endpointState
+	closed   bool
 	// overlayIfindex is the overlay device's, 0 without one.
 	overlayIfindex int
 	// stopEvents ends the running ReadEvents, if any (one reader only).
@@ -124,7 +127,7 @@ func New(cfg Config, log logrus.FieldLogger) (*Datapath, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &Datapath{cfg: cfg, log: log, tmpl: tmpl, shared: map[string]*ebpf.Map{},
+	d := &Datapath{cfg: cfg, log: log, tmpl: tmpl, shared: map[string]*ebpf.Map{}, nodeMaps: map[string]*ebpf.Map{},
 		btf: btf.NewCache(), eps: map[uint16]*endpointState{}, deleting: map[string]chan struct{}{}}
 	if err := d.writeTemplate(); err != nil {
 		return nil, err
@@ -164,13 +167,22 @@ func New(cfg Config, log logrus.FieldLogger) (*Datapath, error) {
 		return nil, fmt.Errorf("template lacks the unpinned per-endpoint map %s", policyMapKName)
 	}
 	d.policy = pol.Copy()
+	nodeSpec, err := nodeObjectSpec()
+	if err != nil {
+		d.closeMaps()
+		return nil, err
+	}
+	if err := d.openNodeMaps(nodeSpec); err != nil {
+		d.closeMaps()
+		return nil, err
+	}
 	if cfg.Overlay != nil {
 		if d.overlayIfindex, err = ensureOverlayDevice(*cfg.Overlay); err != nil {
 			d.closeMaps()
 			return nil, err
 		}
 	}
-	if err := d.loadNodePrograms(); err != nil {
+	if err := d.loadNodePrograms(nodeSpec); err != nil {
 		d.closeMaps()
 		return nil, err
 	}
@@ -210,6 +222,9 @@ func (d *Datapath) writeTemplate() error {
 
 func (d *Datapath) closeMaps() {
 	for _, m := range d.shared {
+		_ = m.Close()
+	}
+	for _, m := range d.nodeMaps {
 		_ = m.Close()
 	}
 	if d.ctLegacy != nil {

@@ -36,9 +36,9 @@ func validateEndpoint(ep *Endpoint) error {
 	switch {
 	case ep.DockerEndpointID == "":
 		return errors.New("endpoint has no Docker endpoint ID")
-	case !ep.IPv4.IsValid() || !ep.IPv4.Addr().Is4():
+	case ep.IPv4.IsValid() && !ep.IPv4.Addr().Is4():
 		return fmt.Errorf("endpoint %s: IPv4 %v is not an IPv4 prefix", ep.DockerEndpointID, ep.IPv4)
-	case !ep.Network.Gateway.Is4():
+	case ep.IPv4.IsValid() && !ep.Network.Gateway.Is4():
 		return fmt.Errorf("endpoint %s: network gateway %v is not IPv4", ep.DockerEndpointID, ep.Network.Gateway)
 	case ep.LXCMAC != nil && len(ep.LXCMAC) != 6:
 		return fmt.Errorf("endpoint %s: LXC MAC %v is not 6 bytes", ep.DockerEndpointID, ep.LXCMAC)
@@ -46,7 +46,7 @@ func validateEndpoint(ep *Endpoint) error {
 	if err := checkNetworkIndex(ep.Network.Index); err != nil {
 		return fmt.Errorf("endpoint %s: %w", ep.DockerEndpointID, err)
 	}
-	return nil
+	return validateEndpoint6(ep)
 }
 
 // createStep names a step of CreateEndpoint done after its programs are
@@ -138,8 +138,8 @@ func (d *Datapath) CreateEndpoint(ep *Endpoint) (retErr error) {
 	undo.push(func() error { return os.RemoveAll(dir) })
 	// Run second to last, once nothing of the endpoint runs: flows it
 	// had in the instant after its publication (see DeleteEndpoint).
-	ct := d.shared[CTMapName]
-	undo.push(func() error { return flushConntrack(ct, ep.IPv4.Addr()) })
+	ct, ct6 := d.shared[CTMapName], d.nodeMaps[CT6MapName]
+	undo.push(func() error { return flushFlows(ct, ct6, ep) })
 	if err := d.writeRecord(ep); err != nil {
 		return err
 	}
@@ -306,9 +306,13 @@ func createVeth(ep *Endpoint) (int, error) {
 }
 
 // routeToEndpoint lets the host reach the container without ARP: a
-// permanent neighbour entry and a /32 route sourced from the gateway.
-// Both disappear with the veth.
+// permanent neighbour entry and a /32 route sourced from the gateway, and
+// the same for its IPv6 address (routeToEndpoint6). All disappear with
+// the veth.
 func routeToEndpoint(ep *Endpoint) error {
+	if !ep.IPv4.IsValid() {
+		return routeToEndpoint6(ep)
+	}
 	ip := net.IP(ep.IPv4.Addr().AsSlice())
 	neigh := &netlink.Neigh{
 		LinkIndex:    ep.IfIndex,
@@ -329,7 +333,7 @@ func routeToEndpoint(ep *Endpoint) error {
 	if err := netlink.RouteReplace(route); err != nil {
 		return fmt.Errorf("add route %s via %s: %w", ip, ep.IfName, err)
 	}
-	return nil
+	return routeToEndpoint6(ep)
 }
 
 func deleteLinkByName(name string) error {
@@ -367,17 +371,24 @@ func (d *Datapath) createPolicyMap(st *endpointState, undo *undoStack) error {
 	return nil
 }
 
+// publishEndpoint writes the endpoint's entry of each family it has, IPv4
+// first (endpoint6.go says why that order keeps every packet whole).
 func (d *Datapath) publishEndpoint(ep *Endpoint, flags uint32) error {
-	key := endpointKey(ep.IPv4.Addr())
-	if err := d.shared[EndpointsMapName].Put(key, infoOf(ep, flags)); err != nil {
-		return fmt.Errorf("insert endpoint %d (%v) in %s: %w", ep.ID, ep.IPv4.Addr(), EndpointsMapName, err)
+	if ep.IPv4.IsValid() {
+		key := endpointKey(ep.IPv4.Addr())
+		if err := d.shared[EndpointsMapName].Put(key, infoOf(ep, flags)); err != nil {
+			return fmt.Errorf("insert endpoint %d (%v) in %s: %w", ep.ID, ep.IPv4.Addr(), EndpointsMapName, err)
+		}
 	}
-	return nil
+	return d.publishEndpoint6(ep, flags)
 }
 
 // unpublishEndpoint deletes the entry only if it is still this endpoint's,
 // so a late cleanup never removes a successor holding the same address.
 func (d *Datapath) unpublishEndpoint(ep *Endpoint) error {
+	if err := d.unpublishEndpoint6(ep); err != nil {
+		return err
+	}
 	if !ep.IPv4.Addr().Is4() {
 		return nil
 	}
@@ -541,8 +552,11 @@ func (d *Datapath) releaseLink(ep *Endpoint) error {
 	if err := deleteRoute(ep); err != nil {
 		return err
 	}
+	if err := deleteRoute6(ep); err != nil {
+		return err
+	}
 	dir := d.epDir(ep.ID)
-	ct := d.shared[CTMapName]
+	ct, ct6 := d.shared[CTMapName], d.nodeMaps[CT6MapName]
 	done := make(chan struct{})
 	d.delMu.Lock()
 	d.deleting[ep.IfName] = done
@@ -562,7 +576,7 @@ func (d *Datapath) releaseLink(ep *Endpoint) error {
 			log.WithError(err).Warn("deleting the veth of a deleted endpoint failed")
 			return
 		}
-		if err := flushConntrack(ct, ep.IPv4.Addr()); err != nil {
+		if err := flushFlows(ct, ct6, ep); err != nil {
 			// The same: the epid stays taken until its flows are gone.
 			log.WithError(err).Warn("deleting the flows of a deleted endpoint failed")
 			return
@@ -588,6 +602,9 @@ func (d *Datapath) waitDeleted(name string) {
 // deleteRoute removes the /32 route to the endpoint through its veth; one
 // already gone (with the veth) is fine.
 func deleteRoute(ep *Endpoint) error {
+	if !ep.IPv4.IsValid() {
+		return nil
+	}
 	route := &netlink.Route{
 		LinkIndex: ep.IfIndex,
 		Dst:       &net.IPNet{IP: net.IP(ep.IPv4.Addr().AsSlice()), Mask: net.CIDRMask(32, 32)},
@@ -633,7 +650,7 @@ func (d *Datapath) teardown(ep *Endpoint, st *endpointState) error {
 			errs = append(errs, err)
 		}
 	}
-	if err := flushConntrack(d.shared[CTMapName], ep.IPv4.Addr()); err != nil {
+	if err := flushFlows(d.shared[CTMapName], d.nodeMaps[CT6MapName], ep); err != nil {
 		// The directory keeps the epid taken until its flows are gone;
 		// the next Restore tries again.
 		errs = append(errs, fmt.Errorf("delete the flows of endpoint %d: %w", ep.ID, err))

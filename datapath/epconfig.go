@@ -50,6 +50,9 @@ func WriteEPConfig(version string, ep *Endpoint) ([]byte, error) {
 		ipv4 = ep.IPv4.Addr().String()
 	}
 	fmt.Fprintf(&b, " * IPv4 address: %s\n", ipv4)
+	if ep.IPv6.IsValid() {
+		fmt.Fprintf(&b, " * IPv6 address: %s\n", ep.IPv6.Addr())
+	}
 	fmt.Fprintf(&b, " * Identity: %d\n", ep.Identity)
 	fmt.Fprintf(&b, " * PolicyMap: %s\n", PolicyMapName(ep.ID))
 	fmt.Fprintf(&b, " * NodeMAC: %s\n */\n\n", ep.NodeMAC)

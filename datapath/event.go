@@ -122,17 +122,56 @@ type notifyRecord struct {
 	Len         uint32
 }
 
-// eventSize is sizeof(struct notify).
-var eventSize = binary.Size(notifyRecord{})
+// notify6Record mirrors struct notify6: notifyRecord with IPv6 addresses.
+type notify6Record struct {
+	Type        uint8
+	Reason      uint8
+	Verdict     uint8
+	Dir         uint8
+	EPID        uint32
+	Saddr       v6Addr
+	Daddr       v6Addr
+	Sport       [2]byte
+	Dport       [2]byte
+	Proto       uint8
+	Pad         [3]uint8
+	SrcIdentity uint32
+	DstIdentity uint32
+	IfIndex     uint32
+	Len         uint32
+}
 
-// decodeEvent parses struct notify.
+// eventSize is sizeof(struct notify), event6Size sizeof(struct notify6):
+// the ring buffer hands each record over with its length, which tells the
+// two apart.
+var (
+	eventSize  = binary.Size(notifyRecord{})
+	event6Size = binary.Size(notify6Record{})
+)
+
+// decodeEvent parses struct notify or struct notify6, by the record's
+// length.
 func decodeEvent(b []byte) (Event, error) {
-	if len(b) < eventSize {
-		return Event{}, fmt.Errorf("event of %d bytes, want %d", len(b), eventSize)
-	}
-	var r notifyRecord
-	if _, err := binary.Decode(b[:eventSize], binary.LittleEndian, &r); err != nil {
-		return Event{}, fmt.Errorf("decode event: %w", err)
+	var r notify6Record
+	var src, dst netip.Addr
+	switch len(b) {
+	case eventSize:
+		var r4 notifyRecord
+		if _, err := binary.Decode(b, binary.LittleEndian, &r4); err != nil {
+			return Event{}, fmt.Errorf("decode event: %w", err)
+		}
+		// The same fields but the addresses, which stay IPv4.
+		r = notify6Record{Type: r4.Type, Reason: r4.Reason, Verdict: r4.Verdict, Dir: r4.Dir, EPID: r4.EPID,
+			Sport: r4.Sport, Dport: r4.Dport, Proto: r4.Proto, SrcIdentity: r4.SrcIdentity,
+			DstIdentity: r4.DstIdentity, IfIndex: r4.IfIndex, Len: r4.Len}
+		src, dst = netip.AddrFrom4(r4.Saddr), netip.AddrFrom4(r4.Daddr)
+	case event6Size:
+		if _, err := binary.Decode(b, binary.LittleEndian, &r); err != nil {
+			return Event{}, fmt.Errorf("decode event: %w", err)
+		}
+		src, dst = netip.AddrFrom16(r.Saddr), netip.AddrFrom16(r.Daddr)
+	default:
+		return Event{}, fmt.Errorf("event of %d bytes, want %d (IPv4) or %d (IPv6)", len(b), eventSize, event6Size)
 	}
 	dir, ok := directionOfMetric(r.Dir)
 	if !ok {
@@ -144,8 +183,8 @@ func decodeEvent(b []byte) (Event, error) {
 		Verdict:     Verdict(r.Verdict),
 		Direction:   dir,
 		EndpointID:  uint16(r.EPID),
-		Src:         netip.AddrFrom4(r.Saddr),
-		Dst:         netip.AddrFrom4(r.Daddr),
+		Src:         src,
+		Dst:         dst,
 		SrcPort:     binary.BigEndian.Uint16(r.Sport[:]),
 		DstPort:     binary.BigEndian.Uint16(r.Dport[:]),
 		Proto:       r.Proto,

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net/netip"
 
+	"github.com/cilium/ebpf"
+
 	"github.com/ebpfnet/ebpfnet/identity"
 )
 
@@ -48,9 +50,24 @@ func (v ipcacheValue) entry() IPCacheEntry {
 	return e
 }
 
+// ipcacheMapOf is the map that holds p, and its key there: ebpfnet_ipcache
+// for an IPv4 prefix, ebpfnet_ipcache6 for an IPv6 one. d.mu is held.
+func (d *Datapath) ipcacheMapOf(p netip.Prefix) (*ebpf.Map, any, error) {
+	if p.IsValid() && p.Addr().Is6() && !p.Addr().Is4In6() {
+		return d.nodeMaps[IPCache6MapName], ipcache6KeyOf(p), nil
+	}
+	key, err := ipcacheKeyOf(p)
+	return d.shared[IPCacheMapName], key, err
+}
+
+func ipcache6KeyOf(p netip.Prefix) ipcache6Key {
+	p = p.Masked()
+	return ipcache6Key{PrefixLen: uint32(p.Bits()), Addr: p.Addr().As16()}
+}
+
 func ipcacheKeyOf(p netip.Prefix) (ipcacheKey, error) {
 	if !p.IsValid() || !p.Addr().Is4() {
-		return ipcacheKey{}, fmt.Errorf("ipcache: %v is not an IPv4 prefix", p)
+		return ipcacheKey{}, fmt.Errorf("ipcache: %v is neither an IPv4 nor an IPv6 prefix", p)
 	}
 	// The trie ignores bits past the length, but a masked key makes the
 	// same prefix one entry however the caller spelled it.
@@ -64,8 +81,7 @@ func ipcacheKeyOf(p netip.Prefix) (ipcacheKey, error) {
 // policy key it means "any". The ipcache package decides what goes in;
 // this only writes.
 func (d *Datapath) PutIPCache(p netip.Prefix, e IPCacheEntry) error {
-	key, err := ipcacheKeyOf(p)
-	if err != nil {
+	if _, _, err := d.ipcacheMapOf(p); err != nil {
 		return err
 	}
 	if e.Identity == identity.Unknown {
@@ -80,7 +96,8 @@ func (d *Datapath) PutIPCache(p netip.Prefix, e IPCacheEntry) error {
 	if d.closed {
 		return errors.New("datapath closed")
 	}
-	if err := d.shared[IPCacheMapName].Put(key, val); err != nil {
+	m, key, _ := d.ipcacheMapOf(p)
+	if err := m.Put(key, val); err != nil {
 		return fmt.Errorf("ipcache %v -> %d: %w", p, e.Identity, err)
 	}
 	return nil
@@ -89,8 +106,7 @@ func (d *Datapath) PutIPCache(p netip.Prefix, e IPCacheEntry) error {
 // DeleteIPCache forgets a prefix; its addresses fall back to a shorter
 // prefix or the world. Deleting a missing prefix succeeds.
 func (d *Datapath) DeleteIPCache(p netip.Prefix) error {
-	key, err := ipcacheKeyOf(p)
-	if err != nil {
+	if _, _, err := d.ipcacheMapOf(p); err != nil {
 		return err
 	}
 	d.mu.Lock()
@@ -98,13 +114,14 @@ func (d *Datapath) DeleteIPCache(p netip.Prefix) error {
 	if d.closed {
 		return errors.New("datapath closed")
 	}
-	if err := ignoreNotExist(d.shared[IPCacheMapName].Delete(key)); err != nil {
+	m, key, _ := d.ipcacheMapOf(p)
+	if err := ignoreNotExist(m.Delete(key)); err != nil {
 		return fmt.Errorf("ipcache delete %v: %w", p, err)
 	}
 	return nil
 }
 
-// IPCache returns every prefix with its entry.
+// IPCache returns every prefix with its entry, of both families.
 func (d *Datapath) IPCache() (map[netip.Prefix]IPCacheEntry, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -120,6 +137,14 @@ func (d *Datapath) IPCache() (map[netip.Prefix]IPCacheEntry, error) {
 	}
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("iterate %s: %w", IPCacheMapName, err)
+	}
+	var key6 ipcache6Key
+	it = d.nodeMaps[IPCache6MapName].Iterate()
+	for it.Next(&key6, &val) {
+		out[netip.PrefixFrom(netip.AddrFrom16(key6.Addr), int(key6.PrefixLen))] = val.entry()
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("iterate %s: %w", IPCache6MapName, err)
 	}
 	return out, nil
 }

@@ -102,11 +102,20 @@ func TestLayoutMapsAndEvents(t *testing.T) {
 		"metrics_value": reflect.TypeOf(MetricValue{}),
 		"network_info":  reflect.TypeOf(networkInfo{}),
 		"notify":        reflect.TypeOf(notifyRecord{}),
+		"ipcache6_key":  reflect.TypeOf(ipcache6Key{}),
+		"network6_info": reflect.TypeOf(network6Info{}),
+		"ct6_key":       reflect.TypeOf(ct6Key{}),
+		"frag6_key":     reflect.TypeOf(frag6Key{}),
+		"notify6":       reflect.TypeOf(notify6Record{}),
 	} {
 		sameLayout(t, cStruct(t, node, c), goType)
 	}
-	if eventSize != int(cStruct(t, node, "notify").Size) {
-		t.Errorf("eventSize %d", eventSize)
+	if eventSize != int(cStruct(t, node, "notify").Size) || event6Size != int(cStruct(t, node, "notify6").Size) {
+		t.Errorf("eventSize %d, event6Size %d", eventSize, event6Size)
+	}
+	// The two event layouts are told apart by their length alone.
+	if eventSize == event6Size {
+		t.Errorf("struct notify and struct notify6 are both %d bytes", eventSize)
 	}
 }
 
@@ -182,4 +191,31 @@ func TestLayoutConstants(t *testing.T) {
 	check("reserved_identity", map[string]uint64{
 		"IDENTITY_HOST": uint64(identity.Host), "IDENTITY_WORLD": uint64(identity.World), "IDENTITY_INIT": uint64(identity.Init),
 	})
+}
+
+// The node programs sit in the slots the C side tail-calls, and the slots
+// fit the arrays.
+func TestLayoutCallSlots(t *testing.T) {
+	node := objects(t)["bpf_node.o"]
+	for _, c := range []struct {
+		enum, prefix, suffix string
+		progs                []nodeProgram
+		max                  string
+	}{
+		{"abi_call_slot", "ABI_CALL_", "", nodePrograms(), "ABI_CALLS_MAX"},
+		{"abi_call6_slot", "ABI_CALL6_", "6", nodePrograms6(), "ABI_CALLS6_MAX"},
+	} {
+		slots := cEnum(t, node, c.enum)
+		max := slots[c.max]
+		delete(slots, c.max)
+		if len(slots) != len(c.progs) {
+			t.Errorf("%s has %d slots, Go %d programs", c.enum, len(slots), len(c.progs))
+		}
+		for _, np := range c.progs {
+			name := c.prefix + strings.ToUpper(strings.TrimSuffix(strings.TrimPrefix(np.name, "node_"), c.suffix))
+			if v, ok := slots[name]; !ok || v != uint64(np.slot) || v >= max {
+				t.Errorf("%s is in slot %d, C %s = %d (present %v, max %d)", np.name, np.slot, name, v, ok, max)
+			}
+		}
+	}
 }

@@ -94,6 +94,9 @@ type networkInfo struct {
 }
 
 func networkInfoOf(n Network) networkInfo {
+	if !n.Subnet.IsValid() {
+		return networkInfo{} // IPv6 only: mask 0, no IPv4 subnet
+	}
 	p := n.Subnet.Masked()
 	info := networkInfo{Subnet: p.Addr().As4(), Gateway: n.Gateway.As4()}
 	copy(info.Mask[:], net.CIDRMask(p.Bits(), 32))

@@ -32,7 +32,11 @@ type overlayEnv struct {
 	peerDevice string     // the peer's underlay interface
 }
 
-func newOverlayEnv(t *testing.T) *overlayEnv {
+func newOverlayEnv(t *testing.T) *overlayEnv { return newOverlayEnvOf(t, false) }
+
+// newOverlayEnvOf is newOverlayEnv with, if v6, a dual-stack network and
+// endpoint.
+func newOverlayEnvOf(t *testing.T, v6 bool) *overlayEnv {
 	t.Helper()
 	port := 20000 + int(randByte(t))*30
 	e := newTestEnv(t, func(c *Config) {
@@ -44,9 +48,15 @@ func newOverlayEnv(t *testing.T) *overlayEnv {
 		}
 	})
 	o := &overlayEnv{testEnv: e}
-	o.net = e.network(1)
-	o.a = e.endpoint(o.net, 2)
-	o.aNS = e.container(o.a)
+	if v6 {
+		o.net = e.network6(1, true)
+		o.a = e.endpoint6(o.net, 2)
+		o.aNS = e.container6(o.a)
+	} else {
+		o.net = e.network(1)
+		o.a = e.endpoint(o.net, 2)
+		o.aNS = e.container(o.a)
+	}
 
 	// The underlay: a /30 of the benchmark range that no route covers.
 	var under netip.Prefix
@@ -101,13 +111,17 @@ func (o *overlayEnv) peerVXLAN(vni uint32) {
 	run(o.t, "ip", "-n", o.peerNS, "link", "set", "vx0", "address", net.HardwareAddr(o.a.NodeMAC).String(), "mtu", "1450", "up")
 	run(o.t, "ip", "-n", o.peerNS, "neigh", "replace", o.a.IPv4.Addr().String(), "lladdr",
 		net.HardwareAddr(o.a.LXCMAC).String(), "dev", "vx0", "nud", "permanent")
+	if o.a.IPv6.IsValid() {
+		run(o.t, "ip", "-n", o.peerNS, "neigh", "replace", o.a.IPv6.Addr().String(), "lladdr",
+			net.HardwareAddr(o.a.LXCMAC).String(), "dev", "vx0", "nud", "permanent")
+	}
 }
 
 // remote tells this node that addr is an endpoint of the peer node with
 // identity id, as the cluster's ipcache would.
 func (o *overlayEnv) remote(addr netip.Addr, id identity.ID) {
 	o.t.Helper()
-	if err := o.dp.PutIPCache(netip.PrefixFrom(addr, 32), IPCacheEntry{Identity: id, TunnelEndpoint: o.peer}); err != nil {
+	if err := o.dp.PutIPCache(netip.PrefixFrom(addr, addr.BitLen()), IPCacheEntry{Identity: id, TunnelEndpoint: o.peer}); err != nil {
 		o.t.Fatal(err)
 	}
 }
@@ -241,5 +255,51 @@ func TestOverlayDeviceLifecycle(t *testing.T) {
 	}
 	if err := RemoveOverlay(o.cfg.Overlay.Device); err != nil {
 		t.Fatalf("removing a missing device: %v", err)
+	}
+}
+
+// IPv6 containers across nodes over the IPv4 underlay: the inner frame is
+// IPv6, the VNI the sender's identity, and the receiver judges by it.
+func TestOverlay6CarriesTheSendersIdentityAndIsJudgedByIt(t *testing.T) {
+	o := newOverlayEnvOf(t, true)
+	evs := o.events()
+	r := hostAddr6(o.net, 200).Addr()
+	o.peerVXLAN(o.a.Identity)
+	run(t, "ip", "-n", o.peerNS, "addr", "add", netip.PrefixFrom(r, o.net.Subnet6.Bits()).String(), "dev", "vx0", "nodad")
+	o.remote(r, 777)
+
+	sent := o.metric(ReasonToOverlay, policy.Egress)
+	if !ping(o.aNS, r) {
+		t.Fatal("a -> the peer node's IPv6 address over the overlay: no answer")
+	}
+	if o.metric(ReasonToOverlay, policy.Egress) <= sent {
+		t.Error("the IPv6 echo request was not counted as sent to the overlay")
+	}
+	if !ping(o.peerNS, o.a.IPv6.Addr()) {
+		t.Error("the peer node's IPv6 address -> a: no answer")
+	}
+	// The peer's device takes one VNI: 777's traffic must carry it as
+	// the source identity, which a's ingress policy sees.
+	o.setPolicy(o.a, FlagEnforceIngress)
+	if ping(o.peerNS, o.a.IPv6.Addr(), "-s", "64") {
+		t.Fatal("peer -> a over IPv6 passed a's ingress policy, which allows nothing")
+	}
+	if _, ok := evs.find(func(ev Event) bool {
+		return ev.Type == EventPolicyVerdict && ev.Verdict == VerdictDenied && ev.EndpointID == o.a.ID &&
+			ev.SrcIdentity == o.a.Identity && ev.Src == r && ev.Direction == policy.Ingress
+	}); !ok {
+		t.Error("no denied verdict naming the identity of the VNI and the peer's IPv6 address")
+	}
+	o.setPolicy(o.a, FlagEnforceIngress, policy.Key{Identity: o.a.Identity, Direction: policy.Ingress})
+	if !ping(o.peerNS, o.a.IPv6.Addr(), "-s", "65") {
+		t.Error("peer -> a over IPv6 denied with the VNI's identity allowed")
+	}
+	// A source outside a's IPv6 subnet does not cross.
+	outside := netip.MustParseAddr("2001:db8:ffff::77")
+	run(t, "ip", "-n", o.peerNS, "addr", "add", outside.String()+"/128", "dev", "vx0", "nodad")
+	before := o.metric(DropNotSameNetwork, policy.Ingress)
+	_ = ping(o.peerNS, o.a.IPv6.Addr(), "-I", outside.String())
+	if o.metric(DropNotSameNetwork, policy.Ingress) <= before {
+		t.Error("an IPv6 source outside a's network was not dropped as another network's")
 	}
 }

@@ -92,6 +92,80 @@ func BenchmarkProgramRun(b *testing.B) {
 	}
 }
 
+// BenchmarkProgramRun6 is BenchmarkProgramRun over IPv6, on a dual-stack
+// network: the same cases, the same established TCP flows.
+func BenchmarkProgramRun6(b *testing.B) {
+	e := newTestEnv(b, func(c *Config) {
+		c.Overlay = &OverlayConfig{Device: "ebv" + c.HostDevice[3:], Port: 20000 + int(randByte(b))*30, UplinkMTU: 1500}
+	})
+	b.Cleanup(func() { _ = RemoveOverlay(e.cfg.Overlay.Device) })
+	n := e.network6(1, true)
+	epA, epB := e.endpoint6(n, 10), e.endpoint6(n, 11)
+	fromA, toA := e.programs(epA)
+	fromB, _ := e.programs(epB)
+	a, bb, gw := epA.IPv6.Addr(), epB.IPv6.Addr(), n.Gateway6
+	world, remote := netip.MustParseAddr("2001:db8::9"), hostAddr6(n, 200).Addr()
+	if err := e.dp.PutIPCache(netip.PrefixFrom(remote, 128), IPCacheEntry{Identity: 900, TunnelEndpoint: netip.MustParseAddr("198.18.0.2")}); err != nil {
+		b.Fatal(err)
+	}
+	const synFlag, ackFlag = 0x02, 0x10
+	for _, open := range []struct {
+		p   *ebpf.Program
+		pkt []byte
+	}{
+		{fromA, tcp6Packet(epA.LXCMAC, epB.LXCMAC, a, bb, 40000, 80, synFlag)},
+		{fromA, tcp6Packet(epA.LXCMAC, epA.NodeMAC, a, gw, 40001, 80, synFlag)},
+		{fromA, tcp6Packet(epA.LXCMAC, epA.NodeMAC, a, world, 40002, 80, synFlag)},
+		{fromA, tcp6Packet(epA.LXCMAC, epA.NodeMAC, a, remote, 40003, 80, synFlag)},
+	} {
+		if _, err := open.p.Run(&ebpf.RunOptions{Data: open.pkt}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	for _, c := range []struct {
+		name string
+		p    *ebpf.Program
+		pkt  []byte
+		want uint32
+	}{
+		{"local-forward", fromA, tcp6Packet(epA.LXCMAC, epB.LXCMAC, a, bb, 40000, 80, ackFlag), tcActRedirect},
+		{"local-reply", fromB, tcp6Packet(epB.LXCMAC, epA.LXCMAC, bb, a, 80, 40000, ackFlag), tcActRedirect},
+		{"to-stack", fromA, tcp6Packet(epA.LXCMAC, epA.NodeMAC, a, gw, 40001, 80, ackFlag), tcActOK},
+		{"to-world", fromA, tcp6Packet(epA.LXCMAC, epA.NodeMAC, a, world, 40002, 80, ackFlag), tcActOK},
+		{"to-overlay", fromA, tcp6Packet(epA.LXCMAC, epA.NodeMAC, a, remote, 40003, 80, ackFlag), tcActRedirect},
+		{"to-container", toA, tcp6Packet(epA.NodeMAC, epA.LXCMAC, gw, a, 80, 40001, ackFlag), tcActOK},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			ret, d, err := c.p.Benchmark(c.pkt, b.N, b.ResetTimer)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if ret != c.want {
+				b.Fatalf("verdict %d, want %d", ret, c.want)
+			}
+			b.ReportMetric(float64(d.Nanoseconds()), "ns/pkt")
+			b.ReportMetric(0, "ns/op")
+		})
+	}
+}
+
+// programs opens the programs attached to ep's veth.
+func (e *testEnv) programs(ep *Endpoint) (from, to *ebpf.Program) {
+	e.t.Helper()
+	in, eg, err := tcPrograms(ep.IfIndex)
+	if err != nil || in == 0 || eg == 0 {
+		e.t.Fatalf("programs of %s: %d %d %v", ep.IfName, in, eg, err)
+	}
+	if from, err = ebpf.NewProgramFromID(in); err != nil {
+		e.t.Fatal(err)
+	}
+	if to, err = ebpf.NewProgramFromID(eg); err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { from.Close(); to.Close() })
+	return from, to
+}
+
 const (
 	tcActOK       = 0
 	tcActShot     = 2

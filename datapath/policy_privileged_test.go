@@ -67,7 +67,7 @@ func listen(t *testing.T, ns string, addr netip.Addr, port uint16) {
 	t.Helper()
 	var ln net.Listener
 	if err := testutil.InNetns(ns, func() (err error) {
-		ln, err = net.Listen("tcp4", netip.AddrPortFrom(addr, port).String())
+		ln, err = net.Listen("tcp", netip.AddrPortFrom(addr, port).String())
 		return err
 	}); err != nil {
 		t.Fatal(err)
@@ -100,7 +100,7 @@ func listen(t *testing.T, ns string, addr netip.Addr, port uint16) {
 func dial(ns string, addr netip.Addr, port uint16, timeout time.Duration) (net.Conn, error) {
 	var c net.Conn
 	err := testutil.InNetns(ns, func() (err error) {
-		c, err = net.DialTimeout("tcp4", netip.AddrPortFrom(addr, port).String(), timeout)
+		c, err = net.DialTimeout("tcp", netip.AddrPortFrom(addr, port).String(), timeout)
 		return err
 	})
 	return c, err

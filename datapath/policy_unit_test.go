@@ -97,3 +97,39 @@ func TestPolicyOfEndpointBeingDeleted(t *testing.T) {
 		t.Errorf("SetEndpointIdentity: %v, want ErrNoEndpoint", err)
 	}
 }
+
+// An IPv6 event is struct notify6: told from struct notify by its length.
+func TestDecodeEvent6(t *testing.T) {
+	b := make([]byte, event6Size)
+	b[0], b[1], b[2], b[3] = byte(EventDrop), byte(DropInvalidSIP), byte(VerdictNone), metricIngress
+	le := binary.LittleEndian
+	le.PutUint32(b[4:], 7)
+	src, dst := netip.MustParseAddr("fd00:80::2"), netip.MustParseAddr("2001:db8::9")
+	s, d := src.As16(), dst.As16()
+	copy(b[8:], s[:])
+	copy(b[24:], d[:])
+	binary.BigEndian.PutUint16(b[40:], 128)
+	b[44] = protoICMPv6
+	le.PutUint32(b[48:], 256)
+	le.PutUint32(b[52:], 2)
+	le.PutUint32(b[56:], 9)
+	le.PutUint32(b[60:], 118)
+	ev, err := decodeEvent(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Event{
+		Type: EventDrop, Reason: DropInvalidSIP, Verdict: VerdictNone, Direction: policy.Ingress,
+		EndpointID: 7, Src: src, Dst: dst, SrcPort: 128, Proto: protoICMPv6,
+		SrcIdentity: 256, DstIdentity: 2, IfIndex: 9, Len: 118,
+	}
+	if ev != want {
+		t.Errorf("decoded %+v\nwant    %+v", ev, want)
+	}
+	if line := ev.String(); !strings.Contains(line, "[fd00:80::2]:128 -> [2001:db8::9]:0") {
+		t.Errorf("%q does not show the IPv6 ends", line)
+	}
+	if _, err := decodeEvent(b[:event6Size-1]); err == nil {
+		t.Error("short IPv6 event decoded")
+	}
+}

@@ -888,7 +888,11 @@ func TestDatapathNodePrograms(t *testing.T) {
 	if e.metric(DropMissedTailCall, policy.Egress) == missed {
 		t.Error("no DROP_MISSED_TAIL_CALL counted by the entry program")
 	}
-	if err := e.dp.loadNodePrograms(); err != nil {
+	spec, err := nodeObjectSpec()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.dp.loadNodePrograms(spec); err != nil {
 		t.Fatal(err)
 	}
 	if !ping(nsA, b.IPv4.Addr()) {

@@ -15,6 +15,7 @@ const (
 	ReasonPolicy       Reason = 3 // new flow allowed by policy (verdict events)
 	ReasonPolicyAudit  Reason = 4 // denied, passed in audit mode (counted per direction)
 	ReasonToOverlay    Reason = 5 // sent to another node through the overlay
+	ReasonNDPReply     Reason = 6 // neighbour solicitation answered by the program
 	DropInvalid        Reason = 130
 	DropInvalidSMAC    Reason = 131
 	DropInvalidSIP     Reason = 132
@@ -32,7 +33,7 @@ const (
 // test that holds them to bpf/lib/reason.h.
 func knownReasons() []Reason {
 	return []Reason{
-		ReasonForwarded, ReasonToStack, ReasonARPReply, ReasonPolicy, ReasonPolicyAudit, ReasonToOverlay,
+		ReasonForwarded, ReasonToStack, ReasonARPReply, ReasonPolicy, ReasonPolicyAudit, ReasonToOverlay, ReasonNDPReply,
 		DropInvalid, DropInvalidSMAC, DropInvalidSIP, DropPolicy, DropUnknownL3,
 		DropNotSameNetwork, DropInvalidARP, DropWriteError, DropMissedTailCall, DropUnroutable,
 	}
@@ -56,6 +57,8 @@ func (r Reason) Name() string {
 		return "REASON_POLICY_AUDIT"
 	case ReasonToOverlay:
 		return "REASON_TO_OVERLAY"
+	case ReasonNDPReply:
+		return "REASON_NDP_REPLY"
 	case DropInvalid:
 		return "DROP_INVALID"
 	case DropInvalidSMAC:
@@ -96,6 +99,8 @@ func (r Reason) String() string {
 		return "Policy audit"
 	case ReasonToOverlay:
 		return "To overlay"
+	case ReasonNDPReply:
+		return "NDP reply"
 	case DropInvalid:
 		return "Invalid packet"
 	case DropInvalidSMAC:

@@ -180,11 +180,9 @@ func (d *Datapath) readopt(st *endpointState) error {
 	// crash before it was published) ran fail-closed, as the programs
 	// treat a missing entry, and stays so until the daemon applies its
 	// policy.
-	var cur endpointInfo
-	flags := FlagEnforceIngress | FlagEnforceEgress
-	if err := d.shared[EndpointsMapName].Lookup(endpointKey(ep.IPv4.Addr()), &cur); err == nil && cur.EPID == uint32(ep.ID) {
-		flags = cur.Flags
-	} else {
+	flags, ok := d.publishedFlags(ep)
+	if !ok {
+		flags = FlagEnforceIngress | FlagEnforceEgress
 		d.log.WithField("epid", ep.ID).Warn("endpoint was not published; enforcing both directions until its policy is applied")
 	}
 	entries, err := readPolicyEntries(st.policy)

@@ -188,17 +188,20 @@ func constantsOf(ep *Endpoint) endpointConstants {
 }
 
 // instantiate returns a copy of the template with c patched in. The IPv4
-// address is stored as is (network byte order, a __be32); integers use the
-// object's byte order.
+// address is stored as is (network byte order, a __be32), 0 for an
+// endpoint without IPv4; integers use the object's byte order.
 func (t *template) instantiate(c endpointConstants) ([]byte, error) {
-	if !c.IPv4.Is4() {
+	if c.IPv4.IsValid() && !c.IPv4.Is4() {
 		return nil, fmt.Errorf("instantiate template: %v is not an IPv4 address", c.IPv4)
 	}
 	if len(c.LXCMAC) != 6 || len(c.NodeMAC) != 6 {
 		return nil, fmt.Errorf("instantiate template: MACs must be 6 bytes (lxc %v, node %v)", c.LXCMAC, c.NodeMAC)
 	}
 	out := bytes.Clone(t.raw)
-	ip := c.IPv4.As4()
+	var ip [4]byte
+	if c.IPv4.IsValid() {
+		ip = c.IPv4.As4()
+	}
 	copy(out[t.offsets[symLXCIPv4]:], ip[:])
 	copy(out[t.offsets[symLXCMAC]:], c.LXCMAC)
 	copy(out[t.offsets[symNodeMAC]:], c.NodeMAC)

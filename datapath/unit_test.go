@@ -353,3 +353,72 @@ func mustPrefix(t testing.TB, s string) netip.Prefix {
 	}
 	return p
 }
+
+// A dual-stack endpoint's record carries its IPv6 address and network,
+// and reads back whole; a record of a version before IPv6 reads back
+// without them; an IPv6-only endpoint's object has LXC_IPV4 0.
+func TestEPConfigIPv6(t *testing.T) {
+	ep := testEndpoint()
+	ep.IPv6 = netip.MustParsePrefix("fd00:80::68/64")
+	ep.Network.Subnet6 = netip.MustParsePrefix("fd00:80::/64")
+	ep.Network.Gateway6 = netip.MustParseAddr("fd00:80::1")
+	hdr, err := WriteEPConfig("v", &ep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(hdr), " * IPv6 address: fd00:80::68\n") {
+		t.Errorf("ep_config.h lacks the IPv6 address:\n%s", hdr)
+	}
+	_, got, err := ParseEPConfig(hdr)
+	if err != nil || got.IPv6 != ep.IPv6 || got.Network != ep.Network {
+		t.Errorf("read back %v %+v, %v", got.IPv6, got.Network, err)
+	}
+	// What the version before IPv6 wrote: no IPv6 keys at all.
+	old := testEndpoint()
+	js, _ := json.Marshal(old)
+	if strings.Contains(string(js), "IPv6") || strings.Contains(string(js), "subnet6") {
+		t.Errorf("an endpoint without IPv6 records IPv6 keys: %s", js)
+	}
+
+	v6only := ep
+	v6only.IPv4, v6only.Network.Subnet, v6only.Network.Gateway = netip.Prefix{}, netip.Prefix{}, netip.Addr{}
+	if err := validateEndpoint(&v6only); err != nil {
+		t.Errorf("IPv6-only endpoint refused: %v", err)
+	}
+	if err := validateNetwork(v6only.Network); err != nil {
+		t.Errorf("IPv6-only network refused: %v", err)
+	}
+	tmpl, err := parseTemplate(bpf.LXCTemplate)
+	if err != nil {
+		t.Fatal(err)
+	}
+	obj, err := tmpl.instantiate(constantsOf(&v6only))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if off := tmpl.offsets[symLXCIPv4]; !bytes.Equal(obj[off:off+4], []byte{0, 0, 0, 0}) {
+		t.Errorf("LXC_IPV4 of an IPv6-only endpoint is % x", obj[off:off+4])
+	}
+
+	for name, bad := range map[string]func(*Endpoint){
+		"no address":           func(e *Endpoint) { e.IPv6 = netip.Prefix{} },
+		"an IPv4 IPv6 address": func(e *Endpoint) { e.IPv6 = netip.MustParsePrefix("10.0.0.1/24") },
+		"a mapped address":     func(e *Endpoint) { e.IPv6 = netip.MustParsePrefix("::ffff:10.0.0.1/120") },
+		"no IPv6 gateway":      func(e *Endpoint) { e.Network.Gateway6 = netip.Addr{} },
+	} {
+		e := v6only
+		bad(&e)
+		if err := validateEndpoint(&e); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+	for name, n := range map[string]Network{
+		"no subnet at all":      {Index: 1},
+		"IPv6 without gateway":  {Index: 1, Subnet6: ep.Network.Subnet6},
+		"an IPv4 subnet as six": {Index: 1, Subnet6: ep.Network.Subnet, Gateway6: ep.Network.Gateway},
+	} {
+		if err := validateNetwork(n); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}

@@ -46,7 +46,7 @@ type Endpoints interface {
 type External interface {
 	AddNetwork(external.Network) error
 	RemoveNetwork(networkID string) error
-	Program(networkID, endpointID, ifName string, ip netip.Addr, bindings []external.Binding) ([]external.Mapping, error)
+	Program(networkID, endpointID, ifName string, ip, ip6 netip.Addr, bindings []external.Binding) ([]external.Mapping, error)
 	Revoke(endpointID string) error
 }
 
@@ -55,8 +55,10 @@ const (
 	optionGeneric  = "com.docker.network.generic"
 	optionInternal = "com.docker.network.internal"
 	// optionEnableIPv4 is false for `docker network create --ipv4=false`
-	// (Docker 28+, which always sends it).
+	// (Docker 28+, which always sends it); optionEnableIPv6 is true with
+	// --ipv6 (Docker 28+; earlier versions send the IPv6 pool only).
 	optionEnableIPv4 = "com.docker.network.enable_ipv4"
+	optionEnableIPv6 = "com.docker.network.enable_ipv6"
 	// ContainerPrefix is the DstPrefix Docker appends a number to: eth0.
 	ContainerPrefix = "eth"
 	// optionPrefix marks our own -o options; an unknown one is an error, so
@@ -212,10 +214,14 @@ func (d *Driver) network(id string) (networkRecord, bool) {
 
 // Network is the read-only view of a network for the local API.
 type Network struct {
-	ID       string            `json:"id"`
-	Index    uint32            `json:"index"`
-	Subnet   string            `json:"subnet"`
-	Gateway  string            `json:"gateway"`
+	ID      string `json:"id"`
+	Index   uint32 `json:"index"`
+	Subnet  string `json:"subnet"`
+	Gateway string `json:"gateway"`
+	// Subnet6 and Gateway6 are empty for a network without IPv6, Subnet
+	// and Gateway for one without IPv4.
+	Subnet6  string            `json:"subnet6,omitempty"`
+	Gateway6 string            `json:"gateway6,omitempty"`
 	Internal bool              `json:"internal,omitempty"`
 	Options  map[string]string `json:"options,omitempty"`
 	// Rebuilt says the network was rebuilt from its endpoints' records
@@ -248,11 +254,17 @@ func (d *Driver) Networks() []Network {
 }
 
 func toNetwork(n networkRecord) Network {
-	return Network{
+	out := Network{
 		ID: n.ID, Index: n.Datapath.Index,
-		Subnet: n.Datapath.Subnet.String(), Gateway: n.Datapath.Gateway.String(),
 		Internal: n.Internal, Options: n.Options, Rebuilt: n.Rebuilt,
 	}
+	if n.Datapath.Subnet.IsValid() {
+		out.Subnet, out.Gateway = n.Datapath.Subnet.String(), n.Datapath.Gateway.String()
+	}
+	if n.Datapath.Subnet6.IsValid() {
+		out.Subnet6, out.Gateway6 = n.Datapath.Subnet6.String(), n.Datapath.Gateway6.String()
+	}
+	return out
 }
 
 // GetCapabilities: endpoints are local to this node.
@@ -260,21 +272,17 @@ func (d *Driver) GetCapabilities() (*network.CapabilitiesResponse, error) {
 	return &network.CapabilitiesResponse{Scope: network.LocalScope, ConnectivityScope: network.LocalScope}, nil
 }
 
-// CreateNetwork records the network and gives it its host-side plumbing.
+// CreateNetwork records the network and gives it its host-side plumbing:
+// an IPv4 subnet, an IPv6 one (--ipv6), or only an IPv6 one (Docker 28+'s
+// --ipv4=false --ipv6).
 func (d *Driver) CreateNetwork(req *network.CreateNetworkRequest) error {
 	if req.NetworkID == "" {
 		return errors.New("create network: empty network ID")
 	}
-	if err := checkIPv4Enabled(req.Options); err != nil {
+	if err := checkFamilies(req.Options); err != nil {
 		return fmt.Errorf("create network: %w", err)
 	}
-	if len(req.IPv6Data) > 0 {
-		return errors.New("create network: ebpfnet does not support IPv6 yet; drop --ipv6")
-	}
-	if len(req.IPv4Data) != 1 {
-		return fmt.Errorf("create network: ebpfnet needs exactly one IPv4 subnet, got %d", len(req.IPv4Data))
-	}
-	subnet, gateway, err := parseIPAMData(req.IPv4Data[0])
+	dp, err := subnetsOf(req)
 	if err != nil {
 		return fmt.Errorf("create network: %w", err)
 	}
@@ -287,15 +295,13 @@ func (d *Driver) CreateNetwork(req *network.CreateNetworkRequest) error {
 	defer d.mu.Unlock()
 	if existing, ok := d.networks.get(req.NetworkID); ok {
 		// A retried call: same network, nothing to do.
-		if existing.Datapath.Subnet == subnet {
+		if existing.Datapath.Subnet == dp.Subnet && existing.Datapath.Subnet6 == dp.Subnet6 {
 			return nil
 		}
 		return fmt.Errorf("create network: network %s already exists with subnet %s", dockerid.Short(req.NetworkID), existing.Datapath.Subnet)
 	}
-	for _, n := range d.networks.list() {
-		if n.Datapath.Subnet.Overlaps(subnet) {
-			return fmt.Errorf("create network: subnet %s overlaps %s of ebpfnet network %s", subnet, n.Datapath.Subnet, dockerid.Short(n.ID))
-		}
+	if err := d.checkOverlap(dp); err != nil {
+		return fmt.Errorf("create network: %w", err)
 	}
 	index, err := d.networks.freeIndex()
 	if err != nil {
@@ -305,9 +311,10 @@ func (d *Driver) CreateNetwork(req *network.CreateNetworkRequest) error {
 	if err != nil {
 		return fmt.Errorf("create network: %w", err)
 	}
+	dp.Index, dp.MTU = index, mtu
 	rec := networkRecord{
 		ID:       req.NetworkID,
-		Datapath: datapath.Network{Index: index, Subnet: subnet, Gateway: gateway, MTU: mtu},
+		Datapath: dp,
 		Internal: internal,
 		Options:  options,
 	}
@@ -334,17 +341,74 @@ func (d *Driver) CreateNetwork(req *network.CreateNetworkRequest) error {
 		undoPlumbing()
 		return fmt.Errorf("create network %s: %w", dockerid.Short(req.NetworkID), err)
 	}
-	d.log.WithFields(logrus.Fields{"network": dockerid.Short(req.NetworkID), "subnet": subnet, "gateway": gateway, "index": index}).Info("network created")
+	d.log.WithFields(subnetFields(dp)).WithFields(logrus.Fields{"network": dockerid.Short(req.NetworkID), "index": index}).Info("network created")
 	d.networksChanged()
 	return nil
 }
 
-// checkIPv4Enabled refuses `docker network create --ipv4=false` (Docker 28+
-// always sends enable_ipv4). Docker 29 creates such a network without any
-// address when --ipv6 is not given either; say why it cannot be ours.
-func checkIPv4Enabled(options map[string]interface{}) error {
-	if v, ok := options[optionEnableIPv4]; ok && !truthy(v) {
-		return errors.New("ebpfnet needs IPv4 and does not support IPv6 yet; drop --ipv4=false")
+// subnetFields are a network's subnets and gateways for the log, of the
+// families it has.
+func subnetFields(n datapath.Network) logrus.Fields {
+	f := logrus.Fields{}
+	if n.Subnet.IsValid() {
+		f["subnet"], f["gateway"] = n.Subnet, n.Gateway
+	}
+	if n.Subnet6.IsValid() {
+		f["subnet6"], f["gateway6"] = n.Subnet6, n.Gateway6
+	}
+	return f
+}
+
+// subnetsOf reads a new network's subnets and gateways: at most one of
+// each family, at least one.
+func subnetsOf(req *network.CreateNetworkRequest) (datapath.Network, error) {
+	var n datapath.Network
+	if len(req.IPv4Data) > 1 || len(req.IPv6Data) > 1 {
+		return n, fmt.Errorf("ebpfnet takes one subnet of each family, got %d IPv4 and %d IPv6", len(req.IPv4Data), len(req.IPv6Data))
+	}
+	v4, ok := req.Options[optionEnableIPv4]
+	if ok && !truthy(v4) && len(req.IPv4Data) > 0 {
+		return n, errors.New("--ipv4=false, but Docker sent an IPv4 pool")
+	}
+	var err error
+	if len(req.IPv4Data) == 1 {
+		if n.Subnet, n.Gateway, err = parseIPAMData(req.IPv4Data[0], false); err != nil {
+			return n, err
+		}
+	}
+	if len(req.IPv6Data) == 1 {
+		if n.Subnet6, n.Gateway6, err = parseIPAMData(req.IPv6Data[0], true); err != nil {
+			return n, err
+		}
+	}
+	if !n.Subnet.IsValid() && !n.Subnet6.IsValid() {
+		return n, errors.New("ebpfnet needs an IPv4 or an IPv6 subnet, got none")
+	}
+	return n, nil
+}
+
+// checkOverlap refuses subnets that overlap another network's; d.mu is
+// held.
+func (d *Driver) checkOverlap(dp datapath.Network) error {
+	for _, n := range d.networks.list() {
+		for _, pair := range [][2]netip.Prefix{
+			{dp.Subnet, n.Datapath.Subnet}, {dp.Subnet6, n.Datapath.Subnet6},
+		} {
+			if pair[0].IsValid() && pair[1].IsValid() && pair[0].Overlaps(pair[1]) {
+				return fmt.Errorf("subnet %s overlaps %s of ebpfnet network %s", pair[0], pair[1], dockerid.Short(n.ID))
+			}
+		}
+	}
+	return nil
+}
+
+// checkFamilies refuses a network with neither family: Docker 29 creates
+// one without any address for `--ipv4=false` without --ipv6 (Docker 28+
+// always sends enable_ipv4, and enable_ipv6 with --ipv6).
+func checkFamilies(options map[string]interface{}) error {
+	v4, ok := options[optionEnableIPv4]
+	if ok && !truthy(v4) && !truthy(options[optionEnableIPv6]) {
+		return errors.New("a network without IPv4 needs IPv6: add --ipv6, or drop --ipv4=false")
 	}
 	return nil
 }
@@ -356,7 +420,7 @@ func checkIPv4Enabled(options map[string]interface{}) error {
 // a network we cannot serve is refused here first: with --ipv4=false
 // --ipv6 the IPAM driver would otherwise only complain about IPv6.
 func (d *Driver) GwAllocCheck(options map[string]interface{}) (skipIPv4, skipIPv6 bool, err error) {
-	if err := checkIPv4Enabled(options); err != nil {
+	if err := checkFamilies(options); err != nil {
 		return false, false, fmt.Errorf("create network: %w", err)
 	}
 	return false, false, nil
@@ -396,31 +460,31 @@ func (d *Driver) AllocateNetwork(*network.AllocateNetworkRequest) (*network.Allo
 func (d *Driver) FreeNetwork(*network.FreeNetworkRequest) error { return nil }
 
 // CreateEndpoint builds the container's veth pair and datapath. Docker's
-// IPAM half (ours or another) has already chosen the address.
+// IPAM half (ours or another) has already chosen the addresses: one of each
+// family the network has.
 func (d *Driver) CreateEndpoint(req *network.CreateEndpointRequest) (*network.CreateEndpointResponse, error) {
-	if req.Interface == nil || req.Interface.Address == "" {
-		return nil, errors.New("create endpoint: Docker sent no IPv4 address; ebpfnet needs one from the network's IPAM driver")
+	if req.Interface == nil || (req.Interface.Address == "" && req.Interface.AddressIPv6 == "") {
+		return nil, errors.New("create endpoint: Docker sent no IPv4 address and no IPv6 address; ebpfnet needs them from the network's IPAM driver")
 	}
-	if req.Interface.AddressIPv6 != "" {
-		return nil, errors.New("create endpoint: ebpfnet does not support IPv6 yet")
-	}
-	addr, err := netip.ParsePrefix(req.Interface.Address)
-	if err != nil || !addr.Addr().Is4() {
-		return nil, fmt.Errorf("create endpoint: address %q is not an IPv4 CIDR", req.Interface.Address)
-	}
-	var mac net.HardwareAddr
+	var (
+		mac         net.HardwareAddr
+		addr, addr6 netip.Prefix
+		err         error
+	)
 	if req.Interface.MacAddress != "" {
 		if mac, err = net.ParseMAC(req.Interface.MacAddress); err != nil {
 			return nil, fmt.Errorf("create endpoint: MAC address %q: %w", req.Interface.MacAddress, err)
 		}
 	}
-
 	rec, ok := d.network(req.NetworkID)
 	if !ok {
 		return nil, fmt.Errorf("create endpoint: network %s is not an ebpfnet network known to this node", dockerid.Short(req.NetworkID))
 	}
-	if !rec.Datapath.Subnet.Contains(addr.Addr()) {
-		return nil, fmt.Errorf("create endpoint: address %s is outside the network's subnet %s", addr.Addr(), rec.Datapath.Subnet)
+	if addr, err = endpointAddress(req.Interface.Address, rec.Datapath.Subnet, false); err != nil {
+		return nil, fmt.Errorf("create endpoint: %w", err)
+	}
+	if addr6, err = endpointAddress(req.Interface.AddressIPv6, rec.Datapath.Subnet6, true); err != nil {
+		return nil, fmt.Errorf("create endpoint: %w", err)
 	}
 	if existing, ok := d.endpoints.Endpoint(req.EndpointID); ok {
 		// A retried call: answer as the first time.
@@ -430,7 +494,8 @@ func (d *Driver) CreateEndpoint(req *network.CreateEndpointRequest) (*network.Cr
 		DockerNetworkID:  req.NetworkID,
 		DockerEndpointID: req.EndpointID,
 		LXCMAC:           datapath.HardwareAddr(mac),
-		IPv4:             netip.PrefixFrom(addr.Addr(), rec.Datapath.Subnet.Bits()),
+		IPv4:             addr,
+		IPv6:             addr6,
 		Network:          rec.Datapath,
 		Identity:         uint32(identity.Init),
 	}
@@ -439,10 +504,40 @@ func (d *Driver) CreateEndpoint(req *network.CreateEndpointRequest) (*network.Cr
 	if err := d.endpoints.CreateEndpoint(ctx, ep); err != nil {
 		return nil, fmt.Errorf("create endpoint %s: %w", dockerid.Short(req.EndpointID), err)
 	}
-	d.log.WithFields(logrus.Fields{
-		"endpoint": dockerid.Short(req.EndpointID), "epid": ep.ID, "ifname": ep.IfName, "ipv4": ep.IPv4,
-	}).Info("endpoint created")
+	fields := logrus.Fields{"endpoint": dockerid.Short(req.EndpointID), "epid": ep.ID, "ifname": ep.IfName}
+	if ep.IPv4.IsValid() {
+		fields["ipv4"] = ep.IPv4
+	}
+	if ep.IPv6.IsValid() {
+		fields["ipv6"] = ep.IPv6
+	}
+	d.log.WithFields(fields).Info("endpoint created")
 	return endpointResponse(req, *ep), nil
+}
+
+// endpointAddress reads the address Docker chose of one family (v6) and
+// gives it the subnet's prefix length. A network without that family has
+// none to give; an empty address of a family the network has is refused
+// too, so that no container of a dual-stack network lacks one.
+func endpointAddress(s string, subnet netip.Prefix, v6 bool) (netip.Prefix, error) {
+	family := map[bool]string{false: "IPv4", true: "IPv6"}[v6]
+	if s == "" {
+		if subnet.IsValid() {
+			return netip.Prefix{}, fmt.Errorf("no %s address from Docker, and the network has %s subnet %s", family, family, subnet)
+		}
+		return netip.Prefix{}, nil
+	}
+	p, err := netip.ParsePrefix(s)
+	if err != nil || p.Addr().Is6() != v6 || p.Addr().Is4In6() {
+		return netip.Prefix{}, fmt.Errorf("address %q is not an %s CIDR", s, family)
+	}
+	if !subnet.IsValid() {
+		return netip.Prefix{}, fmt.Errorf("%s address %s, but the network has no %s subnet", family, p.Addr(), family)
+	}
+	if !subnet.Contains(p.Addr()) {
+		return netip.Prefix{}, fmt.Errorf("address %s is outside the network's subnet %s", p.Addr(), subnet)
+	}
+	return netip.PrefixFrom(p.Addr(), subnet.Bits()), nil
 }
 
 // endpointResponse answers CreateEndpoint. Docker refuses a response that
@@ -488,7 +583,8 @@ func (d *Driver) EndpointInfo(req *network.InfoRequest) (*network.InfoResponse, 
 	return &network.InfoResponse{Value: map[string]string{
 		"ebpfnet.endpoint-id": strconv.Itoa(int(ep.ID)),
 		"ebpfnet.ifname":      ep.IfName,
-		"ebpfnet.ipv4":        ep.IPv4.String(),
+		"ebpfnet.ipv4":        prefixString(ep.IPv4),
+		"ebpfnet.ipv6":        prefixString(ep.IPv6),
 	}}, nil
 }
 
@@ -499,10 +595,24 @@ func (d *Driver) Join(req *network.JoinRequest) (*network.JoinResponse, error) {
 	if !ok {
 		return nil, fmt.Errorf("join: unknown endpoint %s", dockerid.Short(req.EndpointID))
 	}
-	return &network.JoinResponse{
+	resp := &network.JoinResponse{
 		InterfaceName: network.InterfaceName{SrcName: ep.PeerName, DstPrefix: ContainerPrefix},
-		Gateway:       ep.Network.Gateway.String(),
-	}, nil
+	}
+	if ep.Network.Gateway.IsValid() {
+		resp.Gateway = ep.Network.Gateway.String()
+	}
+	if ep.Network.Gateway6.IsValid() {
+		resp.GatewayIPv6 = ep.Network.Gateway6.String()
+	}
+	return resp, nil
+}
+
+// prefixString is p, or "" for none (not "invalid Prefix").
+func prefixString(p netip.Prefix) string {
+	if !p.IsValid() {
+		return ""
+	}
+	return p.String()
 }
 
 // Leave has nothing to undo: the datapath lives until DeleteEndpoint.
@@ -536,7 +646,7 @@ func (d *Driver) ProgramExternalConnectivity(req *network.ProgramExternalConnect
 	if !ok {
 		return fmt.Errorf("publish ports: unknown endpoint %s", dockerid.Short(req.EndpointID))
 	}
-	if _, err := d.external.Program(req.NetworkID, req.EndpointID, ep.IfName, ep.IPv4.Addr(), bindings); err != nil {
+	if _, err := d.external.Program(req.NetworkID, req.EndpointID, ep.IfName, ep.IPv4.Addr(), ep.IPv6.Addr(), bindings); err != nil {
 		return fmt.Errorf("publish ports: %w", err)
 	}
 	return nil
@@ -576,16 +686,19 @@ func (n networkRecord) toExternal() external.Network {
 	if v, ok := n.Options[external.OptionMasquerade]; ok {
 		masquerade, _ = strconv.ParseBool(v) // checked by knownOptions
 	}
-	return external.Network{ID: n.ID, Subnet: n.Datapath.Subnet, Gateway: n.Datapath.Gateway, Internal: n.Internal, Masquerade: masquerade && !n.Internal}
+	return external.Network{ID: n.ID, Subnet: n.Datapath.Subnet, Gateway: n.Datapath.Gateway,
+		Subnet6: n.Datapath.Subnet6, Gateway6: n.Datapath.Gateway6, Internal: n.Internal, Masquerade: masquerade && !n.Internal}
 }
 
-func parseIPAMData(data *network.IPAMData) (netip.Prefix, netip.Addr, error) {
+// parseIPAMData reads one pool of a family (v6) and its gateway.
+func parseIPAMData(data *network.IPAMData, v6 bool) (netip.Prefix, netip.Addr, error) {
+	family := map[bool]string{false: "IPv4", true: "IPv6"}[v6]
 	if data == nil {
-		return netip.Prefix{}, netip.Addr{}, errors.New("no IPv4 pool")
+		return netip.Prefix{}, netip.Addr{}, fmt.Errorf("no %s pool", family)
 	}
 	subnet, err := netip.ParsePrefix(data.Pool)
-	if err != nil || !subnet.Addr().Is4() {
-		return netip.Prefix{}, netip.Addr{}, fmt.Errorf("pool %q is not an IPv4 CIDR", data.Pool)
+	if err != nil || subnet.Addr().Is6() != v6 || subnet.Addr().Is4In6() {
+		return netip.Prefix{}, netip.Addr{}, fmt.Errorf("pool %q is not an %s CIDR", data.Pool, family)
 	}
 	subnet = subnet.Masked()
 	if data.Gateway == "" {
@@ -596,7 +709,7 @@ func parseIPAMData(data *network.IPAMData) (netip.Prefix, netip.Addr, error) {
 		// Some IPAM drivers answer the gateway without a prefix length.
 		addr, aerr := netip.ParseAddr(data.Gateway)
 		if aerr != nil {
-			return netip.Prefix{}, netip.Addr{}, fmt.Errorf("gateway %q is not an IPv4 address", data.Gateway)
+			return netip.Prefix{}, netip.Addr{}, fmt.Errorf("gateway %q is not an %s address", data.Gateway, family)
 		}
 		gw = netip.PrefixFrom(addr, subnet.Bits())
 	}

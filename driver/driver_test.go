@@ -130,16 +130,22 @@ func TestCreateNetworkRefusesBadInputAndChangesNothing(t *testing.T) {
 		"unknown option": {createNetwork("net3", "10.78.0.0/16", "10.78.0.1/16", map[string]interface{}{"ebpfnet.typo": "x"}), "unknown option ebpfnet.typo"},
 		"bad pool":       {createNetwork("net4", "nonsense", "10.79.0.1/16", nil), `pool "nonsense"`},
 		"gw outside":     {createNetwork("net5", "10.80.0.0/16", "10.81.0.1/16", nil), "outside subnet"},
-		"ipv6": {&network.CreateNetworkRequest{NetworkID: "net6",
+		"ipv6 without gateway": {&network.CreateNetworkRequest{NetworkID: "net6",
 			IPv4Data: []*network.IPAMData{{Pool: "10.82.0.0/16", Gateway: "10.82.0.1/16"}},
-			IPv6Data: []*network.IPAMData{{Pool: "fd00::/64"}}}, "IPv6"},
-		// Docker 29's --ipv4=false: no IPv4 pool, and the option says why.
+			IPv6Data: []*network.IPAMData{{Pool: "fd00::/64"}}}, "no gateway"},
+		"ipv4 pool as ipv6": {&network.CreateNetworkRequest{NetworkID: "net6",
+			IPv6Data: []*network.IPAMData{{Pool: "10.84.0.0/16", Gateway: "10.84.0.1/16"}}}, `pool "10.84.0.0/16" is not an IPv6 CIDR`},
+		"two ipv6 pools": {&network.CreateNetworkRequest{NetworkID: "net6",
+			IPv6Data: []*network.IPAMData{{Pool: "fd00:1::/64", Gateway: "fd00:1::1/64"}, {Pool: "fd00:2::/64", Gateway: "fd00:2::1/64"}}},
+			"one subnet of each family, got 0 IPv4 and 2 IPv6"},
+		// Docker 29's --ipv4=false without --ipv6: no address at all.
 		"no ipv4": {&network.CreateNetworkRequest{NetworkID: "net7",
-			Options: map[string]interface{}{optionEnableIPv4: false, "com.docker.network.enable_ipv6": false}},
-			"ebpfnet needs IPv4 and does not support IPv6 yet; drop --ipv4=false"},
+			Options: map[string]interface{}{optionEnableIPv4: false, optionEnableIPv6: false}},
+			"a network without IPv4 needs IPv6: add --ipv6, or drop --ipv4=false"},
+		"no pool": {&network.CreateNetworkRequest{NetworkID: "net7"}, "ebpfnet needs an IPv4 or an IPv6 subnet, got none"},
 		"no ipv4 with a pool": {&network.CreateNetworkRequest{NetworkID: "net8",
-			Options:  map[string]interface{}{optionEnableIPv4: false},
-			IPv4Data: []*network.IPAMData{{Pool: "10.83.0.0/16", Gateway: "10.83.0.1/16"}}}, "drop --ipv4=false"},
+			Options:  map[string]interface{}{optionEnableIPv4: false, optionEnableIPv6: true},
+			IPv4Data: []*network.IPAMData{{Pool: "10.83.0.0/16", Gateway: "10.83.0.1/16"}}}, "--ipv4=false, but Docker sent an IPv4 pool"},
 	}
 	before, _ := os.ReadFile(path)
 	for name, c := range cases {
@@ -179,9 +185,12 @@ func TestGwAllocCheck(t *testing.T) {
 			t.Errorf("GwAllocCheck(%v) = %v, %v, %v; want false, false, nil", opts, skip4, skip6, err)
 		}
 	}
-	_, _, err := d.GwAllocCheck(map[string]interface{}{optionEnableIPv4: false, "com.docker.network.enable_ipv6": true})
-	if err == nil || err.Error() != "create network: ebpfnet needs IPv4 and does not support IPv6 yet; drop --ipv4=false" {
-		t.Errorf("GwAllocCheck with enable_ipv4=false: %v", err)
+	if _, _, err := d.GwAllocCheck(map[string]interface{}{optionEnableIPv4: false, optionEnableIPv6: true}); err != nil {
+		t.Errorf("GwAllocCheck of an IPv6-only network: %v", err)
+	}
+	_, _, err := d.GwAllocCheck(map[string]interface{}{optionEnableIPv4: false, optionEnableIPv6: false})
+	if err == nil || err.Error() != "create network: a network without IPv4 needs IPv6: add --ipv6, or drop --ipv4=false" {
+		t.Errorf("GwAllocCheck with neither family: %v", err)
 	}
 }
 
@@ -382,5 +391,80 @@ func TestNetworkMTU(t *testing.T) {
 		if err := d.CreateNetwork(createNetwork("n3", "10.79.0.0/16", "10.79.0.1/16", map[string]interface{}{OptionMTU: bad})); err == nil {
 			t.Errorf("MTU %q accepted", bad)
 		}
+	}
+}
+
+// Dual-stack and IPv6-only networks: their subnets reach the datapath and
+// the record; endpoints take an address of each family the network has;
+// Join hands Docker both gateways.
+func TestIPv6Networks(t *testing.T) {
+	d, fake, path := newTestDriver(t)
+	dual := createNetwork("dual", "10.77.0.0/16", "10.77.0.1/16", nil)
+	dual.IPv6Data = []*network.IPAMData{{AddressSpace: "ebpfnet-local", Pool: "fd00:77::/64", Gateway: "fd00:77::1/64"}}
+	if err := d.CreateNetwork(dual); err != nil {
+		t.Fatal(err)
+	}
+	only6 := &network.CreateNetworkRequest{NetworkID: "only6",
+		Options:  map[string]interface{}{optionEnableIPv4: false, optionEnableIPv6: true},
+		IPv6Data: []*network.IPAMData{{Pool: "fd00:78::/64", Gateway: "fd00:78::1"}}}
+	if err := d.CreateNetwork(only6); err != nil {
+		t.Fatal(err)
+	}
+	want := datapath.Network{Index: 1, Subnet: netip.MustParsePrefix("10.77.0.0/16"), Gateway: netip.MustParseAddr("10.77.0.1"),
+		Subnet6: netip.MustParsePrefix("fd00:77::/64"), Gateway6: netip.MustParseAddr("fd00:77::1")}
+	want6 := datapath.Network{Index: 2, Subnet6: netip.MustParsePrefix("fd00:78::/64"), Gateway6: netip.MustParseAddr("fd00:78::1")}
+	if fake.networks[1] != want || fake.networks[2] != want6 {
+		t.Fatalf("datapath got %+v", fake.networks)
+	}
+	overlap := &network.CreateNetworkRequest{NetworkID: "overlap",
+		IPv6Data: []*network.IPAMData{{Pool: "fd00:77::/48", Gateway: "fd00:77::1/48"}}}
+	if err := d.CreateNetwork(overlap); err == nil || !strings.Contains(err.Error(), "overlaps fd00:77::/64") {
+		t.Errorf("an overlapping IPv6 subnet: %v", err)
+	}
+	if nets := d.Networks(); len(nets) != 2 || nets[1].Subnet != "" || nets[1].Subnet6 != "fd00:78::/64" || nets[0].Gateway6 != "fd00:77::1" {
+		t.Errorf("Networks() = %+v", nets)
+	}
+
+	const ep6 = "fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210"
+	for _, c := range []struct {
+		net, id, v4, v6 string
+		gw, gw6         string
+	}{
+		{"dual", epID, "10.77.0.2/16", "fd00:77::2/64", "10.77.0.1", "fd00:77::1"},
+		{"only6", ep6, "", "fd00:78::2/64", "", "fd00:78::1"},
+	} {
+		_, err := d.CreateEndpoint(&network.CreateEndpointRequest{NetworkID: c.net, EndpointID: c.id,
+			Interface: &network.EndpointInterface{Address: c.v4, AddressIPv6: c.v6}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ep := fake.endpoints[c.id]
+		if ep.IPv6.String() != c.v6 || (c.v4 != "" && ep.IPv4.String() != c.v4) || (c.v4 == "" && ep.IPv4.IsValid()) {
+			t.Errorf("%s: endpoint %v %v", c.net, ep.IPv4, ep.IPv6)
+		}
+		join, err := d.Join(&network.JoinRequest{NetworkID: c.net, EndpointID: c.id})
+		if err != nil || join.Gateway != c.gw || join.GatewayIPv6 != c.gw6 {
+			t.Errorf("%s: Join answered %+v, %v", c.net, join, err)
+		}
+	}
+	for name, c := range map[string]struct{ net, v4, v6, want string }{
+		"dual without IPv6":   {"dual", "10.77.0.3/16", "", "no IPv6 address from Docker"},
+		"only6 with IPv4":     {"only6", "10.77.0.3/16", "fd00:78::3/64", "the network has no IPv4 subnet"},
+		"IPv6 outside subnet": {"dual", "10.77.0.3/16", "fd00:79::3/64", "outside the network's subnet fd00:77::/64"},
+		"IPv4 as IPv6":        {"only6", "", "10.0.0.1/24", `address "10.0.0.1/24" is not an IPv6 CIDR`},
+	} {
+		_, err := d.CreateEndpoint(&network.CreateEndpointRequest{NetworkID: c.net, EndpointID: strings.Repeat("9", 64),
+			Interface: &network.EndpointInterface{Address: c.v4, AddressIPv6: c.v6}})
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v, want %q", name, err, c.want)
+		}
+	}
+	// The record reads back.
+	fake2 := newFake()
+	if _, err := New(path, fake2, fake2, logrus.New()); err != nil {
+		t.Fatal(err)
+	}
+	if fake2.networks[1] != want || fake2.networks[2] != want6 {
+		t.Fatalf("after restart the datapath got %+v", fake2.networks)
 	}
 }

@@ -71,10 +71,16 @@ func (n networkRecord) check() error {
 		return errors.New("no network ID")
 	case dp.Index == 0 || dp.Index > 0xffff:
 		return fmt.Errorf("index %d: want 1 to 65535", dp.Index)
-	case !dp.Subnet.IsValid() || !dp.Subnet.Addr().Is4() || dp.Subnet != dp.Subnet.Masked():
+	case !dp.Subnet.IsValid() && !dp.Subnet6.IsValid():
+		return errors.New("neither an IPv4 nor an IPv6 subnet")
+	case dp.Subnet.IsValid() && (!dp.Subnet.Addr().Is4() || dp.Subnet != dp.Subnet.Masked()):
 		return fmt.Errorf("subnet %v is not a canonical IPv4 prefix", dp.Subnet)
-	case !dp.Gateway.Is4() || !dp.Subnet.Contains(dp.Gateway):
+	case dp.Subnet.IsValid() && (!dp.Gateway.Is4() || !dp.Subnet.Contains(dp.Gateway)):
 		return fmt.Errorf("gateway %v is not in subnet %s", dp.Gateway, dp.Subnet)
+	case dp.Subnet6.IsValid() && (!dp.Subnet6.Addr().Is6() || dp.Subnet6.Addr().Is4In6() || dp.Subnet6 != dp.Subnet6.Masked()):
+		return fmt.Errorf("subnet %v is not a canonical IPv6 prefix", dp.Subnet6)
+	case dp.Subnet6.IsValid() && !dp.Subnet6.Contains(dp.Gateway6):
+		return fmt.Errorf("gateway %v is not in subnet %s", dp.Gateway6, dp.Subnet6)
 	}
 	return nil
 }

@@ -55,9 +55,12 @@ func WriteRebuilt(path string, networks []RebuiltNetwork) error {
 // DockerNetwork is what Docker's network inspection says of a network
 // whose driver is ours.
 type DockerNetwork struct {
-	ID       string
-	Subnet   netip.Prefix
-	Gateway  netip.Addr
+	ID      string
+	Subnet  netip.Prefix
+	Gateway netip.Addr
+	// Subnet6 and Gateway6 are its IPv6 pool's, invalid without one.
+	Subnet6  netip.Prefix
+	Gateway6 netip.Addr
 	Internal bool
 	// Options are the network's -o options (inspect's Options).
 	Options map[string]string
@@ -93,7 +96,8 @@ func (d *Driver) Confirm(docker []DockerNetwork, adopt bool) (externalChanged bo
 			continue
 		}
 		if known {
-			if rec.Datapath.Subnet != dn.Subnet.Masked() || rec.Datapath.Gateway != dn.Gateway {
+			if rec.Datapath.Subnet != dn.Subnet.Masked() || rec.Datapath.Gateway != dn.Gateway ||
+				rec.Datapath.Subnet6 != dn.Subnet6.Masked() || rec.Datapath.Gateway6 != dn.Gateway6 {
 				// The records are what the endpoints run with; say so
 				// rather than change them under the endpoints.
 				problems = append(problems, fmt.Errorf("network %s: Docker says subnet %s gateway %s, the endpoints' records %s %s; keeping the records'",
@@ -125,20 +129,20 @@ func (d *Driver) Confirm(docker []DockerNetwork, adopt bool) (externalChanged bo
 // adoptLocked adds a network Docker knows and this node had lost, with its
 // host-side plumbing and external side; d.mu is held.
 func (d *Driver) adoptLocked(dn DockerNetwork, internal bool, options map[string]string) error {
-	subnet := dn.Subnet.Masked()
-	if !subnet.IsValid() || !subnet.Addr().Is4() || !subnet.Contains(dn.Gateway) {
-		return fmt.Errorf("network %s: Docker says subnet %v gateway %v, not an IPv4 network ebpfnet can serve", dockerid.Short(dn.ID), dn.Subnet, dn.Gateway)
-	}
-	for _, n := range d.networks.list() {
-		if n.Datapath.Subnet.Overlaps(subnet) {
-			return fmt.Errorf("network %s: subnet %s overlaps %s of network %s", dockerid.Short(dn.ID), subnet, n.Datapath.Subnet, dockerid.Short(n.ID))
-		}
-	}
+	dp := datapath.Network{Subnet: dn.Subnet.Masked(), Gateway: dn.Gateway, Subnet6: dn.Subnet6.Masked(), Gateway6: dn.Gateway6}
 	index, err := d.networks.freeIndex()
 	if err != nil {
 		return fmt.Errorf("network %s: %w", dockerid.Short(dn.ID), err)
 	}
-	rec := networkRecord{ID: dn.ID, Datapath: datapath.Network{Index: index, Subnet: subnet, Gateway: dn.Gateway}, Internal: internal, Options: options}
+	dp.Index = index
+	rec := networkRecord{ID: dn.ID, Datapath: dp, Internal: internal, Options: options}
+	if err := rec.check(); err != nil {
+		return fmt.Errorf("network %s: Docker says subnets %v %v gateways %v %v, not a network ebpfnet can serve: %w",
+			dockerid.Short(dn.ID), dn.Subnet, dn.Subnet6, dn.Gateway, dn.Gateway6, err)
+	}
+	if err := d.checkOverlap(dp); err != nil {
+		return fmt.Errorf("network %s: %w", dockerid.Short(dn.ID), err)
+	}
 	if err := d.datapath.AddNetwork(rec.Datapath); err != nil {
 		return fmt.Errorf("adopt network %s: %w", dockerid.Short(dn.ID), err)
 	}
@@ -162,7 +166,7 @@ func (d *Driver) adoptLocked(dn DockerNetwork, internal bool, options map[string
 		}
 		return fmt.Errorf("adopt network %s: %w", dockerid.Short(dn.ID), err)
 	}
-	d.log.WithFields(logrus.Fields{"network": dockerid.Short(dn.ID), "subnet": subnet, "gateway": dn.Gateway, "index": index}).
+	d.log.WithFields(subnetFields(dp)).WithFields(logrus.Fields{"network": dockerid.Short(dn.ID), "index": index}).
 		Info("network Docker knows and the lost networks.json held, adopted")
 	return nil
 }

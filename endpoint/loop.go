@@ -220,20 +220,34 @@ func (l *loop) restoreIdentity(ctx context.Context, ep datapath.Endpoint) {
 	l.upsertLocal(ep, id)
 }
 
-// upsertLocal records a local endpoint's address under its identity in the
-// ipcache and, in a cluster, tells the other nodes.
+// upsertLocal records a local endpoint's addresses (one identity for both
+// families) in the ipcache and, in a cluster, tells the other nodes.
 func (l *loop) upsertLocal(ep datapath.Endpoint, id identity.ID) {
-	if err := l.m.cfg.IPCache.Upsert(hostPrefix(ep.IPv4.Addr()), ipcache.SourceLocalEndpoint, ipcache.Entry{Identity: id}); err != nil {
-		l.log.WithError(err).WithField("epid", ep.ID).Warn("ipcache entry of an endpoint")
-	}
-	if p := l.m.cfg.Publish; p != nil {
-		if err := p.PublishEndpoint(ep.IPv4.Addr(), id); err != nil {
-			l.log.WithError(err).WithField("epid", ep.ID).Warn("publish an endpoint to the cluster")
+	for _, a := range addressesOf(ep) {
+		if err := l.m.cfg.IPCache.Upsert(hostPrefix(a), ipcache.SourceLocalEndpoint, ipcache.Entry{Identity: id}); err != nil {
+			l.log.WithError(err).WithField("epid", ep.ID).Warn("ipcache entry of an endpoint")
+		}
+		if p := l.m.cfg.Publish; p != nil {
+			if err := p.PublishEndpoint(a, id); err != nil {
+				l.log.WithError(err).WithField("epid", ep.ID).Warn("publish an endpoint to the cluster")
+			}
 		}
 	}
 }
 
 func hostPrefix(a netip.Addr) netip.Prefix { return netip.PrefixFrom(a, a.BitLen()) }
+
+// addressesOf lists an endpoint's addresses: its IPv4 one, its IPv6 one,
+// or both.
+func addressesOf(ep datapath.Endpoint) []netip.Addr {
+	var out []netip.Addr
+	for _, p := range []netip.Prefix{ep.IPv4, ep.IPv6} {
+		if p.IsValid() {
+			out = append(out, p.Addr())
+		}
+	}
+	return out
+}
 
 // create builds an endpoint (CreateEndpoint).
 func (l *loop) create(ep *datapath.Endpoint) error {
@@ -265,11 +279,13 @@ func (l *loop) delete(ctx context.Context, dockerEndpointID string) error {
 	if !existed {
 		return nil
 	}
-	if err := l.m.cfg.IPCache.Delete(hostPrefix(ep.IPv4.Addr()), ipcache.SourceLocalEndpoint); err != nil {
-		l.log.WithError(err).WithField("epid", ep.ID).Warn("remove a deleted endpoint's ipcache entry")
-	}
-	if p := l.m.cfg.Publish; p != nil {
-		p.WithdrawEndpoint(ep.IPv4.Addr())
+	for _, a := range addressesOf(ep) {
+		if err := l.m.cfg.IPCache.Delete(hostPrefix(a), ipcache.SourceLocalEndpoint); err != nil {
+			l.log.WithError(err).WithField("epid", ep.ID).Warn("remove a deleted endpoint's ipcache entry")
+		}
+		if p := l.m.cfg.Publish; p != nil {
+			p.WithdrawEndpoint(a)
+		}
 	}
 	if id, ok := l.m.holds(ep.ID); ok {
 		l.m.setHeld(ep.ID, 0, false)
@@ -478,8 +494,10 @@ func (l *loop) syncHostAddresses() {
 	host := ipcache.Entry{Identity: identity.Host}
 	want := map[netip.Prefix]ipcache.Entry{}
 	for _, n := range l.networks {
-		if n.Gateway.IsValid() {
-			want[hostPrefix(n.Gateway)] = host
+		for _, gw := range []netip.Addr{n.Gateway, n.Gateway6} {
+			if gw.IsValid() {
+				want[hostPrefix(gw)] = host
+			}
 		}
 	}
 	if l.m.cfg.NodeAddresses != nil {

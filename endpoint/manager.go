@@ -68,8 +68,11 @@ type Publisher interface {
 
 // Network is what policy needs of a Docker network.
 type Network struct {
-	ID      string
-	Gateway netip.Addr
+	ID string
+	// Gateway and Gateway6 are the host's addresses on the network, of
+	// the families it has (host identity in the ipcache).
+	Gateway  netip.Addr
+	Gateway6 netip.Addr
 	// Mode is the network's enforcement mode (-o ebpfnet.policy-enforcement).
 	Mode policy.Mode
 	// Audit reports denials without dropping (-o ebpfnet.policy-audit).

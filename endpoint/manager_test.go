@@ -752,3 +752,42 @@ func mustParseRules(t *testing.T, js string) []policy.Rule {
 	}
 	return rules
 }
+
+// A dual-stack endpoint has one identity for both addresses: both are in
+// the ipcache and published under it, follow its labels, and go with it;
+// an IPv6 gateway is the host.
+func TestDualStackEndpoint(t *testing.T) {
+	e := newEnv(t)
+	gw6 := netip.MustParseAddr("fd00:77::1")
+	e.m.SetNetworks([]Network{{ID: netID, Gateway: gateway, Gateway6: gw6, Mode: policy.ModeDefault}})
+	e.settle()
+	if id, _ := e.dp.ipcacheOf("fd00:77::1/128"); id != identity.Host {
+		t.Fatalf("the IPv6 gateway is %d in the ipcache, want host", id)
+	}
+	ep := &datapath.Endpoint{DockerNetworkID: netID, DockerEndpointID: "ep1",
+		IPv4: netip.MustParsePrefix("10.77.0.2/16"), IPv6: netip.MustParsePrefix("fd00:77::2/64")}
+	if err := e.m.CreateEndpoint(context.Background(), ep); err != nil {
+		t.Fatal(err)
+	}
+	e.setLabels("ep1", "c1", map[string]string{"id": "app1"})
+	got, _ := e.dp.policyOf(t, "ep1")
+	for _, a := range []string{"10.77.0.2", "fd00:77::2"} {
+		if id, _ := e.dp.ipcacheOf(netip.PrefixFrom(netip.MustParseAddr(a), netip.MustParseAddr(a).BitLen()).String()); uint32(id) != got.Identity {
+			t.Errorf("%s is %d in the ipcache, want the endpoint's %d", a, id, got.Identity)
+		}
+		if id, ok := e.pub.get(a); !ok || uint32(id) != got.Identity {
+			t.Errorf("%s published as %d (%v), want %d", a, id, ok, got.Identity)
+		}
+	}
+	if err := e.m.DeleteEndpoint(context.Background(), "ep1"); err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range []string{"10.77.0.2", "fd00:77::2"} {
+		if _, ok := e.pub.get(a); ok {
+			t.Errorf("%s still published after the deletion", a)
+		}
+	}
+	if _, ok := e.dp.ipcacheOf("fd00:77::2/128"); ok {
+		t.Error("the deleted endpoint's IPv6 address is still in the ipcache")
+	}
+}

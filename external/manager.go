@@ -34,8 +34,11 @@ type Tables interface {
 type Config struct {
 	StatePath string // /var/lib/ebpfnet/external.json
 	Log       logrus.FieldLogger
-	// Tables defaults to iptables (IPv4) through go-iptables.
-	Tables Tables
+	// Tables defaults to iptables (IPv4) through go-iptables, Tables6 to
+	// ip6tables. With Tables set and Tables6 nil (unit tests) nothing of
+	// IPv6 is programmed.
+	Tables  Tables
+	Tables6 Tables
 	// Sysctl writes /proc/sys/<key>; tests replace it.
 	Sysctl func(key, value string) error
 	// CanBind reports whether the host port is free, by binding it;
@@ -96,6 +99,13 @@ func withDefaults(cfg Config) (Config, error) {
 			return cfg, fmt.Errorf("iptables: %w", err)
 		}
 		cfg.Tables = ipt
+		if cfg.Tables6 == nil {
+			ipt6, err := iptables.NewWithProtocol(iptables.ProtocolIPv6)
+			if err != nil {
+				return cfg, fmt.Errorf("ip6tables: %w", err)
+			}
+			cfg.Tables6 = ipt6
+		}
 	}
 	if cfg.Sysctl == nil {
 		cfg.Sysctl = writeSysctl
@@ -143,7 +153,10 @@ func (m *Manager) Restore(networks []Network, endpoints map[string]bool) error {
 		return err
 	}
 	for _, n := range m.sortedNetworks() {
-		if err := m.appendAll(m.nm.networkRules(n)); err != nil {
+		if err := m.forward6(n); err != nil {
+			return err
+		}
+		if err := m.appendAll(m.nm.networkRules(n, m.v6())); err != nil {
 			return err
 		}
 	}
@@ -176,7 +189,11 @@ func (m *Manager) AddNetwork(n Network) error {
 		undo()
 		return err
 	}
-	if err := m.appendAll(m.nm.networkRules(n)); err != nil {
+	if err := m.forward6(n); err != nil {
+		undo()
+		return err
+	}
+	if err := m.appendAll(m.nm.networkRules(n, m.v6())); err != nil {
 		undo()
 		return err
 	}
@@ -196,7 +213,7 @@ func (m *Manager) AddNetwork(n Network) error {
 // undoAddNetwork removes what a failed AddNetwork of a new network
 // programmed: its rules, and our chains if no other network needs them.
 func (m *Manager) undoAddNetwork(n Network) {
-	if err := m.deleteAll(m.nm.networkRules(n)); err != nil {
+	if err := m.deleteAll(m.nm.networkRules(n, m.v6())); err != nil {
 		m.log.WithError(err).Warn("undo the rules of a network that failed to add")
 	}
 	if len(m.st.Networks) == 0 {
@@ -220,7 +237,7 @@ func (m *Manager) RemoveNetwork(id string) error {
 				}
 			}
 		}
-		if err := m.deleteAll(m.nm.networkRules(n)); err != nil {
+		if err := m.deleteAll(m.nm.networkRules(n, m.v6())); err != nil {
 			return err
 		}
 		delete(m.st.Networks, id)
@@ -234,12 +251,16 @@ func (m *Manager) RemoveNetwork(id string) error {
 	return nil
 }
 
-// Program publishes an endpoint's ports. Each binding gets one host port:
-// the one asked for, the first free one of a range, or one from the
-// ephemeral range for HostPort 0. A port another mapping of ours, one of
-// Docker's or a listening socket holds is refused. A retried call for an
-// endpoint already programmed is answered as the first time.
-func (m *Manager) Program(networkID, endpointID, ifName string, ip netip.Addr, bindings []Binding) ([]Mapping, error) {
+// Program publishes an endpoint's ports on its IPv4 address ip, its IPv6
+// address ip6, or both (either may be invalid). A binding without a host
+// address publishes on every address of each family the endpoint has (a
+// twin for "::" that Docker adds is the same port), one with a host
+// address only in its family. Each mapping gets one host port: the one
+// asked for, the first free one of a range, or one from the ephemeral
+// range for HostPort 0. A port another mapping of ours, one of Docker's or
+// a listening socket holds is refused. A retried call for an endpoint
+// already programmed is answered as the first time.
+func (m *Manager) Program(networkID, endpointID, ifName string, ip, ip6 netip.Addr, bindings []Binding) ([]Mapping, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if ep, ok := m.st.Endpoints[endpointID]; ok {
@@ -263,9 +284,13 @@ func (m *Manager) Program(networkID, endpointID, ifName string, ip netip.Addr, b
 	for _, ep := range m.st.Endpoints {
 		taken = append(taken, ep.Mappings...)
 	}
+	planned, err := m.perFamily(bindings, ip, ip6)
+	if err != nil {
+		return nil, err
+	}
 	var chosen []Mapping
-	for _, b := range bindings {
-		mp, err := m.choose(b, ip, taken)
+	for _, p := range planned {
+		mp, err := m.choose(p.b, p.ip, taken)
 		if err != nil {
 			return nil, err
 		}
@@ -331,9 +356,63 @@ func (m *Manager) revokeLocked(endpointID string) error {
 	return nil
 }
 
-// choose decides the host port of one binding.
+// plannedBinding is a binding on the container address of one family.
+type plannedBinding struct {
+	b  Binding
+	ip netip.Addr
+}
+
+// perFamily spreads bindings over the endpoint's families (Program).
+func (m *Manager) perFamily(bindings []Binding, ip, ip6 netip.Addr) ([]plannedBinding, error) {
+	var out []plannedBinding
+	seen := map[Binding]bool{}
+	add := func(b Binding, to netip.Addr) {
+		if h := b.hostIP(); to.Is6() && h.Is4() {
+			b.HostIP = netip.IPv6Unspecified().String() // "": every address
+		}
+		if !seen[b] {
+			seen[b] = true
+			out = append(out, plannedBinding{b: b, ip: to})
+		}
+	}
+	for _, b := range bindings {
+		host := b.hostIP()
+		switch {
+		case b.HostIP == "":
+			if ip.IsValid() {
+				add(b, ip)
+			}
+			if ip6.IsValid() && m.v6() {
+				add(b, ip6)
+			}
+		case host.Is6():
+			if !ip6.IsValid() || !m.v6() {
+				if b.HostIP == netip.IPv6Unspecified().String() && ip.IsValid() {
+					continue // Docker's IPv6 twin, on a container without IPv6
+				}
+				return nil, fmt.Errorf("publish %s port %d on %s: the container has no IPv6 address", protoName(b.Proto), b.Port, host)
+			}
+			add(b, ip6)
+		default:
+			if !ip.IsValid() {
+				if host.IsUnspecified() && ip6.IsValid() {
+					continue // 0.0.0.0 on an IPv6-only container: the twin "::" publishes it
+				}
+				return nil, fmt.Errorf("publish %s port %d on %s: the container has no IPv4 address", protoName(b.Proto), b.Port, host)
+			}
+			b.HostIP = host.String()
+			add(b, ip)
+		}
+	}
+	return out, nil
+}
+
+// choose decides the host port of one binding, on ip.
 func (m *Manager) choose(b Binding, ip netip.Addr, taken []Mapping) (Mapping, error) {
 	mp := Mapping{Proto: b.Proto, HostIP: b.hostIP(), ContainerIP: ip, ContainerPort: b.Port}
+	if ip.Is6() && mp.HostIP.Is4() {
+		mp.HostIP = netip.IPv6Unspecified()
+	}
 	lo, hi := b.HostPort, b.HostPortEnd
 	if hi < lo {
 		hi = lo
@@ -374,8 +453,11 @@ func (m *Manager) free(mp Mapping, taken []Mapping) error {
 }
 
 func hostName(ip netip.Addr) string {
-	if ip.IsUnspecified() {
+	if ip.IsUnspecified() && ip.Is4() {
 		return "0.0.0.0"
+	}
+	if ip.IsUnspecified() {
+		return "::"
 	}
 	return ip.String()
 }
@@ -384,27 +466,38 @@ func hostName(ip netip.Addr) string {
 // nat DOCKER chain (with userland-proxy=false nothing else holds the port).
 var dockerRule = regexp.MustCompile(`^-A DOCKER (?:.*?-d (\S+?)(?:/32)? )?.*?-p (tcp|udp) .*?--dport (\d+)(?::(\d+))? .*-j DNAT`)
 
-// dockerMappings are the host ports Docker's own drivers publish.
+// dockerMappings are the host ports Docker's own drivers publish, in
+// iptables and (with Docker's ip6tables) in ip6tables.
 func (m *Manager) dockerMappings() ([]Mapping, error) {
-	ok, err := m.cfg.Tables.ChainExists(tableNAT, "DOCKER")
-	if err != nil || !ok {
-		return nil, nil // no Docker chain: nothing of Docker's to avoid
+	var out []Mapping
+	for _, t := range []struct {
+		tables Tables
+		any    netip.Addr
+	}{{m.cfg.Tables, netip.IPv4Unspecified()}, {m.cfg.Tables6, netip.IPv6Unspecified()}} {
+		if t.tables == nil {
+			continue
+		}
+		ok, err := t.tables.ChainExists(tableNAT, "DOCKER")
+		if err != nil || !ok {
+			continue // no Docker chain: nothing of Docker's to avoid
+		}
+		lines, err := t.tables.List(tableNAT, "DOCKER")
+		if err != nil {
+			return nil, fmt.Errorf("list Docker's port mappings: %w", err)
+		}
+		out = append(out, parseDockerRules(lines, t.any)...)
 	}
-	lines, err := m.cfg.Tables.List(tableNAT, "DOCKER")
-	if err != nil {
-		return nil, fmt.Errorf("list Docker's port mappings: %w", err)
-	}
-	return parseDockerRules(lines), nil
+	return out, nil
 }
 
-func parseDockerRules(lines []string) []Mapping {
+func parseDockerRules(lines []string, any netip.Addr) []Mapping {
 	var out []Mapping
 	for _, l := range lines {
 		s := dockerRule.FindStringSubmatch(l)
 		if s == nil {
 			continue
 		}
-		host := netip.IPv4Unspecified()
+		host := any
 		if s[1] != "" {
 			if a, err := netip.ParseAddr(s[1]); err == nil {
 				host = a
@@ -426,22 +519,23 @@ func parseDockerRules(lines []string) []Mapping {
 	return out
 }
 
-// ensureChains creates our chains and jumps; flush empties them first
-// (Restore refills them from the state).
+// ensureChains creates our chains and jumps, in iptables and ip6tables;
+// flush empties them first (Restore refills them from the state).
 func (m *Manager) ensureChains(flush bool) error {
-	for _, c := range m.nm.chains() {
-		exists, err := m.cfg.Tables.ChainExists(c.table, c.chain)
+	for _, c := range m.chains() {
+		tables := m.tables(c)
+		exists, err := tables.ChainExists(c.table, c.chain)
 		if err != nil {
 			return fmt.Errorf("look up chain %s: %w", c.chain, err)
 		}
 		if !exists || flush {
 			// ClearChain creates a missing chain and flushes an existing one.
-			if err := m.cfg.Tables.ClearChain(c.table, c.chain); err != nil {
-				return fmt.Errorf("create chain %s/%s: %w", c.table, c.chain, err)
+			if err := tables.ClearChain(c.table, c.chain); err != nil {
+				return fmt.Errorf("create chain %s/%s (%s): %w", c.table, c.chain, c, err)
 			}
 		}
 	}
-	if err := m.appendAll(m.nm.jumps()); err != nil {
+	if err := m.appendAll(m.jumps()); err != nil {
 		return err
 	}
 	if err := m.appendAll(m.nm.globalRules()); err != nil {
@@ -457,16 +551,17 @@ func (m *Manager) ensureChains(flush bool) error {
 
 // removeChains removes the jumps, then our chains. Idempotent.
 func (m *Manager) removeChains() error {
-	if err := m.deleteAll(m.nm.jumps()); err != nil {
+	if err := m.deleteAll(m.jumps()); err != nil {
 		return err
 	}
-	for _, c := range m.nm.chains() {
-		exists, err := m.cfg.Tables.ChainExists(c.table, c.chain)
+	for _, c := range m.chains() {
+		tables := m.tables(c)
+		exists, err := tables.ChainExists(c.table, c.chain)
 		if err != nil {
 			return fmt.Errorf("look up chain %s: %w", c.chain, err)
 		}
 		if exists {
-			if err := m.cfg.Tables.ClearAndDeleteChain(c.table, c.chain); err != nil {
+			if err := tables.ClearAndDeleteChain(c.table, c.chain); err != nil {
 				return fmt.Errorf("delete chain %s/%s: %w", c.table, c.chain, err)
 			}
 		}
@@ -474,9 +569,48 @@ func (m *Manager) removeChains() error {
 	return nil
 }
 
+// v6 says whether IPv6 rules are programmed (Config.Tables6).
+func (m *Manager) v6() bool { return m.cfg.Tables6 != nil }
+
+// tables are the tables of r's family.
+func (m *Manager) tables(r rule) Tables {
+	if r.v6 {
+		return m.cfg.Tables6
+	}
+	return m.cfg.Tables
+}
+
+// chains and jumps are ours in each family programmed.
+func (m *Manager) chains() []rule {
+	if !m.v6() {
+		return m.nm.chains()
+	}
+	return append(m.nm.chains(), in6(m.nm.chains())...)
+}
+
+func (m *Manager) jumps() []rule {
+	if !m.v6() {
+		return m.nm.jumps()
+	}
+	return append(m.nm.jumps(), in6(m.nm.jumps())...)
+}
+
+// forward6 lets the node forward IPv6 once a network has IPv6: it routes
+// the containers' traffic off the node (and their replies), as
+// net.ipv4.ip_forward does for IPv4.
+func (m *Manager) forward6(n Network) error {
+	if !n.Subnet6.IsValid() || !m.v6() || n.Internal {
+		return nil
+	}
+	if err := m.cfg.Sysctl("net/ipv6/conf/all/forwarding", "1"); err != nil {
+		return fmt.Errorf("enable IPv6 forwarding: %w", err)
+	}
+	return nil
+}
+
 func (m *Manager) appendAll(rules []rule) error {
 	for _, r := range rules {
-		if err := m.cfg.Tables.AppendUnique(r.table, r.chain, r.spec...); err != nil {
+		if err := m.tables(r).AppendUnique(r.table, r.chain, r.spec...); err != nil {
 			return fmt.Errorf("iptables %s: %w", r, err)
 		}
 	}
@@ -496,7 +630,7 @@ func (m *Manager) deleteAll(rules []rule) error {
 			}
 			continue
 		}
-		if err := m.cfg.Tables.DeleteIfExists(r.table, r.chain, r.spec...); err != nil && first == nil {
+		if err := m.tables(r).DeleteIfExists(r.table, r.chain, r.spec...); err != nil && first == nil {
 			first = fmt.Errorf("iptables delete %s: %w", r, err)
 		}
 	}
@@ -511,7 +645,7 @@ func (m *Manager) chainGone(r rule) (bool, error) {
 			continue
 		}
 		if r.chain == c.chain || (len(r.spec) > 0 && r.spec[len(r.spec)-1] == c.chain) {
-			exists, err := m.cfg.Tables.ChainExists(c.table, c.chain)
+			exists, err := m.tables(r).ChainExists(c.table, c.chain)
 			if err != nil {
 				return false, fmt.Errorf("look up chain %s: %w", c.chain, err)
 			}
@@ -574,15 +708,19 @@ func writeSysctl(key, value string) error {
 // shadowed by our DNAT, so its owner, not us, keeps the port.
 func canBind(proto uint8, ip netip.Addr, port uint16) error {
 	addr := netip.AddrPortFrom(ip, port).String()
+	family := "4"
+	if ip.Is6() {
+		family = "6"
+	}
 	switch proto {
 	case ProtoUDP:
-		c, err := net.ListenPacket("udp4", addr)
+		c, err := net.ListenPacket("udp"+family, addr)
 		if err != nil {
 			return err
 		}
 		return c.Close()
 	default:
-		l, err := net.Listen("tcp4", addr)
+		l, err := net.Listen("tcp"+family, addr)
 		if err != nil {
 			return err
 		}

@@ -49,11 +49,11 @@ type Mapping struct {
 }
 
 func (m Mapping) String() string {
-	host := "*"
+	host := "*:" + strconv.Itoa(int(m.HostPort))
 	if !m.HostIP.IsUnspecified() {
-		host = m.HostIP.String()
+		host = netip.AddrPortFrom(m.HostIP, m.HostPort).String()
 	}
-	return fmt.Sprintf("%s:%d/%s -> %s:%d", host, m.HostPort, protoName(m.Proto), m.ContainerIP, m.ContainerPort)
+	return fmt.Sprintf("%s/%s -> %s", host, protoName(m.Proto), netip.AddrPortFrom(m.ContainerIP, m.ContainerPort))
 }
 
 func protoName(p uint8) string {
@@ -69,8 +69,8 @@ func protoName(p uint8) string {
 // ParseBindings reads the port map from ProgramExternalConnectivity's
 // options. The remote driver API hands them over as decoded JSON, so they
 // go back through JSON into our own type rather than being picked apart by
-// hand. IPv6 host addresses are skipped: ebpfnet is IPv4 only, and Docker
-// sends an IPv6 twin of each binding when the daemon has IPv6 enabled.
+// hand. Bindings on IPv6 host addresses are kept: they publish on the
+// container's IPv6 address (Program).
 func ParseBindings(options map[string]interface{}) ([]Binding, error) {
 	raw, ok := options[OptionPortMap]
 	if !ok || raw == nil {
@@ -87,12 +87,8 @@ func ParseBindings(options map[string]interface{}) ([]Binding, error) {
 	var out []Binding
 	for _, b := range all {
 		if b.HostIP != "" {
-			ip, err := netip.ParseAddr(b.HostIP)
-			if err != nil {
+			if _, err := netip.ParseAddr(b.HostIP); err != nil {
 				return nil, fmt.Errorf("port %d: host IP %q: %w", b.Port, b.HostIP, err)
-			}
-			if ip.Is6() && !ip.Is4In6() {
-				continue
 			}
 		}
 		if b.Proto != ProtoTCP && b.Proto != ProtoUDP {
@@ -118,9 +114,10 @@ func (b Binding) hostIP() netip.Addr {
 	return ip.Unmap()
 }
 
-// overlaps says whether two mappings would catch the same packets.
+// overlaps says whether two mappings would catch the same packets: of one
+// family, protocol and port, on the same or any host address.
 func (m Mapping) overlaps(o Mapping) bool {
-	if m.Proto != o.Proto || m.HostPort != o.HostPort {
+	if m.Proto != o.Proto || m.HostPort != o.HostPort || m.HostIP.Is4() != o.HostIP.Is4() {
 		return false
 	}
 	return m.HostIP.IsUnspecified() || o.HostIP.IsUnspecified() || m.HostIP == o.HostIP

@@ -48,7 +48,8 @@ func loadState(path string) (state, error) {
 	}
 	for id, ep := range st.Endpoints {
 		for _, mp := range ep.Mappings {
-			if mp.HostPort == 0 || mp.ContainerPort == 0 || !mp.ContainerIP.Is4() || (mp.Proto != ProtoTCP && mp.Proto != ProtoUDP) {
+			if mp.HostPort == 0 || mp.ContainerPort == 0 || !mp.ContainerIP.IsValid() || mp.ContainerIP.Is4In6() ||
+				mp.HostIP.Is4() != mp.ContainerIP.Is4() || (mp.Proto != ProtoTCP && mp.Proto != ProtoUDP) {
 				return st, atomicfile.Corrupt(fmt.Errorf("published ports state %s is corrupt: endpoint %s: mapping %+v", path, id, mp))
 			}
 		}
@@ -79,19 +80,29 @@ func Recover(cfg Config) (Recovered, error) {
 	}
 	nm := chainNames(cfg.ChainPrefix)
 	rec := Recovered{Networks: map[string]RecoveredNetwork{}, Mappings: map[string][]Mapping{}}
+	// Both families' chains: a network's rules are the same in each, an
+	// endpoint's mappings are those of both.
 	list := func(table, chain string) ([]parsedRule, error) {
-		ok, err := cfg.Tables.ChainExists(table, chain)
-		if err != nil || !ok {
-			return nil, err
-		}
-		lines, err := cfg.Tables.List(table, chain)
-		if err != nil {
-			return nil, fmt.Errorf("list %s/%s: %w", table, chain, err)
-		}
 		var out []parsedRule
-		for _, l := range lines {
-			if r, ok := parseRule(l); ok {
-				out = append(out, r)
+		for _, tables := range []Tables{cfg.Tables, cfg.Tables6} {
+			if tables == nil {
+				continue
+			}
+			ok, err := tables.ChainExists(table, chain)
+			if err != nil {
+				return nil, err
+			}
+			if !ok {
+				continue
+			}
+			lines, err := tables.List(table, chain)
+			if err != nil {
+				return nil, fmt.Errorf("list %s/%s: %w", table, chain, err)
+			}
+			for _, l := range lines {
+				if r, ok := parseRule(l); ok {
+					out = append(out, r)
+				}
 			}
 		}
 		return out, nil
@@ -137,7 +148,10 @@ func Recover(cfg Config) (Recovered, error) {
 			if a.HostPort != b.HostPort {
 				return a.HostPort < b.HostPort
 			}
-			return a.Proto < b.Proto
+			if a.Proto != b.Proto {
+				return a.Proto < b.Proto
+			}
+			return a.ContainerIP.Less(b.ContainerIP)
 		})
 	}
 	return rec, nil
@@ -214,9 +228,18 @@ func (r parsedRule) owner() (kind, id string, ok bool) {
 	return f[1], f[2], true
 }
 
-// mapping reads a DNAT rule back (mappingRule).
+// mapping reads a DNAT rule back (mappingRule), of either family.
 func (r parsedRule) mapping() (Mapping, bool) {
-	mp := Mapping{HostIP: netip.IPv4Unspecified()}
+	var mp Mapping
+	to, err := netip.ParseAddrPort(r.args["--to-destination"])
+	if err != nil || to.Addr().Is4In6() || to.Port() == 0 {
+		return Mapping{}, false
+	}
+	mp.ContainerIP, mp.ContainerPort = to.Addr(), to.Port()
+	mp.HostIP = netip.IPv4Unspecified()
+	if to.Addr().Is6() {
+		mp.HostIP = netip.IPv6Unspecified()
+	}
 	switch r.args["-p"] {
 	case "tcp":
 		mp.Proto = ProtoTCP
@@ -232,9 +255,9 @@ func (r parsedRule) mapping() (Mapping, bool) {
 			if aerr != nil {
 				return Mapping{}, false
 			}
-			p = netip.PrefixFrom(a, 32)
+			p = netip.PrefixFrom(a, a.BitLen())
 		}
-		if p.Bits() != 32 {
+		if p.Bits() != p.Addr().BitLen() || p.Addr().Is4() != to.Addr().Is4() {
 			return Mapping{}, false
 		}
 		mp.HostIP = p.Addr()
@@ -244,11 +267,6 @@ func (r parsedRule) mapping() (Mapping, bool) {
 		return Mapping{}, false
 	}
 	mp.HostPort = uint16(port)
-	to, err := netip.ParseAddrPort(r.args["--to-destination"])
-	if err != nil || !to.Addr().Is4() || to.Port() == 0 {
-		return Mapping{}, false
-	}
-	mp.ContainerIP, mp.ContainerPort = to.Addr(), to.Port()
 	return mp, true
 }
 

@@ -89,7 +89,7 @@ func TestRecoverRoundTrip(t *testing.T) {
 	if err := m.AddNetwork(testNet); err != nil {
 		t.Fatal(err)
 	}
-	maps, err := m.Program("net1", epA, "lxca", netip.MustParseAddr("10.9.0.2"), []Binding{
+	maps, err := m.Program("net1", epA, "lxca", netip.MustParseAddr("10.9.0.2"), netip.Addr{}, []Binding{
 		{Proto: ProtoTCP, Port: 80, HostPort: 8080}, {Proto: ProtoUDP, Port: 53, HostIP: "127.0.0.1", HostPort: 5353}})
 	if err != nil {
 		t.Fatal(err)

@@ -28,9 +28,27 @@ const (
 type rule struct {
 	table, chain string
 	spec         []string
+	// v6 puts the rule in ip6tables.
+	v6 bool
 }
 
-func (r rule) String() string { return fmt.Sprintf("-t %s -A %s %v", r.table, r.chain, r.spec) }
+func (r rule) String() string {
+	cmd := "iptables"
+	if r.v6 {
+		cmd = "ip6tables"
+	}
+	return fmt.Sprintf("%s -t %s -A %s %v", cmd, r.table, r.chain, r.spec)
+}
+
+// in6 is rules, in ip6tables.
+func in6(rules []rule) []rule {
+	out := make([]rule, len(rules))
+	for i, r := range rules {
+		r.v6 = true
+		out[i] = r
+	}
+	return out
+}
 
 // names are one manager's chain names.
 type names struct {
@@ -55,14 +73,15 @@ func (nm names) chains() []rule {
 // for local destinations, as Docker does, so forwarded traffic to other
 // hosts never meets our port rules. OUTPUT includes 127.0.0.0/8 (Docker
 // leaves it to docker-proxy): that is how the node reaches a published
-// port on 127.0.0.1 without a proxy.
+// port on 127.0.0.1 without a proxy. The same jumps lead to our chains in
+// ip6tables (in6).
 func (nm names) jumps() []rule {
 	return []rule{
-		{tableNAT, "PREROUTING", []string{"-m", "addrtype", "--dst-type", "LOCAL", "-j", nm.dnat}},
-		{tableNAT, "OUTPUT", []string{"-m", "addrtype", "--dst-type", "LOCAL", "-j", nm.dnat}},
-		{tableNAT, "POSTROUTING", []string{"-j", nm.postrouting}},
-		{tableFilter, "FORWARD", []string{"-j", nm.forward}},
-		{tableFilter, "INPUT", []string{"-j", nm.input}},
+		{table: tableNAT, chain: "PREROUTING", spec: []string{"-m", "addrtype", "--dst-type", "LOCAL", "-j", nm.dnat}},
+		{table: tableNAT, chain: "OUTPUT", spec: []string{"-m", "addrtype", "--dst-type", "LOCAL", "-j", nm.dnat}},
+		{table: tableNAT, chain: "POSTROUTING", spec: []string{"-j", nm.postrouting}},
+		{table: tableFilter, chain: "FORWARD", spec: []string{"-j", nm.forward}},
+		{table: tableFilter, chain: "INPUT", spec: []string{"-j", nm.input}},
 	}
 }
 
@@ -73,17 +92,20 @@ func (nm names) jumps() []rule {
 // CVE-2020-8558).
 func (nm names) globalRules() []rule {
 	return []rule{
-		{tableFilter, nm.input, []string{"-i", lxcDevices, "-d", "127.0.0.0/8",
+		{table: tableFilter, chain: nm.input, spec: []string{"-i", lxcDevices, "-d", "127.0.0.0/8",
 			"-m", "conntrack", "!", "--ctstate", "RELATED,ESTABLISHED,DNAT",
 			"-m", "comment", "--comment", "ebpfnet: no martian loopback from containers", "-j", "DROP"}},
 	}
 }
 
-// Network is what we need to know of an ebpfnet network.
+// Network is what we need to know of an ebpfnet network: its IPv4 subnet,
+// its IPv6 one, or both; the rules of each family go to its own tables.
 type Network struct {
 	ID         string       `json:"id"`
 	Subnet     netip.Prefix `json:"subnet"`
 	Gateway    netip.Addr   `json:"gateway"`
+	Subnet6    netip.Prefix `json:"subnet6,omitzero"`
+	Gateway6   netip.Addr   `json:"gateway6,omitzero"`
 	Internal   bool         `json:"internal,omitempty"`
 	Masquerade bool         `json:"masquerade"`
 }
@@ -95,14 +117,28 @@ func comment(kind, id string) []string {
 	return []string{"-m", "comment", "--comment", "ebpfnet " + kind + " " + id}
 }
 
-// networkRules are a network's own rules, in order.
-func (nm names) networkRules(n Network) []rule {
-	s, gw := n.Subnet.String(), n.Gateway.String()
-	c := comment("net", n.ID)
-	with := func(table, chain string, spec ...string) rule {
-		return rule{table, chain, append(append([]string{}, c...), spec...)}
+// networkRules are a network's own rules, in order: those of its IPv4
+// subnet, then those of its IPv6 subnet, which are the same in ip6tables
+// (v6 false leaves the IPv6 ones out).
+func (nm names) networkRules(n Network, v6 bool) []rule {
+	var out []rule
+	if n.Subnet.IsValid() {
+		out = nm.familyRules(n.ID, n.Subnet, n.Gateway, n.Internal, n.Masquerade)
 	}
-	if n.Internal {
+	if v6 && n.Subnet6.IsValid() {
+		out = append(out, in6(nm.familyRules(n.ID, n.Subnet6, n.Gateway6, n.Internal, n.Masquerade))...)
+	}
+	return out
+}
+
+// familyRules are the rules of one subnet of network id.
+func (nm names) familyRules(id string, subnet netip.Prefix, gateway netip.Addr, internal, masquerade bool) []rule {
+	s, gw := subnet.String(), gateway.String()
+	c := comment("net", id)
+	with := func(table, chain string, spec ...string) rule {
+		return rule{table: table, chain: chain, spec: append(append([]string{}, c...), spec...)}
+	}
+	if internal {
 		// No path off the node, either way. The node itself still reaches
 		// the containers (INPUT/OUTPUT, not FORWARD), as with the bridge.
 		return []rule{
@@ -121,7 +157,7 @@ func (nm names) networkRules(n Network) []rule {
 		// no route back to it anyway.
 		with(tableNAT, nm.postrouting, "-d", s, "-m", "addrtype", "--src-type", "LOCAL", "-m", "conntrack", "--ctstate", "DNAT", "-j", "SNAT", "--to-source", gw),
 	}
-	if n.Masquerade {
+	if masquerade {
 		out = append(out, with(tableNAT, nm.postrouting, "-s", s, "!", "-o", lxcDevices, "-j", "MASQUERADE"))
 	}
 	// FORWARD's policy is DROP wherever Docker runs. Out: anything from the
@@ -143,5 +179,5 @@ func (nm names) mappingRule(endpointID string, m Mapping) rule {
 	spec = append(spec, "--dport", strconv.Itoa(int(m.HostPort)))
 	spec = append(spec, comment("ep", endpointID)...)
 	spec = append(spec, "-j", "DNAT", "--to-destination", netip.AddrPortFrom(m.ContainerIP, m.ContainerPort).String())
-	return rule{tableNAT, nm.dnat, spec}
+	return rule{table: tableNAT, chain: nm.dnat, spec: spec, v6: m.ContainerIP.Is6()}
 }

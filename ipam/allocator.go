@@ -1,7 +1,6 @@
 package ipam
 
 import (
-	"encoding/binary"
 	"fmt"
 	"net/netip"
 	"sort"
@@ -18,27 +17,13 @@ const (
 	// (a /31 or /32 would have no room for both a gateway and a container).
 	MinPrefixLen = 8
 	MaxPrefixLen = 30
+	// MinPrefixLen6 and MaxPrefixLen6 bound an IPv6 pool: the allocator
+	// keeps what is taken, not the range, so a /16 costs no more than a
+	// /64; a /126 leaves a gateway and two containers besides the
+	// subnet-router anycast address (IPv6 has no broadcast).
+	MinPrefixLen6 = 16
+	MaxPrefixLen6 = 126
 )
-
-// u32 and addrFrom convert between IPv4 addresses and integers, so that range
-// arithmetic ("next address", "last address of the block") stays simple.
-func u32(a netip.Addr) uint32 {
-	b := a.As4()
-	return binary.BigEndian.Uint32(b[:])
-}
-
-func addrFrom(v uint32) netip.Addr {
-	var b [4]byte
-	binary.BigEndian.PutUint32(b[:], v)
-	return netip.AddrFrom4(b)
-}
-
-// bounds returns the first and last address of an IPv4 prefix as integers.
-func bounds(p netip.Prefix) (first, last uint32) {
-	first = u32(p.Masked().Addr())
-	size := uint64(1) << (32 - p.Bits())
-	return first, uint32(uint64(first) + size - 1)
-}
 
 // poolID builds the opaque ID Docker stores for a pool. It spells out address
 // space, pool and sub-pool so that an ID is self-describing in logs and in the
@@ -65,9 +50,10 @@ type pool struct {
 	// (Blocks): no address outside it is handed out but the gateway,
 	// which every node of the network shares.
 	block bool
-	// allocated is a set rather than a bitmap: a /8 holds 16M addresses of
-	// which a node uses a handful, so memory follows what is used.
-	allocated map[uint32]struct{}
+	// allocated is a set rather than a bitmap: a /8 holds 16M addresses,
+	// an IPv6 /64 2^64, of which a node uses a handful, so memory follows
+	// what is used.
+	allocated map[netip.Addr]struct{}
 	// last is the address most recently handed out by allocateNext; the next
 	// search starts after it, so a just-released address is not reused at
 	// once (as Docker's own allocator does). Invalid when none yet.
@@ -80,23 +66,25 @@ func newPool(space string, prefix, sub netip.Prefix) *pool {
 		addressSpace: space,
 		prefix:       prefix,
 		subPool:      sub,
-		allocated:    make(map[uint32]struct{}),
+		allocated:    make(map[netip.Addr]struct{}),
 	}
 }
 
-// checkAddress says why a cannot be reserved in p, or nil if it can.
+// checkAddress says why a cannot be reserved in p, or nil if it can. The
+// first address of a pool is its network's (IPv6's subnet-router anycast
+// address), the last of an IPv4 pool its broadcast address.
 func (p *pool) checkAddress(a netip.Addr) error {
-	if !a.Is4() || !p.prefix.Contains(a) {
+	if !sameFamily(a, p.prefix) || !p.prefix.Contains(a) {
 		return fmt.Errorf("address %s is not in pool %s", a, p.prefix)
 	}
 	first, last := bounds(p.prefix)
-	switch v := u32(a); v {
-	case first:
+	switch {
+	case a == first:
 		return fmt.Errorf("address %s is the network address of pool %s", a, p.prefix)
-	case last:
+	case a == last && a.Is4():
 		return fmt.Errorf("address %s is the broadcast address of pool %s", a, p.prefix)
 	}
-	if _, taken := p.allocated[u32(a)]; taken {
+	if _, taken := p.allocated[a]; taken {
 		return fmt.Errorf("address %s is already in use on pool %s", a, p.prefix)
 	}
 	return nil
@@ -107,28 +95,31 @@ func (p *pool) reserve(a netip.Addr) (undo func(), err error) {
 	if err := p.checkAddress(a); err != nil {
 		return nil, err
 	}
-	v := u32(a)
-	p.allocated[v] = struct{}{}
-	return func() { delete(p.allocated, v) }, nil
+	p.allocated[a] = struct{}{}
+	return func() { delete(p.allocated, a) }, nil
 }
 
 // dynamicRange is the inclusive range allocateNext draws from: the sub-pool
-// (or the whole pool) without the pool's network and broadcast addresses. The
-// sub-pool's own first and last addresses are ordinary addresses of the pool,
-// so they are handed out, as Docker does; a node's block of a cluster network
-// keeps them back all the same, so that no container gets a 10.90.1.0 that
-// some tools would take for a network's address.
-func (p *pool) dynamicRange() (first, last uint32, ok bool) {
+// (or the whole pool) without the pool's network and broadcast addresses
+// (an IPv6 pool has no broadcast address). The sub-pool's own first and
+// last addresses are ordinary addresses of the pool, so they are handed
+// out, as Docker does; a node's block of a cluster network keeps them back
+// all the same, so that no container gets a 10.90.1.0 that some tools
+// would take for a network's address.
+func (p *pool) dynamicRange() (first, last netip.Addr, ok bool) {
 	pFirst, pLast := bounds(p.prefix)
-	first, last = pFirst+1, pLast-1
+	first, last = pFirst.Next(), pLast
+	if pLast.Is4() {
+		last = pLast.Prev()
+	}
 	if p.subPool.IsValid() {
 		sFirst, sLast := bounds(p.subPool)
-		if p.block && p.subPool.Bits() < 31 {
-			sFirst, sLast = sFirst+1, sLast-1
+		if p.block && p.subPool.Bits() < p.subPool.Addr().BitLen()-1 {
+			sFirst, sLast = sFirst.Next(), sLast.Prev()
 		}
-		first, last = max(first, sFirst), min(last, sLast)
+		first, last = maxAddr(first, sFirst), minAddr(last, sLast)
 	}
-	return first, last, first <= last
+	return first, last, first.Compare(last) <= 0
 }
 
 // allocateNext takes the first free address after the last one handed out,
@@ -141,19 +132,18 @@ func (p *pool) allocateNext() (netip.Addr, func(), error) {
 		return netip.Addr{}, nil, p.exhausted()
 	}
 	start := first
-	if p.last.IsValid() {
-		if l := u32(p.last); l >= first && l < last {
-			start = l + 1
-		}
+	if l := p.last; l.IsValid() && sameFamily(l, p.prefix) && l.Compare(first) >= 0 && l.Less(last) {
+		start = l.Next()
 	}
-	size := uint64(last-first) + 1
 	cand := start
-	for range size {
+	// Among len(allocated)+1 candidates one is free, unless the range is
+	// smaller than that and the walk has been all round it.
+	for range len(p.allocated) + 1 {
 		if _, taken := p.allocated[cand]; !taken {
 			prevLast := p.last
 			p.allocated[cand] = struct{}{}
-			p.last = addrFrom(cand)
-			return p.last, func() {
+			p.last = cand
+			return cand, func() {
 				delete(p.allocated, cand)
 				p.last = prevLast
 			}, nil
@@ -161,7 +151,7 @@ func (p *pool) allocateNext() (netip.Addr, func(), error) {
 		if cand == last {
 			cand = first
 		} else {
-			cand++
+			cand = cand.Next()
 		}
 	}
 	return netip.Addr{}, nil, p.exhausted()
@@ -177,44 +167,33 @@ func (p *pool) exhausted() error {
 // release frees a; it reports false when a was not allocated. The returned
 // function undoes the release.
 func (p *pool) release(a netip.Addr) (undo func(), released bool) {
-	if !a.Is4() {
-		return nil, false
-	}
-	v := u32(a)
-	if _, taken := p.allocated[v]; !taken {
+	if _, taken := p.allocated[a]; !taken {
 		return nil, false
 	}
 	prevGateway := p.gateway
-	delete(p.allocated, v)
+	delete(p.allocated, a)
 	if p.gateway == a {
 		p.gateway = netip.Addr{}
 	}
 	return func() {
-		p.allocated[v] = struct{}{}
+		p.allocated[a] = struct{}{}
 		p.gateway = prevGateway
 	}, true
 }
 
 // has reports whether a is allocated in p.
 func (p *pool) has(a netip.Addr) bool {
-	if !a.Is4() {
-		return false
-	}
-	_, ok := p.allocated[u32(a)]
+	_, ok := p.allocated[a]
 	return ok
 }
 
 // addresses returns the allocated addresses in ascending order.
 func (p *pool) addresses() []netip.Addr {
-	vs := make([]uint32, 0, len(p.allocated))
-	for v := range p.allocated {
-		vs = append(vs, v)
+	out := make([]netip.Addr, 0, len(p.allocated))
+	for a := range p.allocated {
+		out = append(out, a)
 	}
-	sort.Slice(vs, func(i, j int) bool { return vs[i] < vs[j] })
-	out := make([]netip.Addr, len(vs))
-	for i, v := range vs {
-		out[i] = addrFrom(v)
-	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Less(out[j]) })
 	return out
 }
 
@@ -223,16 +202,21 @@ func (p *pool) addresses() []netip.Addr {
 type allocator struct {
 	pools map[string]*pool
 	// defaultPools and defaultPoolLen describe where pools come from when
-	// Docker asks for one without a subnet.
-	defaultPools   []netip.Prefix
-	defaultPoolLen int
+	// Docker asks for one without a subnet; defaultPools6 and
+	// defaultPoolLen6 the same for IPv6.
+	defaultPools    []netip.Prefix
+	defaultPoolLen  int
+	defaultPools6   []netip.Prefix
+	defaultPoolLen6 int
 }
 
 func newAllocator(defaultPools []netip.Prefix, defaultPoolLen int) *allocator {
 	return &allocator{
-		pools:          make(map[string]*pool),
-		defaultPools:   defaultPools,
-		defaultPoolLen: defaultPoolLen,
+		pools:           make(map[string]*pool),
+		defaultPools:    defaultPools,
+		defaultPoolLen:  defaultPoolLen,
+		defaultPools6:   []netip.Prefix{netip.MustParsePrefix(DefaultPoolRange6)},
+		defaultPoolLen6: DefaultPoolPrefixLen6,
 	}
 }
 
@@ -267,9 +251,14 @@ func (a *allocator) removePool(id string) (undo func(), removed bool) {
 	return func() { a.pools[id] = p }, true
 }
 
-// carve picks the first block of prefix length bits in the default pools that
-// overlaps neither an ebpfnet pool nor any of hostRoutes.
-func (a *allocator) carve(hostRoutes []netip.Prefix, bits int) (netip.Prefix, error) {
+// carve picks the first block of prefix length bits in the default pools of
+// a family (the IPv6 ones with v6) that overlaps neither an ebpfnet pool
+// nor any of hostRoutes.
+func (a *allocator) carve(hostRoutes []netip.Prefix, bits int, v6 bool) (netip.Prefix, error) {
+	defaults := a.defaultPools
+	if v6 {
+		defaults = a.defaultPools6
+	}
 	used := make([]netip.Prefix, 0, len(a.pools)+len(hostRoutes))
 	for _, p := range a.pools {
 		used = append(used, p.prefix)
@@ -277,16 +266,19 @@ func (a *allocator) carve(hostRoutes []netip.Prefix, bits int) (netip.Prefix, er
 	for _, r := range hostRoutes {
 		// A default route covers everything and says nothing about which
 		// ranges are in use; honouring it would leave nothing to carve.
-		if r.IsValid() && r.Addr().Is4() && r.Bits() > 0 {
+		if r.IsValid() && r.Bits() > 0 {
 			used = append(used, r.Masked())
 		}
 	}
-	step := uint64(1) << (32 - bits)
-	for _, base := range a.defaultPools {
-		first, last := bounds(base)
-		for cand := uint64(first); cand+step-1 <= uint64(last); {
-			block := netip.PrefixFrom(addrFrom(uint32(cand)), bits)
-			next := cand + step
+	for _, base := range defaults {
+		if base.Addr().Is6() != v6 || base.Bits() > bits {
+			continue
+		}
+		_, baseLast := bounds(base)
+		for cand := base.Masked().Addr(); cand.IsValid(); {
+			block := netip.PrefixFrom(cand, bits)
+			_, blockLast := bounds(block)
+			next := blockLast.Next() // invalid past the end of the family
 			free := true
 			for _, u := range used {
 				if !u.Overlaps(block) {
@@ -296,18 +288,21 @@ func (a *allocator) carve(hostRoutes []netip.Prefix, bits int) (netip.Prefix, er
 				// Jump past a used prefix bigger than the block at once
 				// instead of testing each block inside it. Its end is
 				// aligned to the block size because it is at least as big.
-				if _, uLast := bounds(u); uint64(uLast)+1 > next {
-					next = uint64(uLast) + 1
+				if _, uLast := bounds(u); next.IsValid() && !uLast.Less(next) {
+					next = uLast.Next()
 				}
 			}
 			if free {
 				return block, nil
 			}
+			if !next.IsValid() || baseLast.Less(next) {
+				break
+			}
 			cand = next
 		}
 	}
 	return netip.Prefix{}, fmt.Errorf("no free /%d left in the default pools %s: every block overlaps an ebpfnet network or a host route; pass --subnet",
-		bits, joinPrefixes(a.defaultPools))
+		bits, joinPrefixes(defaults))
 }
 
 // sortedPools returns the pools ordered by address, so that results and
@@ -334,7 +329,7 @@ func joinPrefixes(ps []netip.Prefix) string {
 	return strings.Join(s, ", ")
 }
 
-// parseSubnet parses a user-supplied IPv4 subnet (what names it in messages:
+// parseSubnet parses a user-supplied subnet (what names it in messages:
 // "subnet", "ip-range"). It refuses a non-canonical prefix, as Docker's API
 // does, rather than guess whether 10.77.0.5/16 meant 10.77.0.0/16.
 func parseSubnet(what, s string) (netip.Prefix, error) {
@@ -342,8 +337,8 @@ func parseSubnet(what, s string) (netip.Prefix, error) {
 	if err != nil {
 		return netip.Prefix{}, fmt.Errorf("invalid %s %q: %w", what, s, err)
 	}
-	if !p.Addr().Is4() {
-		return netip.Prefix{}, fmt.Errorf("invalid %s %s: only IPv4 is supported by ebpfnet", what, s)
+	if p.Addr().Is4In6() {
+		return netip.Prefix{}, fmt.Errorf("invalid %s %s: an IPv4-mapped prefix is neither an IPv4 nor an IPv6 pool", what, s)
 	}
 	if p != p.Masked() {
 		return netip.Prefix{}, fmt.Errorf("invalid %s %s: it should be %s", what, s, p.Masked())
@@ -351,17 +346,22 @@ func parseSubnet(what, s string) (netip.Prefix, error) {
 	return p, nil
 }
 
-// checkPoolSize enforces MinPrefixLen..MaxPrefixLen on a pool.
+// checkPoolSize enforces MinPrefixLen..MaxPrefixLen on a pool, or the IPv6
+// bounds on an IPv6 one.
 func checkPoolSize(p netip.Prefix) error {
-	if p.Bits() < MinPrefixLen || p.Bits() > MaxPrefixLen {
-		return fmt.Errorf("subnet %s is not supported: the prefix length must be between /%d and /%d", p, MinPrefixLen, MaxPrefixLen)
+	lo, hi := MinPrefixLen, MaxPrefixLen
+	if p.Addr().Is6() {
+		lo, hi = MinPrefixLen6, MaxPrefixLen6
+	}
+	if p.Bits() < lo || p.Bits() > hi {
+		return fmt.Errorf("subnet %s is not supported: the prefix length must be between /%d and /%d", p, lo, hi)
 	}
 	return nil
 }
 
 // checkSubPool checks that an --ip-range lies within its pool.
 func checkSubPool(prefix, sub netip.Prefix) error {
-	if sub.Bits() < prefix.Bits() || !prefix.Contains(sub.Addr()) {
+	if sub.Addr().Is4() != prefix.Addr().Is4() || sub.Bits() < prefix.Bits() || !prefix.Contains(sub.Addr()) {
 		return fmt.Errorf("ip-range %s is not within subnet %s", sub, prefix)
 	}
 	return nil

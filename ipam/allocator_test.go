@@ -39,7 +39,7 @@ func TestAllocateNextOnSlash8DoesNotScanThePool(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if want := addrFrom(u32(netip.MustParseAddr("10.0.0.1")) + uint32(i)); got != want {
+		if want := addrPlus(netip.MustParseAddr("10.0.0.1"), i); got != want {
 			t.Fatalf("allocation %d = %s, want %s", i, got, want)
 		}
 	}
@@ -79,11 +79,19 @@ func TestCarveJumpsOverLargeRoutes(t *testing.T) {
 		netip.MustParsePrefix("10.128.1.7/32"),
 		netip.MustParsePrefix("fd00::/8"),
 	}
-	got, err := a.carve(routes, 24)
+	got, err := a.carve(routes, 24, false)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if want := netip.MustParsePrefix("10.128.2.0/24"); got != want {
 		t.Fatalf("carve = %s, want %s", got, want)
 	}
+}
+
+// addrPlus is the address n after a.
+func addrPlus(a netip.Addr, n int) netip.Addr {
+	for range n {
+		a = a.Next()
+	}
+	return a
 }

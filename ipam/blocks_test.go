@@ -11,9 +11,9 @@ import (
 	ipamapi "github.com/docker/go-plugins-helpers/ipam"
 )
 
-// fakeBlocks hands out the third /24 of every subnet, as a cluster whose
-// first two blocks other nodes hold would, and a subnet no bigger than a
-// block whole.
+// fakeBlocks hands out the third /24 of every subnet (the third /112 of an
+// IPv6 one), as a cluster whose first two blocks other nodes hold would,
+// and a subnet no bigger than a block whole.
 type fakeBlocks struct {
 	claimed  map[netip.Prefix]netip.Prefix
 	networks []netip.Prefix
@@ -28,7 +28,12 @@ func (f *fakeBlocks) ClaimBlock(_ context.Context, subnet netip.Prefix) (netip.P
 		return netip.Prefix{}, err
 	}
 	block := subnet
-	if subnet.Bits() < 24 {
+	switch {
+	case subnet.Addr().Is6() && subnet.Bits() < 112:
+		a := subnet.Addr().As16()
+		a[13] += 2
+		block = netip.PrefixFrom(netip.AddrFrom16(a), 112)
+	case subnet.Addr().Is4() && subnet.Bits() < 24:
 		a := subnet.Addr().As4()
 		a[2] += 2
 		block = netip.PrefixFrom(netip.AddrFrom4(a), 24)
@@ -130,5 +135,21 @@ func TestCarvedClusterPoolAvoidsClusterNetworks(t *testing.T) {
 	}
 	if res.Pool != "10.200.1.0/24" {
 		t.Fatalf("carved %s, want 10.200.1.0/24 past the cluster's 10.200.0.0/24", res.Pool)
+	}
+}
+
+// An IPv6 cluster network: the gateway is the network's, containers get
+// addresses of the node's /112 block, its edges kept back.
+func TestClusterIPv6PoolHandsOutFromItsBlock(t *testing.T) {
+	blocks := newFakeBlocks()
+	d := newTestDriver(t, Config{StatePath: filepath.Join(t.TempDir(), "ipam.json"), Blocks: blocks})
+	pool := requestPool6(t, d, "fd00:90::/64", "")
+	if blocks.claimed[netip.MustParsePrefix("fd00:90::/64")] != netip.MustParsePrefix("fd00:90::2:0/112") {
+		t.Fatalf("claimed %v", blocks.claimed)
+	}
+	mustAddr(t, d, pool.PoolID, "", true, "fd00:90::1/64")
+	mustAddr(t, d, pool.PoolID, "", false, "fd00:90::2:1/64")
+	if _, err := requestAddr(d, pool.PoolID, "fd00:90::1:5", false); err == nil || !strings.Contains(err.Error(), "outside this node's block fd00:90::2:0/112") {
+		t.Fatalf("an address of another node's IPv6 block: %v", err)
 	}
 }

@@ -1,7 +1,7 @@
 // Package ipam is ebpfnet's IPAM driver: it answers Docker's /IpamDriver.*
-// calls (the go-plugins-helpers ipam.Ipam interface) from an IPv4 address
-// allocator whose state survives restarts, since Docker never replays pool
-// or address requests to a remote IPAM driver.
+// calls (the go-plugins-helpers ipam.Ipam interface) from an IPv4 and IPv6
+// address allocator whose state survives restarts, since Docker never
+// replays pool or address requests to a remote IPAM driver.
 package ipam
 
 import (
@@ -31,6 +31,14 @@ const (
 	// DefaultPoolPrefixLen is the prefix length of a carved pool when
 	// Config.DefaultPoolSize is zero.
 	DefaultPoolPrefixLen = 24
+	// DefaultPoolRange6 is where IPv6 pools are carved from when a network
+	// is created with --ipv6 and no IPv6 --subnet, and
+	// Config.DefaultPools6 is empty: a unique local /48 (RFC 4193).
+	DefaultPoolRange6 = "fd00:ebbf::/48"
+	// DefaultPoolPrefixLen6 is the prefix length of a carved IPv6 pool
+	// when Config.DefaultPoolSize6 is zero: a /64, the subnet size IPv6
+	// expects.
+	DefaultPoolPrefixLen6 = 64
 
 	// RequestAddressTypeOption is the RequestAddress option that tells what
 	// the address is for; GatewayAddressType is its value for the gateway.
@@ -52,6 +60,10 @@ type Config struct {
 	// DefaultPoolSize is the prefix length of each carved pool; zero means
 	// DefaultPoolPrefixLen.
 	DefaultPoolSize int
+	// DefaultPools6 and DefaultPoolSize6 are the same for IPv6 pools
+	// (DefaultPoolRange6, DefaultPoolPrefixLen6).
+	DefaultPools6    []netip.Prefix
+	DefaultPoolSize6 int
 	// HostRoutes lists the destinations of the host's routes, so that a
 	// carved pool does not shadow a network the host already reaches. It is
 	// injected to keep this package free of netlink in tests; production
@@ -142,14 +154,35 @@ func New(cfg Config) (*Driver, error) {
 			return nil, fmt.Errorf("ipam: default pool %s is smaller than the default pool size /%d", p, size)
 		}
 	}
+	defaults6 := cfg.DefaultPools6
+	if len(defaults6) == 0 {
+		defaults6 = []netip.Prefix{netip.MustParsePrefix(DefaultPoolRange6)}
+	}
+	size6 := cfg.DefaultPoolSize6
+	if size6 == 0 {
+		size6 = DefaultPoolPrefixLen6
+	}
+	if size6 < MinPrefixLen6 || size6 > MaxPrefixLen6 {
+		return nil, fmt.Errorf("ipam: default IPv6 pool size /%d must be between /%d and /%d", size6, MinPrefixLen6, MaxPrefixLen6)
+	}
+	for _, p := range defaults6 {
+		if !p.IsValid() || !p.Addr().Is6() || p.Addr().Is4In6() || p != p.Masked() {
+			return nil, fmt.Errorf("ipam: default IPv6 pool %s must be a canonical IPv6 prefix", p)
+		}
+		if p.Bits() > size6 {
+			return nil, fmt.Errorf("ipam: default IPv6 pool %s is smaller than the default IPv6 pool size /%d", p, size6)
+		}
+	}
 	log := cfg.Logger
 	if log == nil {
 		l := logrus.New()
 		l.SetOutput(io.Discard)
 		log = l
 	}
+	alloc := newAllocator(append([]netip.Prefix(nil), defaults...), size)
+	alloc.defaultPools6, alloc.defaultPoolLen6 = append([]netip.Prefix(nil), defaults6...), size6
 	d := &Driver{
-		alloc:      newAllocator(append([]netip.Prefix(nil), defaults...), size),
+		alloc:      alloc,
 		store:      cfg.Store,
 		blocks:     cfg.Blocks,
 		hostRoutes: cfg.HostRoutes,
@@ -196,11 +229,9 @@ func validAddressSpace(s string) bool {
 }
 
 // RequestPool implements ipamapi.Ipam: it registers the requested subnet, or
-// carves one from the default pools when none is given, or only its size.
+// carves one from the default pools of its family (IPv6's with req.V6) when
+// none is given, or only its size.
 func (d *Driver) RequestPool(req *ipamapi.RequestPoolRequest) (*ipamapi.RequestPoolResponse, error) {
-	if req.V6 {
-		return nil, errors.New("IPv6 is not supported by ebpfnet yet: create the network without --ipv6")
-	}
 	space := req.AddressSpace
 	if space == "" {
 		space = LocalAddressSpace
@@ -210,12 +241,17 @@ func (d *Driver) RequestPool(req *ipamapi.RequestPoolRequest) (*ipamapi.RequestP
 	}
 	var prefix, sub netip.Prefix
 	// anySize is a pool of any address but this size: Docker 29 passes
-	// `--subnet 0.0.0.0/24` on as it is, meaning "a /24 of the defaults".
+	// `--subnet 0.0.0.0/24` on as it is, meaning "a /24 of the defaults",
+	// and `::/64` for IPv6.
 	anySize := false
 	if req.Pool != "" {
 		var err error
 		if prefix, err = parseSubnet("subnet", req.Pool); err != nil {
 			return nil, err
+		}
+		if prefix.Addr().Is6() != req.V6 {
+			family := map[bool]string{false: "IPv4", true: "IPv6"}[req.V6]
+			return nil, fmt.Errorf("subnet %s is not an %s subnet, which Docker asked for", prefix, family)
 		}
 		if err := checkPoolSize(prefix); err != nil {
 			return nil, err
@@ -258,6 +294,9 @@ func (d *Driver) RequestPool(req *ipamapi.RequestPoolRequest) (*ipamapi.RequestP
 	}
 	if req.Pool == "" || anySize {
 		bits := d.alloc.defaultPoolLen
+		if req.V6 {
+			bits = d.alloc.defaultPoolLen6
+		}
 		if anySize {
 			bits = prefix.Bits()
 		}
@@ -271,7 +310,7 @@ func (d *Driver) RequestPool(req *ipamapi.RequestPoolRequest) (*ipamapi.RequestP
 			routes = append(routes, hr...)
 		}
 		var err error
-		if prefix, err = d.alloc.carve(routes, bits); err != nil {
+		if prefix, err = d.alloc.carve(routes, bits, req.V6); err != nil {
 			return nil, err
 		}
 	}
@@ -399,7 +438,7 @@ func (d *Driver) RequestAddress(req *ipamapi.RequestAddressRequest) (*ipamapi.Re
 		// The first usable address, as the bridge driver would choose,
 		// even when an --ip-range leaves it outside the dynamic range.
 		first, _ := bounds(p.prefix)
-		want = addrFrom(first + 1)
+		want = first.Next()
 	}
 	if p.block && want.IsValid() && !isGateway && !p.subPool.Contains(want) {
 		// Another node's block, or one nobody has claimed yet: an

@@ -120,9 +120,12 @@ func TestRequestPoolBoundsAndValidation(t *testing.T) {
 		{ipamapi.RequestPoolRequest{Pool: "192.168.8.0/31"}, "subnet 192.168.8.0/31 is not supported: the prefix length must be between /8 and /30"},
 		{ipamapi.RequestPoolRequest{Pool: "192.168.8.1/32"}, "subnet 192.168.8.1/32 is not supported: the prefix length must be between /8 and /30"},
 		{ipamapi.RequestPoolRequest{Pool: "10.77.0.5/16"}, "invalid subnet 10.77.0.5/16: it should be 10.77.0.0/16"},
-		{ipamapi.RequestPoolRequest{Pool: "fd00::/64"}, "invalid subnet fd00::/64: only IPv4 is supported by ebpfnet"},
-		{ipamapi.RequestPoolRequest{Pool: "fd00::/64", V6: true}, "IPv6 is not supported by ebpfnet yet: create the network without --ipv6"},
-		{ipamapi.RequestPoolRequest{V6: true}, "IPv6 is not supported by ebpfnet yet: create the network without --ipv6"},
+		{ipamapi.RequestPoolRequest{Pool: "fd00::/64"}, "subnet fd00::/64 is not an IPv4 subnet, which Docker asked for"},
+		{ipamapi.RequestPoolRequest{Pool: "10.9.0.0/16", V6: true}, "subnet 10.9.0.0/16 is not an IPv6 subnet, which Docker asked for"},
+		{ipamapi.RequestPoolRequest{Pool: "fd00::/8", V6: true}, "subnet fd00::/8 is not supported: the prefix length must be between /16 and /126"},
+		{ipamapi.RequestPoolRequest{Pool: "fd00::/127", V6: true}, "subnet fd00::/127 is not supported: the prefix length must be between /16 and /126"},
+		{ipamapi.RequestPoolRequest{Pool: "::ffff:10.0.0.0/104", V6: true}, "invalid subnet ::ffff:10.0.0.0/104: an IPv4-mapped prefix is neither an IPv4 nor an IPv6 pool"},
+		{ipamapi.RequestPoolRequest{Pool: "fd00:1::/64", SubPool: "10.0.0.0/24", V6: true}, "ip-range 10.0.0.0/24 is not within subnet fd00:1::/64"},
 		{ipamapi.RequestPoolRequest{Pool: "bogus"}, `invalid subnet "bogus": netip.ParsePrefix("bogus"): no '/'`},
 		{ipamapi.RequestPoolRequest{AddressSpace: "LocalDefault", Pool: "172.30.0.0/16"}, `unknown address space "LocalDefault": ebpfnet serves ebpfnet-local and ebpfnet-global`},
 		{ipamapi.RequestPoolRequest{Pool: "172.30.0.0/16", SubPool: "172.31.0.0/24"}, "ip-range 172.31.0.0/24 is not within subnet 172.30.0.0/16"},
@@ -602,7 +605,7 @@ func TestConcurrentRequestsGetDistinctAddresses(t *testing.T) {
 	}
 	// Sequential allocation means the set is exactly .0.1 to .1.0.
 	for i := 1; i <= workers*each; i++ {
-		want := netip.PrefixFrom(addrFrom(u32(netip.MustParseAddr("10.77.0.0"))+uint32(i)), 16).String()
+		want := netip.PrefixFrom(addrPlus(netip.MustParseAddr("10.77.0.0"), i), 16).String()
 		if !seen[want] {
 			t.Fatalf("%s not allocated", want)
 		}
@@ -644,5 +647,92 @@ func TestStoreIsPluggable(t *testing.T) {
 	}
 	if pools := again.Pools(); len(pools) != 1 || len(pools[0].Addresses) != 1 {
 		t.Fatalf("a driver on the same store holds %+v", pools)
+	}
+}
+
+func requestPool6(t *testing.T, d *Driver, pool, sub string) *ipamapi.RequestPoolResponse {
+	t.Helper()
+	res, err := d.RequestPool(&ipamapi.RequestPoolRequest{AddressSpace: LocalAddressSpace, Pool: pool, SubPool: sub, V6: true})
+	if err != nil {
+		t.Fatalf("RequestPool(%q, %q, V6): %v", pool, sub, err)
+	}
+	return res
+}
+
+// IPv6 pools: a given subnet, one carved from the default ULA pool (past
+// a host route and another pool), Docker 29's "any /64" (::/64); the
+// gateway first, then sequential addresses, --ip6 anywhere in the pool but
+// its subnet-router anycast address (there is no broadcast); an --ip-range;
+// all of it persisted and read back by the next start beside an IPv4
+// pool of the same network.
+func TestIPv6Pools(t *testing.T) {
+	state := filepath.Join(t.TempDir(), "ipam.json")
+	routes := []netip.Prefix{netip.MustParsePrefix("fd00:ebbf::/64"), netip.MustParsePrefix("::/0")}
+	cfg := Config{StatePath: state, HostRoutes: func() ([]netip.Prefix, error) { return routes, nil }}
+	d := newTestDriver(t, cfg)
+	v4 := requestPool(t, d, "10.80.0.0/24", "").PoolID
+	given := requestPool6(t, d, "fd00:80::/64", "")
+	if given.PoolID != "ebpfnet-local/fd00:80::/64" || given.Pool != "fd00:80::/64" {
+		t.Fatalf("RequestPool fd00:80::/64 = %+v", given)
+	}
+	mustAddr(t, d, v4, "", true, "10.80.0.1/24")
+	mustAddr(t, d, given.PoolID, "", true, "fd00:80::1/64")
+	mustAddr(t, d, given.PoolID, "", false, "fd00:80::2/64")
+	mustAddr(t, d, given.PoolID, "fd00:80::1:5", false, "fd00:80::1:5/64")
+	mustAddr(t, d, given.PoolID, "fd00:80::ffff:ffff:ffff:ffff", false, "fd00:80::ffff:ffff:ffff:ffff/64")
+	mustAddr(t, d, given.PoolID, "", false, "fd00:80::3/64")
+	_, err := requestAddr(d, given.PoolID, "fd00:80::", false)
+	wantErr(t, err, "address fd00:80:: is the network address of pool fd00:80::/64")
+	_, err = requestAddr(d, given.PoolID, "10.80.0.9", false)
+	wantErr(t, err, "address 10.80.0.9 is not in pool fd00:80::/64")
+	_, err = d.RequestPool(&ipamapi.RequestPoolRequest{AddressSpace: LocalAddressSpace, Pool: "fd00:80::/48", V6: true})
+	wantErr(t, err, "subnet fd00:80::/48 overlaps fd00:80::/64 of an existing ebpfnet network")
+
+	carved := requestPool6(t, d, "", "")
+	if carved.Pool != "fd00:ebbf:0:1::/64" {
+		t.Errorf("carved %s, want fd00:ebbf:0:1::/64 (the first /64 is a host route)", carved.Pool)
+	}
+	anyPrefix := requestPool6(t, d, "::/64", "")
+	if anyPrefix.Pool != "fd00:ebbf:0:2::/64" {
+		t.Errorf("::/64 gave %s, want fd00:ebbf:0:2::/64", anyPrefix.Pool)
+	}
+	ranged := requestPool6(t, d, "fd00:81::/64", "fd00:81::100/120")
+	mustAddr(t, d, ranged.PoolID, "", true, "fd00:81::1/64")
+	mustAddr(t, d, ranged.PoolID, "", false, "fd00:81::100/64")
+	release(t, d, given.PoolID, "fd00:80::2")
+	mustAddr(t, d, given.PoolID, "", false, "fd00:80::4/64")
+
+	again := newTestDriver(t, cfg)
+	want := d.Pools()
+	if got := again.Pools(); !reflect.DeepEqual(got, want) {
+		t.Fatalf("after a restart:\n%+v\nwant\n%+v", got, want)
+	}
+	mustAddr(t, again, given.PoolID, "", false, "fd00:80::5/64")
+	if err := again.ReleasePool(&ipamapi.ReleasePoolRequest{PoolID: carved.PoolID}); err != nil {
+		t.Fatal(err)
+	}
+	if again := requestPool6(t, again, "", ""); again.Pool != carved.Pool {
+		t.Errorf("after its release, the carved pool is not carved again: %s", again.Pool)
+	}
+}
+
+// Default IPv6 pools are checked at start like the IPv4 ones.
+func TestIPv6DefaultPoolConfig(t *testing.T) {
+	dir := t.TempDir()
+	for _, c := range []struct {
+		cfg  Config
+		want string
+	}{
+		{Config{DefaultPools6: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}}, "ipam: default IPv6 pool 10.0.0.0/8 must be a canonical IPv6 prefix"},
+		{Config{DefaultPools6: []netip.Prefix{netip.MustParsePrefix("fd00:1::/72")}}, "ipam: default IPv6 pool fd00:1::/72 is smaller than the default IPv6 pool size /64"},
+		{Config{DefaultPoolSize6: 8}, "ipam: default IPv6 pool size /8 must be between /16 and /126"},
+	} {
+		c.cfg.StatePath = filepath.Join(dir, "ipam.json")
+		_, err := New(c.cfg)
+		wantErr(t, err, c.want)
+	}
+	d := newTestDriver(t, Config{DefaultPools6: []netip.Prefix{netip.MustParsePrefix("fd12:3456::/56")}, DefaultPoolSize6: 80})
+	if got := requestPool6(t, d, "", "").Pool; got != "fd12:3456::/80" {
+		t.Errorf("carved %s from fd12:3456::/56 by /80", got)
 	}
 }

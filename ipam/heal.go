@@ -50,8 +50,8 @@ func (a *allocator) addSeed(s PoolSeed) (*pool, []error) {
 	switch {
 	case !validAddressSpace(space):
 		return nil, []error{fmt.Errorf("pool %s: unknown address space %q", pool, space)}
-	case !pool.IsValid() || !pool.Addr().Is4() || pool != pool.Masked():
-		return nil, []error{fmt.Errorf("pool %v is not a canonical IPv4 prefix", pool)}
+	case !pool.IsValid() || pool.Addr().Is4In6() || pool != pool.Masked():
+		return nil, []error{fmt.Errorf("pool %v is not a canonical IPv4 or IPv6 prefix", pool)}
 	}
 	if err := checkPoolSize(pool); err != nil {
 		return nil, []error{err}
@@ -90,15 +90,14 @@ func (p *pool) continueAfterHighest() {
 	if !ok {
 		return
 	}
-	var high uint32
-	found := false
-	for v := range p.allocated {
-		if v >= first && v <= last && (!found || v > high) {
-			high, found = v, true
+	var high netip.Addr
+	for a := range p.allocated {
+		if a.Compare(first) >= 0 && a.Compare(last) <= 0 && (!high.IsValid() || high.Less(a)) {
+			high = a
 		}
 	}
-	if found {
-		p.last = addrFrom(high)
+	if high.IsValid() {
+		p.last = high
 	}
 }
 

@@ -13,9 +13,10 @@ import (
 // (because the table changed meanwhile) is retried before giving up.
 const dumpRetries = 5
 
-// HostRoutesNetlink lists the IPv4 destinations of the host's routes in every
-// routing table (main, local and policy tables alike: a subnet routed in any
-// of them is in use). It is Config.HostRoutes in production.
+// HostRoutesNetlink lists the IPv4 and IPv6 destinations of the host's
+// routes in every routing table (main, local and policy tables alike: a
+// subnet routed in any of them is in use). It is Config.HostRoutes in
+// production.
 //
 // The default route is left out: it covers everything, so honouring it would
 // leave no pool to carve. Everything else is kept, loopback and link-local
@@ -27,13 +28,13 @@ func HostRoutesNetlink() ([]netip.Prefix, error) {
 		err    error
 	)
 	for range dumpRetries {
-		routes, err = netlink.RouteListFiltered(netlink.FAMILY_V4, filter, netlink.RT_FILTER_TABLE)
+		routes, err = netlink.RouteListFiltered(netlink.FAMILY_ALL, filter, netlink.RT_FILTER_TABLE)
 		if !errors.Is(err, netlink.ErrDumpInterrupted) {
 			break
 		}
 	}
 	if err != nil {
-		return nil, fmt.Errorf("list IPv4 routes: %w", err)
+		return nil, fmt.Errorf("list routes: %w", err)
 	}
 	out := make([]netip.Prefix, 0, len(routes))
 	for _, r := range routes {
@@ -45,12 +46,14 @@ func HostRoutesNetlink() ([]netip.Prefix, error) {
 			continue
 		}
 		ones, bits := r.Dst.Mask.Size()
-		ip = ip.Unmap()
-		if bits == 0 || !ip.Is4() || ones == 0 {
+		if bits == 0 || ones == 0 {
 			continue
 		}
-		if bits == 128 {
-			ones -= 96 // an IPv4 address stored in 16 bytes with a 16-byte mask
+		if ip.Is4In6() {
+			ip = ip.Unmap()
+			if bits == 128 {
+				ones -= 96 // an IPv4 address stored in 16 bytes with a 16-byte mask
+			}
 		}
 		out = append(out, netip.PrefixFrom(ip, ones).Masked())
 	}

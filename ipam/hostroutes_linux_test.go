@@ -11,14 +11,19 @@ import (
 )
 
 // TestHostRoutesNetlinkMatchesIproute compares the netlink listing with what
-// `ip -4 route show table all` prints, default route excluded. Listing routes
-// needs no privilege.
+// `ip -4 route show table all` and `ip -6 ...` print, default routes
+// excluded. Listing routes needs no privilege.
 func TestHostRoutesNetlinkMatchesIproute(t *testing.T) {
 	testutil.RequireCommand(t, "ip")
-	out, err := exec.Command("ip", "-4", "route", "show", "table", "all").Output()
+	out4, err := exec.Command("ip", "-4", "route", "show", "table", "all").Output()
 	if err != nil {
 		t.Fatalf("ip route: %v", err)
 	}
+	out6, err := exec.Command("ip", "-6", "route", "show", "table", "all").Output()
+	if err != nil {
+		t.Fatalf("ip -6 route: %v", err)
+	}
+	out := append(out4, out6...)
 	// The words iproute2 prints before a destination that is not an
 	// ordinary unicast route.
 	routeTypes := []string{"unicast", "local", "broadcast", "multicast", "throw", "unreachable", "prohibit", "blackhole", "nat", "anycast"}
@@ -35,7 +40,9 @@ func TestHostRoutesNetlinkMatchesIproute(t *testing.T) {
 			continue
 		}
 		dst := f[0]
-		if !strings.Contains(dst, "/") {
+		if !strings.Contains(dst, "/") && strings.Contains(dst, ":") {
+			dst += "/128"
+		} else if !strings.Contains(dst, "/") {
 			dst += "/32"
 		}
 		p, err := netip.ParsePrefix(dst)

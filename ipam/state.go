@@ -146,7 +146,7 @@ func (a *allocator) restorePool(ps PoolState) error {
 	if !validAddressSpace(ps.AddressSpace) {
 		return fmt.Errorf("unknown address space %q", ps.AddressSpace)
 	}
-	if !ps.Pool.IsValid() || !ps.Pool.Addr().Is4() || ps.Pool != ps.Pool.Masked() {
+	if !ps.Pool.IsValid() || ps.Pool.Addr().Is4In6() || ps.Pool != ps.Pool.Masked() {
 		return fmt.Errorf("invalid pool %s", ps.Pool)
 	}
 	if err := checkPoolSize(ps.Pool); err != nil {
@@ -183,7 +183,7 @@ func (a *allocator) restorePool(ps PoolState) error {
 		p.gateway = ps.Gateway
 	}
 	if ps.Last.IsValid() {
-		if !ps.Last.Is4() || !ps.Pool.Contains(ps.Last) {
+		if !sameFamily(ps.Last, ps.Pool) || !ps.Pool.Contains(ps.Last) {
 			return fmt.Errorf("last allocated address %s is not in the pool", ps.Last)
 		}
 		p.last = ps.Last

@@ -13,8 +13,11 @@ const (
 
 func conntrackClasses() []string { return []string{ConntrackTCP, ConntrackNonTCP} }
 
-// ConntrackStats is what the conntrack table's garbage collector found.
+// ConntrackStats is what the conntrack garbage collector found in one
+// table.
 type ConntrackStats struct {
+	// Family is the table's, "ipv4" or "ipv6".
+	Family string
 	// MapName is the table's map, MaxEntries its size.
 	MapName    string
 	MaxEntries int
@@ -26,9 +29,10 @@ type ConntrackStats struct {
 	Completed, Uncompleted uint64
 }
 
-// Conntrack gives the garbage collector's findings, read at scrape time.
+// Conntrack gives the garbage collector's findings in each table, read at
+// scrape time.
 type Conntrack interface {
-	ConntrackStats() ConntrackStats
+	ConntrackStats() []ConntrackStats
 }
 
 // AddConntrack adds the conntrack table's metrics, named as Cilium's:
@@ -69,17 +73,18 @@ func (c *conntrackCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c *conntrackCollector) Collect(ch chan<- prometheus.Metric) {
-	s := c.src.ConntrackStats()
-	const family = "ipv4"
-	alive := 0
-	for _, p := range conntrackClasses() {
-		ch <- prometheus.MustNewConstMetric(c.runs, prometheus.CounterValue, float64(s.Completed), family, p, "completed")
-		ch <- prometheus.MustNewConstMetric(c.runs, prometheus.CounterValue, float64(s.Uncompleted), family, p, "uncompleted")
-		ch <- prometheus.MustNewConstMetric(c.entries, prometheus.GaugeValue, float64(s.Alive[p]), family, p, "alive")
-		ch <- prometheus.MustNewConstMetric(c.entries, prometheus.GaugeValue, float64(s.Deleted[p]), family, p, "deleted")
-		alive += s.Alive[p]
-	}
-	if s.MaxEntries > 0 {
-		ch <- prometheus.MustNewConstMetric(c.pressure, prometheus.GaugeValue, float64(alive)/float64(s.MaxEntries), s.MapName)
+	for _, s := range c.src.ConntrackStats() {
+		family := s.Family
+		alive := 0
+		for _, p := range conntrackClasses() {
+			ch <- prometheus.MustNewConstMetric(c.runs, prometheus.CounterValue, float64(s.Completed), family, p, "completed")
+			ch <- prometheus.MustNewConstMetric(c.runs, prometheus.CounterValue, float64(s.Uncompleted), family, p, "uncompleted")
+			ch <- prometheus.MustNewConstMetric(c.entries, prometheus.GaugeValue, float64(s.Alive[p]), family, p, "alive")
+			ch <- prometheus.MustNewConstMetric(c.entries, prometheus.GaugeValue, float64(s.Deleted[p]), family, p, "deleted")
+			alive += s.Alive[p]
+		}
+		if s.MaxEntries > 0 {
+			ch <- prometheus.MustNewConstMetric(c.pressure, prometheus.GaugeValue, float64(alive)/float64(s.MaxEntries), s.MapName)
+		}
 	}
 }

@@ -35,6 +35,8 @@ type ClusterConfig struct {
 	// BlockBits is the prefix length of the node's block of each cluster
 	// network; 0 is the cluster package's default (/24).
 	BlockBits int
+	// BlockBits6 is the same for IPv6 cluster networks (default /112).
+	BlockBits6 int
 	// OverlayDevice and OverlayPort are the VXLAN device and UDP port;
 	// empty and 0 are datapath's defaults.
 	OverlayDevice string
@@ -119,6 +121,7 @@ func (d *Daemon) connectCluster() error {
 		NodeIP:            c.NodeIP,
 		LeaseTTL:          c.LeaseTTL,
 		BlockBits:         c.BlockBits,
+		BlockBits6:        c.BlockBits6,
 		StatePath:         filepath.Join(d.cfg.LibDir, clusterStateFile),
 		IdentityCachePath: filepath.Join(d.cfg.LibDir, clusterIdentityFile),
 		Version:           d.cfg.Version,

@@ -45,14 +45,23 @@ func toAPIConntrack(f datapath.CTFlow) api.ConntrackEntry {
 // metrics package.
 type conntrackMetrics struct{ gc *datapath.CTGC }
 
-func (c conntrackMetrics) ConntrackStats() metrics.ConntrackStats {
+func (c conntrackMetrics) ConntrackStats() []metrics.ConntrackStats {
 	s := c.gc.Stats()
-	return metrics.ConntrackStats{
+	return []metrics.ConntrackStats{{
+		Family:      "ipv4",
 		MapName:     datapath.CTMapName,
 		MaxEntries:  s.MaxEntries,
 		Alive:       s.Alive,
 		Deleted:     s.Deleted,
 		Completed:   s.Completed,
 		Uncompleted: s.Uncompleted,
-	}
+	}, {
+		Family:      "ipv6",
+		MapName:     datapath.CT6MapName,
+		MaxEntries:  s.IPv6.MaxEntries,
+		Alive:       s.IPv6.Alive,
+		Deleted:     s.IPv6.Deleted,
+		Completed:   s.Completed,
+		Uncompleted: s.Uncompleted,
+	}}
 }

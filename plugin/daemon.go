@@ -63,7 +63,10 @@ type Config struct {
 	External        bool
 	DefaultPools    []netip.Prefix
 	DefaultPoolSize int
-	Version         string
+	// DefaultPools6 is where IPv6 networks without an IPv6 --subnet take a
+	// /64 from (ipam.DefaultPoolRange6).
+	DefaultPools6 []netip.Prefix
+	Version       string
 	// MetricsAddr is the host:port Prometheus metrics are served on, at
 	// /metrics; empty turns them off.
 	MetricsAddr string
@@ -94,6 +97,7 @@ func DefaultConfig(version string) Config {
 		External:        true,
 		DefaultPools:    []netip.Prefix{netip.MustParsePrefix(ipam.DefaultPoolRange)},
 		DefaultPoolSize: ipam.DefaultPoolPrefixLen,
+		DefaultPools6:   []netip.Prefix{netip.MustParsePrefix(ipam.DefaultPoolRange6)},
 		Version:         version,
 	}
 }
@@ -221,6 +225,7 @@ func start(cfg Config, log logrus.FieldLogger) (_ *Daemon, err error) {
 		StatePath:       filepath.Join(cfg.LibDir, "ipam.json"),
 		DefaultPools:    cfg.DefaultPools,
 		DefaultPoolSize: cfg.DefaultPoolSize,
+		DefaultPools6:   cfg.DefaultPools6,
 		HostRoutes:      ipam.HostRoutesNetlink,
 		Logger:          log.WithField("subsys", "ipam"),
 		Blocks:          d.blocks(),
@@ -256,7 +261,7 @@ func start(cfg Config, log logrus.FieldLogger) (_ *Daemon, err error) {
 		Identities:    d.labelIdentities(),
 		CIDRs:         d.identities,
 		Rules:         d.rules,
-		NodeAddresses: nodeIPv4Addresses,
+		NodeAddresses: nodeAddresses,
 		Publish:       publish,
 		Log:           log.WithField("subsys", "endpoint"),
 	})
@@ -641,23 +646,27 @@ func endpointNetworks(ns []driver.Network) []endpoint.Network {
 	out := make([]endpoint.Network, 0, len(ns))
 	for _, n := range ns {
 		gw, _ := netip.ParseAddr(n.Gateway)
-		out = append(out, endpoint.Network{ID: n.ID, Gateway: gw, Mode: n.PolicyMode(), Audit: n.PolicyAudit(), Unconfirmed: n.Rebuilt})
+		gw6, _ := netip.ParseAddr(n.Gateway6)
+		out = append(out, endpoint.Network{ID: n.ID, Gateway: gw, Gateway6: gw6, Mode: n.PolicyMode(), Audit: n.PolicyAudit(), Unconfirmed: n.Rebuilt})
 	}
 	return out
 }
 
-// nodeIPv4Addresses lists the node's own IPv4 addresses, which the
-// ipcache maps to the host identity.
-func nodeIPv4Addresses() ([]netip.Addr, error) {
-	addrs, err := netlink.AddrList(nil, netlink.FAMILY_V4)
+// nodeAddresses lists the node's own IPv4 and IPv6 addresses, which the
+// ipcache maps to the host identity. Link-local IPv6 addresses are left
+// out: every veth has one, and nothing routes to them.
+func nodeAddresses() ([]netip.Addr, error) {
+	addrs, err := netlink.AddrList(nil, netlink.FAMILY_ALL)
 	if err != nil {
 		return nil, fmt.Errorf("list node addresses: %w", err)
 	}
 	out := make([]netip.Addr, 0, len(addrs))
 	for _, a := range addrs {
-		if ip, ok := netip.AddrFromSlice(a.IP.To4()); ok {
-			out = append(out, ip)
+		ip, ok := netip.AddrFromSlice(a.IP)
+		if !ok || ip.IsLinkLocalUnicast() {
+			continue
 		}
+		out = append(out, ip.Unmap())
 	}
 	return out, nil
 }

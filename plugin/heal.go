@@ -333,14 +333,23 @@ func (r *rebuild) ipam() (string, []string, error) {
 	bySubnet := map[netip.Prefix]*ipam.PoolSeed{}
 	var order []netip.Prefix
 	for _, ep := range r.records {
-		subnet := ep.Network.Subnet.Masked()
-		s, ok := bySubnet[subnet]
-		if !ok {
-			s = &ipam.PoolSeed{Pool: subnet, Gateway: ep.Network.Gateway}
-			bySubnet[subnet] = s
-			order = append(order, subnet)
+		for _, f := range []struct {
+			subnet  netip.Prefix
+			gateway netip.Addr
+			addr    netip.Prefix
+		}{{ep.Network.Subnet, ep.Network.Gateway, ep.IPv4}, {ep.Network.Subnet6, ep.Network.Gateway6, ep.IPv6}} {
+			if !f.subnet.IsValid() || !f.addr.IsValid() {
+				continue
+			}
+			subnet := f.subnet.Masked()
+			s, ok := bySubnet[subnet]
+			if !ok {
+				s = &ipam.PoolSeed{Pool: subnet, Gateway: f.gateway}
+				bySubnet[subnet] = s
+				order = append(order, subnet)
+			}
+			s.Addresses = append(s.Addresses, f.addr.Addr())
 		}
-		s.Addresses = append(s.Addresses, ep.IPv4.Addr())
 	}
 	seeds := make([]ipam.PoolSeed, 0, len(order))
 	addresses := 0

@@ -42,8 +42,10 @@ func (d *Daemon) healFromDocker(ctx context.Context, docker dockerState, own own
 			if !n.ourDriver || len(n.pools) == 0 {
 				continue
 			}
+			p4, p6 := n.pool(false), n.pool(true)
 			list = append(list, driver.DockerNetwork{
-				ID: n.id, Subnet: n.pools[0].subnet, Gateway: n.pools[0].gateway, Internal: n.internal, Options: n.options,
+				ID: n.id, Subnet: p4.subnet, Gateway: p4.gateway, Subnet6: p6.subnet, Gateway6: p6.gateway,
+				Internal: n.internal, Options: n.options,
 			})
 		}
 		externalChanged, problems := d.driver.Confirm(list, true)
@@ -65,8 +67,10 @@ func (d *Daemon) healFromDocker(ctx context.Context, docker dockerState, own own
 			for _, p := range n.pools {
 				s := ipam.PoolSeed{Pool: p.subnet, SubPool: p.ipRange, Gateway: p.gateway, Addresses: append([]netip.Addr(nil), p.aux...)}
 				for _, c := range n.containers {
-					if a := parseAddr(c.IPv4Address); a.IsValid() && p.subnet.Contains(a) {
-						s.Addresses = append(s.Addresses, a)
+					for _, a := range containerAddrs(c) {
+						if p.subnet.Contains(a) {
+							s.Addresses = append(s.Addresses, a)
+						}
 					}
 				}
 				seeds = append(seeds, s)
@@ -132,7 +136,7 @@ func (d *Daemon) republishPorts(ctx context.Context, docker dockerState, ports c
 			notRebuilt = append(notRebuilt, fmt.Sprintf("published ports of container %s: it is on %d networks", dockerid.Short(cid), nets))
 			continue
 		}
-		if _, err := d.external.Program(ep.DockerNetworkID, ep.DockerEndpointID, ep.IfName, ep.IPv4.Addr(), bindings); err != nil {
+		if _, err := d.external.Program(ep.DockerNetworkID, ep.DockerEndpointID, ep.IfName, ep.IPv4.Addr(), ep.IPv6.Addr(), bindings); err != nil {
 			notRebuilt = append(notRebuilt, fmt.Sprintf("published ports of container %s: %v", dockerid.Short(cid), err))
 			continue
 		}
@@ -210,9 +214,6 @@ func bindingsOf(specs map[string][]portSpec) ([]external.Binding, error) {
 					}
 					b.HostPortEnd = uint16(h)
 				}
-			}
-			if ip, err := netip.ParseAddr(b.HostIP); err == nil && ip.Is6() && !ip.Is4In6() {
-				continue // IPv4 only, as ParseBindings
 			}
 			out = append(out, b)
 		}

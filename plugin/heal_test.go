@@ -27,6 +27,7 @@ import (
 	"github.com/ebpfnet/ebpfnet/endpoint"
 	"github.com/ebpfnet/ebpfnet/external"
 	"github.com/ebpfnet/ebpfnet/identity"
+	"github.com/ebpfnet/ebpfnet/ipam"
 	"github.com/ebpfnet/ebpfnet/policy"
 	"github.com/ebpfnet/ebpfnet/testutil"
 )
@@ -302,13 +303,23 @@ func policyOf(tb testing.TB, d *Daemon, epid uint16) (flags uint32, keys []polic
 func dockerView(d *Daemon, options map[string]map[string]string, extra ...dockerNetwork) dockerState {
 	st := dockerState{networks: map[string]bool{}, endpoints: map[string]bool{}, inUse: map[netip.Prefix]map[netip.Addr]bool{}}
 	for _, n := range d.driver.Networks() {
-		subnet := netip.MustParsePrefix(n.Subnet)
 		dn := dockerNetwork{id: n.ID, ourDriver: true, ourIPAM: true, options: options[n.ID],
-			pools:      []dockerPool{{subnet: subnet, gateway: netip.MustParseAddr(n.Gateway)}},
 			containers: map[string]dockernetwork.EndpointResource{}}
+		for _, f := range [][2]string{{n.Subnet, n.Gateway}, {n.Subnet6, n.Gateway6}} {
+			if f[0] != "" {
+				dn.pools = append(dn.pools, dockerPool{subnet: netip.MustParsePrefix(f[0]), gateway: netip.MustParseAddr(f[1])})
+			}
+		}
 		for _, ep := range d.datapath.Endpoints() {
 			if ep.DockerNetworkID == n.ID {
-				dn.containers["c"+ep.DockerEndpointID[:8]] = dockernetwork.EndpointResource{EndpointID: ep.DockerEndpointID, IPv4Address: ep.IPv4.String()}
+				r := dockernetwork.EndpointResource{EndpointID: ep.DockerEndpointID}
+				if ep.IPv4.IsValid() {
+					r.IPv4Address = ep.IPv4.String()
+				}
+				if ep.IPv6.IsValid() {
+					r.IPv6Address = ep.IPv6.String()
+				}
+				dn.containers["c"+ep.DockerEndpointID[:8]] = r
 			}
 		}
 		st.details = append(st.details, dn)
@@ -736,6 +747,7 @@ func TestBindingsOfDockerPorts(t *testing.T) {
 	want := []external.Binding{
 		{Proto: external.ProtoUDP, Port: 53, HostIP: "127.0.0.1"},
 		{Proto: external.ProtoTCP, Port: 80, HostPort: 8080},
+		{Proto: external.ProtoTCP, Port: 80, HostIP: "::", HostPort: 8080},
 		{Proto: external.ProtoTCP, Port: 81, HostPort: 9000, HostPortEnd: 9005},
 		{Proto: external.ProtoTCP, Port: 443},
 	}
@@ -744,5 +756,56 @@ func TestBindingsOfDockerPorts(t *testing.T) {
 	}
 	if _, err := bindingsOf(map[string][]portSpec{"80/tcp": {{hostPort: "9-8"}}}); err == nil {
 		t.Fatal("a reversed range was taken")
+	}
+}
+
+// ipam.json and networks.json lost on a node with a dual-stack network:
+// both pools come back from the endpoints' records, the IPv6 one with its
+// gateway and the endpoints' IPv6 addresses, and the network with its
+// IPv6 subnet; once Docker answers, a new IPv6 address is a free one.
+func TestHealDualStack(t *testing.T) {
+	n := newTestNode(t)
+	td := n.cur
+	pool4, gw4 := createTestNetworkPools(t, td, "10.204.0.0/24")
+	pool6 := td.mustCall(t, "/IpamDriver.RequestPool", map[string]any{"AddressSpace": "ebpfnet-local", "Pool": "fd00:e2e:44::/64", "V6": true})["PoolID"].(string)
+	gw6 := td.mustCall(t, "/IpamDriver.RequestAddress", map[string]any{
+		"PoolID": pool6, "Options": map[string]string{"RequestAddressType": "com.docker.network.gateway"}})["Address"].(string)
+	td.mustCall(t, "/NetworkDriver.CreateNetwork", map[string]any{"NetworkID": "net-d", "Options": map[string]any{},
+		"IPv4Data": []map[string]any{{"AddressSpace": "ebpfnet-local", "Pool": "10.204.0.0/24", "Gateway": gw4}},
+		"IPv6Data": []map[string]any{{"AddressSpace": "ebpfnet-local", "Pool": "fd00:e2e:44::/64", "Gateway": gw6}}})
+	var addrs6 []string
+	for range 2 {
+		a4 := td.mustCall(t, "/IpamDriver.RequestAddress", map[string]any{"PoolID": pool4})["Address"].(string)
+		a6 := td.mustCall(t, "/IpamDriver.RequestAddress", map[string]any{"PoolID": pool6})["Address"].(string)
+		td.mustCall(t, "/NetworkDriver.CreateEndpoint", map[string]any{"NetworkID": "net-d", "EndpointID": randomHex(t, 32),
+			"Interface": map[string]any{"Address": a4, "AddressIPv6": a6}})
+		addrs6 = append(addrs6, a6)
+	}
+	n.restart(t, func() { n.remove(t, ipamFile, networksFile) })
+	d := n.cur.daemon
+	var got6 ipam.PoolInfo
+	for _, p := range d.ipam.Pools() {
+		if p.ID == pool6 {
+			got6 = p
+		}
+	}
+	want := []netip.Addr{netip.MustParsePrefix(gw6).Addr(), netip.MustParsePrefix(addrs6[0]).Addr(), netip.MustParsePrefix(addrs6[1]).Addr()}
+	if got6.Gateway != want[0] || !reflect.DeepEqual(got6.Addresses, want) {
+		t.Fatalf("rebuilt IPv6 pool %+v, want gateway %s and addresses %v", got6, gw6, want)
+	}
+	nets := d.driver.Networks()
+	if len(nets) != 1 || nets[0].Subnet6 != "fd00:e2e:44::/64" || nets[0].Gateway6 != want[0].String() || !nets[0].Rebuilt {
+		t.Fatalf("rebuilt networks %+v", nets)
+	}
+	d.healFromDocker(context.Background(), dockerView(d, nil), d.snapshotOwnState(), noPorts, d.log)
+	if d.ipam.Pending() {
+		t.Fatal("still pending after Docker answered")
+	}
+	addr := n.cur.mustCall(t, "/IpamDriver.RequestAddress", map[string]any{"PoolID": pool6})["Address"].(string)
+	if addr == gw6 || addr == addrs6[0] || addr == addrs6[1] {
+		t.Fatalf("new IPv6 address %s is in use", addr)
+	}
+	if nets := d.driver.Networks(); nets[0].Rebuilt || nets[0].Subnet6 != "fd00:e2e:44::/64" {
+		t.Errorf("networks after Docker answered: %+v", nets)
 	}
 }

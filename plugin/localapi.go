@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"sort"
 	"strconv"
 	"strings"
@@ -139,6 +140,14 @@ func (d *Daemon) status() api.Status {
 	return s
 }
 
+// addrString is p's address, "" for none.
+func addrString(p netip.Prefix) string {
+	if !p.IsValid() {
+		return ""
+	}
+	return p.Addr().String()
+}
+
 func toAPIEndpoint(ep datapath.Endpoint) api.Endpoint {
 	out := api.Endpoint{
 		ID:               ep.ID,
@@ -148,7 +157,8 @@ func toAPIEndpoint(ep datapath.Endpoint) api.Endpoint {
 		DockerEndpointID: ep.DockerEndpointID,
 		IfName:           ep.IfName,
 		IfIndex:          ep.IfIndex,
-		IPv4:             ep.IPv4.Addr().String(),
+		IPv4:             addrString(ep.IPv4),
+		IPv6:             addrString(ep.IPv6),
 		LXCMAC:           net.HardwareAddr(ep.LXCMAC).String(),
 		NodeMAC:          net.HardwareAddr(ep.NodeMAC).String(),
 		Identity:         ep.Identity,

@@ -89,11 +89,12 @@ func (b *monitorBroker) toAPI(ev datapath.Event) api.MonitorEvent {
 	return out
 }
 
-// endpointString is addr:port for TCP and UDP. ICMP has no ports (the
-// datapath carries the echo id in their place, for conntrack), so an ICMP
-// end is its address alone, as Cilium's monitor shows it.
+// endpointString is addr:port for TCP and UDP ([addr]:port for IPv6).
+// ICMP and ICMPv6 have no ports (the datapath carries the echo id in their
+// place, for conntrack), so such an end is its address alone, as Cilium's
+// monitor shows it.
 func endpointString(addr netip.Addr, port uint16, proto uint8) string {
-	if proto == 1 {
+	if proto == 1 || proto == 58 {
 		return addr.String()
 	}
 	return netip.AddrPortFrom(addr, port).String()
@@ -103,6 +104,8 @@ func protocolName(p uint8) string {
 	switch p {
 	case 1:
 		return "icmp"
+	case 58:
+		return "icmpv6"
 	case 6:
 		return "tcp"
 	case 17:

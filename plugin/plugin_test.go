@@ -120,17 +120,13 @@ func removeHostSide(tb testing.TB, d *Daemon) {
 		}
 	}
 	for _, n := range d.driver.Networks() {
-		subnet, err := netip.ParsePrefix(n.Subnet)
-		if err != nil {
-			tb.Errorf("network %s: subnet %q: %v", n.ID, n.Subnet, err)
-			continue
-		}
-		gateway, err := netip.ParseAddr(n.Gateway)
-		if err != nil {
-			tb.Errorf("network %s: gateway %q: %v", n.ID, n.Gateway, err)
-			continue
-		}
-		if err := d.datapath.RemoveNetwork(datapath.Network{Index: n.Index, Subnet: subnet, Gateway: gateway}); err != nil {
+		dn := datapath.Network{Index: n.Index}
+		// Either family may be absent ("").
+		dn.Subnet, _ = netip.ParsePrefix(n.Subnet)
+		dn.Gateway, _ = netip.ParseAddr(n.Gateway)
+		dn.Subnet6, _ = netip.ParsePrefix(n.Subnet6)
+		dn.Gateway6, _ = netip.ParseAddr(n.Gateway6)
+		if err := d.datapath.RemoveNetwork(dn); err != nil {
 			tb.Errorf("remove network %s from the host: %v", n.ID, err)
 		}
 	}
@@ -239,8 +235,8 @@ func TestEveryCallIsAnswered(t *testing.T) {
 }
 
 // TestGwAllocCheck: the capability is announced, so Docker 28+ asks before
-// it requests pools; the gateway is never skipped, and a network without
-// IPv4 is refused with the reason.
+// it requests pools; the gateway is never skipped, an IPv6-only network is
+// taken, and a network without any family is refused with the reason.
 func TestGwAllocCheck(t *testing.T) {
 	td := startTestDaemon(t)
 	if caps := td.mustCall(t, "/NetworkDriver.GetCapabilities", nil); caps["GwAllocChecker"] != true {
@@ -251,10 +247,15 @@ func TestGwAllocCheck(t *testing.T) {
 	if out["SkipIPv4"] != false || out["SkipIPv6"] != false {
 		t.Errorf("GwAllocCheck of an IPv4 network: %v, want no skip", out)
 	}
-	code, out := td.call(t, "/NetworkDriver.GwAllocCheck", map[string]any{"Options": map[string]any{
+	out = td.mustCall(t, "/NetworkDriver.GwAllocCheck", map[string]any{"Options": map[string]any{
 		"com.docker.network.enable_ipv4": false, "com.docker.network.enable_ipv6": true}})
+	if out["SkipIPv4"] != false || out["SkipIPv6"] != false {
+		t.Errorf("GwAllocCheck of an IPv6-only network: %v, want no skip", out)
+	}
+	code, out := td.call(t, "/NetworkDriver.GwAllocCheck", map[string]any{"Options": map[string]any{
+		"com.docker.network.enable_ipv4": false, "com.docker.network.enable_ipv6": false}})
 	if code != http.StatusInternalServerError || !strings.Contains(fmt.Sprint(out["Err"]), "drop --ipv4=false") {
-		t.Errorf("GwAllocCheck with --ipv4=false: HTTP %d %v; want 500 saying to drop --ipv4=false", code, out)
+		t.Errorf("GwAllocCheck with --ipv4=false and no --ipv6: HTTP %d %v; want 500 saying to drop --ipv4=false", code, out)
 	}
 }
 
@@ -328,4 +329,71 @@ func TestEndpointThroughTheSocket(t *testing.T) {
 	td.mustCall(t, "/NetworkDriver.DeleteNetwork", map[string]any{"NetworkID": "net-a"})
 	td.mustCall(t, "/IpamDriver.ReleaseAddress", map[string]any{"PoolID": poolID, "Address": gateway})
 	td.mustCall(t, "/IpamDriver.ReleasePool", map[string]any{"PoolID": poolID})
+}
+
+// A dual-stack network through the socket, as Docker 20.10 drives one
+// created with --ipv6 and no IPv6 --subnet: an IPv6 pool carved from the
+// default ULA pool, both gateways, an endpoint with an address of each
+// family, a route to each, and Join's two gateways; everything goes with
+// the network.
+func TestDualStackThroughTheSocket(t *testing.T) {
+	td := startTestDaemon(t)
+	pool4, gw4 := createTestNetworkPools(t, td, "10.203.0.0/24")
+	pool6 := td.mustCall(t, "/IpamDriver.RequestPool", map[string]any{"AddressSpace": "ebpfnet-local", "V6": true})
+	subnet6 := pool6["Pool"].(string)
+	if p, err := netip.ParsePrefix(subnet6); err != nil || p.Bits() != 64 || !netip.MustParsePrefix("fd00:ebbf::/48").Contains(p.Addr()) {
+		t.Fatalf("IPv6 pool %q, want a /64 of fd00:ebbf::/48", subnet6)
+	}
+	gw6 := td.mustCall(t, "/IpamDriver.RequestAddress", map[string]any{
+		"PoolID": pool6["PoolID"], "Options": map[string]string{"RequestAddressType": "com.docker.network.gateway"}})["Address"].(string)
+	td.mustCall(t, "/NetworkDriver.CreateNetwork", map[string]any{
+		"NetworkID": "net-6", "Options": map[string]any{},
+		"IPv4Data": []map[string]any{{"AddressSpace": "ebpfnet-local", "Pool": "10.203.0.0/24", "Gateway": gw4}},
+		"IPv6Data": []map[string]any{{"AddressSpace": "ebpfnet-local", "Pool": subnet6, "Gateway": gw6}},
+	})
+	addr4 := td.mustCall(t, "/IpamDriver.RequestAddress", map[string]any{"PoolID": pool4})["Address"].(string)
+	addr6 := td.mustCall(t, "/IpamDriver.RequestAddress", map[string]any{"PoolID": pool6["PoolID"]})["Address"].(string)
+	epID := randomHex(t, 32)
+	td.mustCall(t, "/NetworkDriver.CreateEndpoint", map[string]any{
+		"NetworkID": "net-6", "EndpointID": epID, "Interface": map[string]any{"Address": addr4, "AddressIPv6": addr6}})
+	join := td.mustCall(t, "/NetworkDriver.Join", map[string]any{"NetworkID": "net-6", "EndpointID": epID, "SandboxKey": "/x"})
+	gwAddr6 := netip.MustParsePrefix(gw6).Addr()
+	if join["Gateway"] != netip.MustParsePrefix(gw4).Addr().String() || join["GatewayIPv6"] != gwAddr6.String() {
+		t.Errorf("Join answered %v, want gateways %s and %s", join, gw4, gw6)
+	}
+	host := "lxc" + join["InterfaceName"].(map[string]any)["SrcName"].(string)[3:]
+	routes, err := netlink.RouteGet(net.IP(netip.MustParsePrefix(addr6).Addr().AsSlice()))
+	if err != nil || len(routes) == 0 {
+		t.Fatalf("route to %s: %v", addr6, err)
+	}
+	if l, err := netlink.LinkByIndex(routes[0].LinkIndex); err != nil || l.Attrs().Name != host {
+		t.Errorf("%s routes through %v, want %s", addr6, routes[0].LinkIndex, host)
+	}
+	dev, err := netlink.LinkByName(td.cfg.HostDevice)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addrs, _ := netlink.AddrList(dev, netlink.FAMILY_V6)
+	found := false
+	for _, a := range addrs {
+		found = found || a.IP.Equal(net.IP(gwAddr6.AsSlice()))
+	}
+	if !found {
+		t.Errorf("the host device lacks the IPv6 gateway %s: %v", gwAddr6, addrs)
+	}
+	td.mustCall(t, "/NetworkDriver.DeleteEndpoint", map[string]any{"NetworkID": "net-6", "EndpointID": epID})
+	td.mustCall(t, "/NetworkDriver.DeleteNetwork", map[string]any{"NetworkID": "net-6"})
+	if _, err := netlink.LinkByName(td.cfg.HostDevice); err == nil {
+		t.Error("the host device outlived the last network")
+	}
+}
+
+// createTestNetworkPools requests an IPv4 pool and its gateway.
+func createTestNetworkPools(tb testing.TB, td *testDaemon, subnet string) (poolID, gateway string) {
+	tb.Helper()
+	pool := td.mustCall(tb, "/IpamDriver.RequestPool", map[string]any{"AddressSpace": "ebpfnet-local", "Pool": subnet})
+	poolID = pool["PoolID"].(string)
+	gw := td.mustCall(tb, "/IpamDriver.RequestAddress", map[string]any{
+		"PoolID": poolID, "Options": map[string]string{"RequestAddressType": "com.docker.network.gateway"}})
+	return poolID, gw["Address"].(string)
 }

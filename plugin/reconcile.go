@@ -54,7 +54,7 @@ type dockerNetwork struct {
 	containers map[string]dockernetwork.EndpointResource
 }
 
-// dockerPool is one IPv4 IPAM configuration of a Docker network.
+// dockerPool is one IPAM configuration of a Docker network, IPv4 or IPv6.
 type dockerPool struct {
 	subnet, ipRange netip.Prefix
 	gateway         netip.Addr
@@ -246,8 +246,10 @@ func (n dockerNetwork) inUse() map[netip.Prefix]map[netip.Addr]bool {
 			held[a] = true
 		}
 		for _, ep := range n.containers {
-			if a := parseAddr(ep.IPv4Address); p.subnet.Contains(a) {
-				held[a] = true
+			for _, a := range containerAddrs(ep) {
+				if p.subnet.Contains(a) {
+					held[a] = true
+				}
 			}
 		}
 		out[p.subnet] = held
@@ -264,7 +266,7 @@ func describeNetwork(n dockernetwork.Inspect, ours map[string]bool) dockerNetwor
 	}
 	for _, cfg := range n.IPAM.Config {
 		subnet, err := netip.ParsePrefix(cfg.Subnet)
-		if err != nil || !subnet.Addr().Is4() {
+		if err != nil || subnet.Addr().Is4In6() {
 			continue
 		}
 		p := dockerPool{subnet: subnet.Masked()}
@@ -286,6 +288,29 @@ func describeNetwork(n dockernetwork.Inspect, ours map[string]bool) dockerNetwor
 		out.pools = append(out.pools, p)
 	}
 	return out
+}
+
+// containerAddrs are a container's addresses on a network, of both
+// families.
+func containerAddrs(ep dockernetwork.EndpointResource) []netip.Addr {
+	var out []netip.Addr
+	for _, s := range []string{ep.IPv4Address, ep.IPv6Address} {
+		if a := parseAddr(s); a.IsValid() {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// pool is the network's IPv6 pool (v6) or IPv4 one, the zero dockerPool
+// if it has none.
+func (n dockerNetwork) pool(v6 bool) dockerPool {
+	for _, p := range n.pools {
+		if p.subnet.Addr().Is6() == v6 {
+			return p
+		}
+	}
+	return dockerPool{}
 }
 
 // parseAddr reads an address given as "10.0.0.2" or "10.0.0.2/24"; the

@@ -94,3 +94,30 @@ func TestDockerHoldsTheGatewayItDoesNotShow(t *testing.T) {
 		t.Fatalf("ip-range %v", p.ipRange)
 	}
 }
+
+// A dual-stack network's IPv6 pool is Docker's as much as its IPv4 one:
+// reconcile keeps it and the IPv6 addresses its containers hold, and
+// releases only what Docker does not hold.
+func TestDockerHoldsIPv6Pools(t *testing.T) {
+	ours := map[string]bool{"ebpfnet": true}
+	n := dockernetwork.Inspect{ID: "n", Driver: "ebpfnet", IPAM: dockernetwork.IPAM{Driver: "ebpfnet", Config: []dockernetwork.IPAMConfig{
+		{Subnet: "10.1.0.0/24"},
+		{Subnet: "fd00:1::/64"},
+	}}, Containers: map[string]dockernetwork.EndpointResource{"c": {EndpointID: "e", IPv4Address: "10.1.0.9/24", IPv6Address: "fd00:1::9/64"}}}
+	dn := describeNetwork(n, ours)
+	addr := netip.MustParseAddr
+	v6 := netip.MustParsePrefix("fd00:1::/64")
+	held := dn.inUse()
+	if want := map[netip.Addr]bool{addr("fd00:1::1"): true, addr("fd00:1::9"): true}; !reflect.DeepEqual(held[v6], want) {
+		t.Fatalf("IPv6 pool held %v, want %v", held[v6], want)
+	}
+	if p := dn.pool(true); p.subnet != v6 || p.gateway != addr("fd00:1::1") {
+		t.Errorf("the IPv6 pool: %+v", p)
+	}
+	plan := planCleanup(dockerState{inUse: held}, ownState{pools: []ipamPool{
+		{id: "p6", subnet: v6, addresses: []netip.Addr{addr("fd00:1::1"), addr("fd00:1::9"), addr("fd00:1::a")}},
+	}})
+	if len(plan.pools) != 0 || len(plan.addresses) != 1 || plan.addresses[0].addr != addr("fd00:1::a") {
+		t.Errorf("plan for an IPv6 pool Docker holds: %+v", plan)
+	}
+}

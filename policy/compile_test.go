@@ -280,3 +280,32 @@ func TestDiff(t *testing.T) {
 		t.Fatalf("Diff from nothing = %v, %v", add, remove)
 	}
 }
+
+// IPv6 prefixes select the CIDR identities of IPv6 prefixes within them,
+// never those of IPv4 ones, and the other way round.
+func TestCIDRIPv6(t *testing.T) {
+	ids := fixture()
+	ula, doc := identity.LocalScope+10, identity.LocalScope+11
+	ids[ula] = identity.CIDRLabels(netip.MustParsePrefix("fd00:80::/64"))
+	ids[doc] = identity.CIDRLabels(netip.MustParsePrefix("2001:db8::/32"))
+	for cidr, want := range map[string][]Key{
+		"fd00::/8":          {out(ula, 0, 0)},
+		"fd00:80::/64":      {out(ula, 0, 0)},
+		"fd00:80::5":        nil,
+		"::/0":              {out(identity.World, 0, 0), out(ula, 0, 0), out(doc, 0, 0)},
+		"0.0.0.0/0":         {out(identity.World, 0, 0), out(net8, 0, 0), out(net16, 0, 0), out(net24, 0, 0)},
+		"::ffff:0.0.0.0/96": nil,
+	} {
+		t.Run(cidr, func(t *testing.T) {
+			rules, err := Parse([]byte(`[{"endpointSelector": {}, "egress": [{"toCIDR": ["` + cidr + `"]}]}]`))
+			if err != nil {
+				t.Fatal(err)
+			}
+			p, err := Compile(rules, Endpoint{Identity: app1, Labels: ids[app1]}, ids, ModeDefault)
+			if err != nil {
+				t.Fatal(err)
+			}
+			expect(t, p, false, true, want...)
+		})
+	}
+}

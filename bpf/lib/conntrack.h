@@ -13,7 +13,7 @@
  *       longer than Linux's 2 h keepalive: an idle connection survives)
  *   TCP after an RST, or a FIN from each end                10 s
  *   UDP and any other protocol                              60 s
- *   ICMP (echo)                                             30 s
+ *   ICMP and ICMPv6 (echo)                                  30 s
  * The programs judge expiry themselves, so a flow ends on time whatever the
  * daemon does; the daemon's garbage collector (datapath/ctgc.go) only frees
  * the space of expired entries and counts what is left.
@@ -33,6 +33,7 @@
 
 #include <linux/types.h>
 #include <linux/in.h>
+#include <linux/in6.h>
 #include <bpf/bpf_helpers.h>
 #include "global.h"
 #include "flow.h"
@@ -225,6 +226,7 @@ static __always_inline __u32 ct_timeout_of(__u32 proto)
 	case IPPROTO_TCP:
 		return CT_TIMEOUT_SYN;
 	case IPPROTO_ICMP:
+	case IPPROTO_ICMPV6:
 		return CT_TIMEOUT_ICMP;
 	default:
 		return CT_TIMEOUT_ANY;

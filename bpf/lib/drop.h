@@ -32,4 +32,13 @@ __global_func int drop(struct __sk_buff *skb, __u32 reason, __u32 dir,
 	return TC_ACT_SHOT;
 }
 
+/* drop6 is drop for an IPv6 packet. Global (lib/global.h). */
+__global_func int drop6(struct __sk_buff *skb, __u32 reason, __u32 dir,
+			const struct flow6 *f)
+{
+	count(reason, dir, skb->len);
+	notify_send6(skb, NOTIFY_DROP, reason, dir, f);
+	return TC_ACT_SHOT;
+}
+
 #endif

@@ -3,6 +3,7 @@
 #define EBPFNET_FLOW_H
 
 #include <linux/types.h>
+#include "v6addr.h"
 
 struct flow {
 	__be32 saddr;
@@ -24,6 +25,27 @@ struct flow {
 	__u8 fragment;
 	__u8 pad[3];
 	/* Filled in as they become known; 0 in a notification means unknown. */
+	__u32 src_identity;
+	__u32 dst_identity;
+};
+
+/* struct flow6: what the IPv6 pipeline knows of a packet, as struct flow
+ * is for IPv4, and where its parser (lib/ipv6.h) found what it needs
+ * again: the L4 header, and the Fragment header of a fragment. */
+struct flow6 {
+	union v6addr saddr;
+	union v6addr daddr;
+	__be16 sport;		/* as in struct flow; ICMPv6 echo ids too */
+	__be16 dport;
+	__be16 policy_dport;
+	__u8 proto;		/* the upper-layer protocol, past extension headers */
+	__u8 tcp_flags;
+	__u8 fragment;		/* 1: a fragment (offset or M set in a Fragment header) */
+	__u8 icmp_type;		/* ICMPv6 only: the message type, else 0 */
+	__u16 l4_off;		/* from the start of the frame; 0: no L4 header here */
+	__be32 frag_id;		/* the Fragment header's identification */
+	__u16 frag_off;		/* its offset field (host order, 8-byte units) */
+	__u8 pad[2];
 	__u32 src_identity;
 	__u32 dst_identity;
 };

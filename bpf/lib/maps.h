@@ -102,6 +102,10 @@ struct {
 #define CALL_FROM_CONTAINER 0
 #define CALL_TO_CONTAINER 1
 #define CALL_POLICY_VERDICT 2
+/* The IPv6 verdict, where an endpoint's handle_policy returns to for an
+ * IPv6 flow. The array's last slot: the other IPv6 node programs are in
+ * ebpfnet_calls6 (lib/maps6.h). */
+#define CALL_POLICY_VERDICT6 3
 #define CALLS_MAX 4
 
 struct {

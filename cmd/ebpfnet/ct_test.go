@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -84,5 +85,27 @@ func TestBPFCTList(t *testing.T) {
 	fail.Store(true)
 	if _, err := run(); err == nil || !strings.Contains(err.Error(), "boom") {
 		t.Errorf("a failing daemon: %v", err)
+	}
+}
+
+// The endpoint table has an IPv6 column once an endpoint has IPv6, and
+// marks an address an endpoint lacks.
+func TestEndpointTableIPv6(t *testing.T) {
+	var b strings.Builder
+	if err := endpointTable(&b, []api.Endpoint{{ID: 1, IPv4: "10.0.0.2", IfName: "lxc1"}}); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(b.String(), "IPv6") {
+		t.Errorf("an IPv4-only table has an IPv6 column:\n%s", b.String())
+	}
+	b.Reset()
+	if err := endpointTable(&b, []api.Endpoint{{ID: 1, IPv4: "10.0.0.2", IfName: "lxc1"}, {ID: 2, IPv6: "fd00::2", IfName: "lxc2"}}); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(b.String()), "\n")
+	if len(lines) != 3 || !regexp.MustCompile(`IPv4\s+IPv6\s+INTERFACE`).MatchString(lines[0]) ||
+		!regexp.MustCompile(`10\.0\.0\.2\s+-\s+lxc1`).MatchString(lines[1]) ||
+		!regexp.MustCompile(`-\s+fd00::2\s+lxc2`).MatchString(lines[2]) {
+		t.Errorf("dual-stack table:\n%s", b.String())
 	}
 }

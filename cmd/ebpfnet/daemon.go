@@ -20,7 +20,7 @@ import (
 func newDaemonCommand() *cobra.Command {
 	cfg := plugin.DefaultConfig(version)
 	var logLevel string
-	var pools []string
+	var pools, pools6 []string
 	cmd := &cobra.Command{
 		Use:   "daemon",
 		Short: "Serve the Docker network and IPAM drivers and the local API",
@@ -42,6 +42,17 @@ func newDaemonCommand() *cobra.Command {
 					return fmt.Errorf("--default-pool %q is not an IPv4 CIDR", p)
 				}
 				cfg.DefaultPools = append(cfg.DefaultPools, prefix.Masked())
+			}
+			cfg.DefaultPools6 = cfg.DefaultPools6[:0]
+			for _, p := range pools6 {
+				prefix, err := netip.ParsePrefix(p)
+				if err != nil || !prefix.Addr().Is6() || prefix.Addr().Is4In6() {
+					return fmt.Errorf("--default-pool6 %q is not an IPv6 CIDR", p)
+				}
+				if prefix.Bits() > 64 {
+					return fmt.Errorf("--default-pool6 %s: smaller than the /64 an IPv6 network gets", p)
+				}
+				cfg.DefaultPools6 = append(cfg.DefaultPools6, prefix.Masked())
 			}
 			if cfg.DriverName == "" {
 				// Docker names a legacy plugin after its socket file.
@@ -65,10 +76,15 @@ func newDaemonCommand() *cobra.Command {
 	for _, p := range cfg.DefaultPools {
 		defaults = append(defaults, p.String())
 	}
+	defaults6 := make([]string, 0, len(cfg.DefaultPools6))
+	for _, p := range cfg.DefaultPools6 {
+		defaults6 = append(defaults6, p.String())
+	}
 	f := cmd.Flags()
 	f.StringVar(&logLevel, "log-level", envOr("EBPFNET_LOG_LEVEL", "info"), "log level: debug, info, warn, error (env EBPFNET_LOG_LEVEL)")
 	f.StringSliceVar(&pools, "default-pool", envList("EBPFNET_DEFAULT_POOL", defaults), "range that networks without --subnet get their subnet from (env EBPFNET_DEFAULT_POOL)")
 	f.IntVar(&cfg.DefaultPoolSize, "default-pool-size", cfg.DefaultPoolSize, "prefix length of each default subnet")
+	f.StringSliceVar(&pools6, "default-pool6", envList("EBPFNET_DEFAULT_POOL6", defaults6), "range that --ipv6 networks without an IPv6 --subnet get a /64 from (env EBPFNET_DEFAULT_POOL6)")
 	f.StringVar(&cfg.PluginSocket, "plugin-socket", cfg.PluginSocket, "socket Docker finds the plugin at")
 	f.StringVar(&cfg.APISocket, "api-socket", cfg.APISocket, "local API socket for the CLI")
 	f.StringVar(&cfg.StateDir, "state-dir", cfg.StateDir, "per-endpoint state (ep_config.h, bpf_lxc.o)")
@@ -92,6 +108,8 @@ type clusterOptions struct {
 	nodeIP    string
 	leaseTTL  time.Duration
 	blockBits int
+	// blockBits6 is the node's block size in IPv6 cluster networks.
+	blockBits6 int
 }
 
 var clusterFlags clusterOptions
@@ -102,6 +120,7 @@ func (o *clusterOptions) register(f *pflag.FlagSet) {
 	f.StringVar(&o.nodeIP, "node-ip", envOr("EBPFNET_NODE_IP", ""), "the address other nodes reach this one at (env EBPFNET_NODE_IP; default: the default route's source address)")
 	f.DurationVar(&o.leaseTTL, "etcd-lease-ttl", 0, "how long a node's entries outlive it in etcd (default 60s)")
 	f.IntVar(&o.blockBits, "node-block-size", 0, "prefix length of a node's address block in each cluster network (default 24)")
+	f.IntVar(&o.blockBits6, "node-block-size6", 0, "prefix length of a node's address block in each IPv6 cluster network (default 112)")
 }
 
 // apply fills cfg.Cluster, with the defaults that need the host.
@@ -112,7 +131,7 @@ func (o *clusterOptions) apply(cfg *plugin.Config) error {
 		}
 		return nil
 	}
-	c := plugin.ClusterConfig{EtcdEndpoints: o.endpoints, NodeName: o.nodeName, LeaseTTL: o.leaseTTL, BlockBits: o.blockBits}
+	c := plugin.ClusterConfig{EtcdEndpoints: o.endpoints, NodeName: o.nodeName, LeaseTTL: o.leaseTTL, BlockBits: o.blockBits, BlockBits6: o.blockBits6}
 	if c.NodeName == "" {
 		host, err := os.Hostname()
 		if err != nil {

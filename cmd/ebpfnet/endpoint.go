@@ -47,12 +47,34 @@ func newEndpointCommand(opts *cliOptions) *cobra.Command {
 
 func endpointTable(out io.Writer, eps []api.Endpoint) error {
 	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "ENDPOINT\tPOLICY (ingress)\tPOLICY (egress)\tIDENTITY\tLABELS\tIPv4\tINTERFACE\tSTATUS")
+	// The IPv6 column only when an endpoint has IPv6: an IPv4-only node's
+	// table is what it was.
+	v6 := false
 	for _, ep := range eps {
-		fmt.Fprintf(w, "%d\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n", ep.ID, ep.PolicyIngress, ep.PolicyEgress,
-			ep.Identity, labelsString(ep.Labels), ep.IPv4, ep.IfName, ep.State)
+		v6 = v6 || ep.IPv6 != ""
+	}
+	head := "ENDPOINT\tPOLICY (ingress)\tPOLICY (egress)\tIDENTITY\tLABELS\tIPv4\t"
+	if v6 {
+		head += "IPv6\t"
+	}
+	fmt.Fprintln(w, head+"INTERFACE\tSTATUS")
+	for _, ep := range eps {
+		addrs := orDash(ep.IPv4) + "\t"
+		if v6 {
+			addrs += orDash(ep.IPv6) + "\t"
+		}
+		fmt.Fprintf(w, "%d\t%s\t%s\t%d\t%s\t%s%s\t%s\n", ep.ID, ep.PolicyIngress, ep.PolicyEgress,
+			ep.Identity, labelsString(ep.Labels), addrs, ep.IfName, ep.State)
 	}
 	return w.Flush()
+}
+
+// orDash is s, or "-" for an address the endpoint does not have.
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }
 
 func endpointDetail(out io.Writer, ep api.Endpoint) error {
@@ -63,7 +85,8 @@ func endpointDetail(out io.Writer, ep api.Endpoint) error {
 		{"Docker network", ep.DockerNetworkID},
 		{"Docker endpoint", ep.DockerEndpointID},
 		{"Interface", fmt.Sprintf("%s (ifindex %d)", ep.IfName, ep.IfIndex)},
-		{"IPv4", ep.IPv4},
+		{"IPv4", orDash(ep.IPv4)},
+		{"IPv6", orDash(ep.IPv6)},
 		{"Container MAC", ep.LXCMAC},
 		{"Node MAC", ep.NodeMAC},
 		{"Identity", strconv.Itoa(int(ep.Identity))},

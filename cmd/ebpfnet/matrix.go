@@ -80,10 +80,3 @@ func cellText(cells map[[2]uint32]servicemap.Cell, from, to uint32) string {
 	}
 	return s
 }
-
-func orDash(s string) string {
-	if s == "" {
-		return "-"
-	}
-	return s
-}

@@ -323,7 +323,9 @@ func (source) Verdicts() ([]metrics.Verdict, error) {
 	}, nil
 }
 
-func (source) ConntrackStats() metrics.ConntrackStats {
-	return metrics.ConntrackStats{MapName: "ebpfnet_ct4", MaxEntries: 65536,
-		Alive: map[string]int{metrics.ConntrackTCP: 1}, Completed: 1}
+func (source) ConntrackStats() []metrics.ConntrackStats {
+	return []metrics.ConntrackStats{
+		{Family: "ipv4", MapName: "ebpfnet_ct4", MaxEntries: 65536, Alive: map[string]int{metrics.ConntrackTCP: 1}, Completed: 1},
+		{Family: "ipv6", MapName: "ebpfnet_ct6", MaxEntries: 65536, Alive: map[string]int{metrics.ConntrackTCP: 1}, Completed: 1},
+	}
 }

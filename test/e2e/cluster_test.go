@@ -3,6 +3,7 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -363,6 +364,70 @@ func TestCluster(t *testing.T) {
 			return strings.Contains(b.Log("monitor"), "container:app=other")
 		})
 		b.Stop(t, "monitor")
+	})
+
+	t.Run("IPv6 containers on different nodes talk over the IPv4 underlay, under policy", func(t *testing.T) {
+		const net6, subnet6 = "e2e-cnet6", "fd00:e2e:c::/64"
+		for _, n := range []clusterNode{a, b} {
+			n.docker("network", "create", "-d", "ebpfnet", "--ipam-driver", "ebpfnet", "--ipv6",
+				"--subnet", "10.92.0.0/16", "--subnet", subnet6, net6)
+		}
+		addr6 := func(n clusterNode, name string) string {
+			return n.docker("inspect", "-f", fmt.Sprintf("{{(index .NetworkSettings.Networks %q).GlobalIPv6Address}}", net6), name)
+		}
+		a.docker("run", "-d", "--name", "v6a", "--network", net6, "--label", "app=v6a", image, "sleep", "3600")
+		b.docker("run", "-d", "--name", "v6b", "--network", net6, "--label", "app=v6b", image, "httpd", "-f", "-p", "80", "-h", "/www")
+		v6a, v6b := addr6(a, "v6a"), addr6(b, "v6b")
+		blockOf := func(s string) netip.Prefix {
+			ip, err := netip.ParseAddr(s)
+			if err != nil || !netip.MustParsePrefix(subnet6).Contains(ip) {
+				t.Fatalf("IPv6 address %q outside %s", s, subnet6)
+			}
+			return netip.PrefixFrom(ip, 112).Masked()
+		}
+		if blockOf(v6a) == blockOf(v6b) {
+			t.Fatalf("IPv6 addresses %s (%s) and %s (%s): want one of each node's /112 block", v6a, a.Name, v6b, b.Name)
+		}
+		waitFor(t, 20*time.Second, "v6a reaching v6b over the overlay", func() bool { return a.ping("v6a", v6b) })
+		if page, err := a.wget("v6a", "http://["+v6b+"]/"); err != nil || !strings.Contains(page, "hello from ebpfnet") {
+			t.Errorf("HTTP v6a (%s) -> v6b (%s) over IPv6: %q %v", a.Name, b.Name, page, err)
+		}
+		found := false
+		for _, e := range a.ipcache() {
+			if e.Prefix == v6b+"/128" {
+				found = true
+				if e.Source != "remote" || e.Node != b.Name || e.TunnelEndpoint != b.IP() {
+					t.Errorf("v6b's entry on %s: %+v, want remote on %s (%s)", a.Name, e, b.Name, b.IP())
+				}
+			}
+		}
+		if !found {
+			t.Errorf("node %s's ipcache has no entry for v6b %s", a.Name, v6b)
+		}
+		// A rule imported on a third node: v6b takes TCP 80 from v6a only,
+		// judged on b by the identity the VNI carries.
+		file := filepath.Join(t.TempDir(), "rules.json")
+		if err := os.WriteFile(file, []byte(`[{"endpointSelector": {"matchLabels": {"app": "v6b"}},
+			"ingress": [{"fromEndpoints": [{"matchLabels": {"app": "v6a"}}],
+			             "toPorts": [{"ports": [{"port": "80", "protocol": "TCP"}]}]}],
+			"labels": [{"key": "name", "value": "v6b-from-v6a"}]}]`), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := z.ebpfnet("policy", "import", file); err != nil {
+			t.Fatalf("policy import on %s: %v %s", z.Name, err, out)
+		}
+		rev := z.policyRevision()
+		waitFor(t, 10*time.Second, "the revision on b", func() bool { return b.policyRevision() == rev })
+		if page, err := a.wget("v6a", "http://["+v6b+"]/"); err != nil || !strings.Contains(page, "hello from ebpfnet") {
+			t.Errorf("v6a -> v6b:80 over IPv6, allowed by the rule: %q %v", page, err)
+		}
+		if a.ping("v6a", v6b) {
+			t.Error("v6a -> v6b ICMPv6 passed an L4 rule for TCP 80")
+		}
+		for _, n := range []clusterNode{a, b} {
+			n.docker("rm", "-f", map[string]string{a.Name: "v6a", b.Name: "v6b"}[n.Name])
+			n.docker("network", "rm", net6)
+		}
 	})
 
 	t.Run("etcd down: flows go on, known labels start, new ones wait; etcd back: resync", func(t *testing.T) {

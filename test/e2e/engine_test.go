@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"fmt"
+	"net/netip"
 	"regexp"
 	"strconv"
 	"strings"
@@ -51,27 +52,59 @@ func TestSubnetOfAnyAddressComesFromTheDefaultPool(t *testing.T) {
 	}
 }
 
-// TestNetworkWithoutIPv4IsRefused: Docker 28+ (API 1.48) can create a
-// network with --ipv4=false; ebpfnet needs IPv4 and says so, also when
-// --ipv6 is given, where the IPAM driver would only speak of IPv6.
-func TestNetworkWithoutIPv4IsRefused(t *testing.T) {
+// TestIPv6OnlyNetwork: Docker 28+ (API 1.48) creates a network with
+// --ipv4=false. With --ipv6 it is an IPv6-only network: containers get an
+// IPv6 address of the default ULA pool (Docker 29 asks for any /64, ::/64)
+// or of the given subnet, no IPv4 address at all, and talk over IPv6,
+// under policy. Without --ipv6 the network would have no address: refused,
+// saying why.
+func TestIPv6OnlyNetwork(t *testing.T) {
 	bin := requireEnvironment(t)
 	if major, minor := serverAPI(t); major == 1 && minor < 48 {
 		t.Skipf("this dockerd (API %d.%d) has no --ipv4, which came with API 1.48 (Docker 28)", major, minor)
 	}
 	startDaemon(t, bin)
-	for _, extra := range [][]string{nil, {"--ipv6"}} {
+	noPolicy(t, bin)
+	_, _ = tryRun("docker", "network", "rm", "e2e-noipv4")
+	_, err := tryRun("docker", "network", "create", "-d", "ebpfnet", "--ipam-driver", "ebpfnet", "--ipv4=false", "e2e-noipv4")
+	if err == nil {
 		_, _ = tryRun("docker", "network", "rm", "e2e-noipv4")
-		args := append([]string{"network", "create", "-d", "ebpfnet", "--ipam-driver", "ebpfnet", "--ipv4=false"}, extra...)
-		_, err := tryRun("docker", append(args, "e2e-noipv4")...)
-		if err == nil {
-			_, _ = tryRun("docker", "network", "rm", "e2e-noipv4")
-			t.Errorf("a network with --ipv4=false %s was created", strings.Join(extra, " "))
+		t.Error("a network with --ipv4=false and no --ipv6 was created")
+	} else if !strings.Contains(err.Error(), "needs IPv6") || !strings.Contains(err.Error(), "drop --ipv4=false") {
+		t.Errorf("--ipv4=false without --ipv6: %v; want an error saying a network without IPv4 needs IPv6", err)
+	}
+
+	for _, c := range []struct {
+		net    string
+		args   []string
+		within string
+	}{
+		{"e2e-v6only", []string{"--ipv4=false", "--ipv6"}, "fd00:ebbf::/48"},
+		{"e2e-v6onlysub", []string{"--ipv4=false", "--ipv6", "--subnet", "fd00:e2e:9::/64"}, "fd00:e2e:9::/64"},
+	} {
+		network(t, c.net, c.args...)
+		httpd(t, c.net+"-a", c.net, "--label", "id=v6a")
+		sleeper(t, c.net+"-b", c.net, "--label", "id=v6b")
+		a := containerIP6(t, c.net+"-a", c.net)
+		if ip, err := netip.ParseAddr(a); err != nil || !netip.MustParsePrefix(c.within).Contains(ip) {
+			t.Errorf("%s: container address %q, want one of %s", c.net, a, c.within)
 			continue
 		}
-		if !strings.Contains(err.Error(), "ebpfnet needs IPv4") || !strings.Contains(err.Error(), "drop --ipv4=false") {
-			t.Errorf("--ipv4=false %s: %v; want an error saying ebpfnet needs IPv4", strings.Join(extra, " "), err)
+		if v4 := run(t, "docker", "exec", c.net+"-b", "ip", "-4", "-o", "addr", "show", "dev", "eth0"); v4 != "" {
+			t.Errorf("%s: the container has IPv4 on an IPv6-only network: %s", c.net, v4)
 		}
+		if err := httpGet6(c.net+"-b", a); err != nil {
+			t.Errorf("%s: b -> a over IPv6: %v", c.net, err)
+		}
+		if err := ping(c.net+"-b", a); err != nil {
+			t.Errorf("%s: b pings a: %v", c.net, err)
+		}
+	}
+	// Policy holds on an IPv6-only network: a rule for v6a's ingress from
+	// nobody denies b.
+	importRules(t, bin, `[{"endpointSelector": {"matchLabels": {"id": "v6a"}}, "ingress": [{"fromEndpoints": [{"matchLabels": {"id": "nobody"}}]}]}]`)
+	if err := httpGet6("e2e-v6only-b", containerIP6(t, "e2e-v6only-a", "e2e-v6only")); err == nil {
+		t.Error("an IPv6-only container passed a deny-all ingress rule")
 	}
 }
 

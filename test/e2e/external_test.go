@@ -198,16 +198,19 @@ func dnatRules(t testing.TB) string {
 	return run(t, "iptables", "-t", "nat", "-S", "EBPFNET-DNAT")
 }
 
-// ourChains lists the EBPFNET-* chains present in the nat and filter tables;
-// an iptables failure fails the test rather than reading as "none".
+// ourChains lists the EBPFNET-* chains present in the nat and filter tables
+// of iptables and ip6tables; a failure fails the test rather than reading
+// as "none".
 func ourChains(t testing.TB) []string {
 	t.Helper()
 	var out []string
-	for _, table := range []string{"nat", "filter"} {
-		rules := run(t, "iptables", "-t", table, "-S")
-		for _, l := range strings.Split(rules, "\n") {
-			if strings.HasPrefix(l, "-N EBPFNET-") || (strings.HasPrefix(l, "-A ") && !strings.HasPrefix(l, "-A EBPFNET-") && strings.Contains(l, "EBPFNET-")) {
-				out = append(out, table+": "+l)
+	for _, cmd := range []string{"iptables", "ip6tables"} {
+		for _, table := range []string{"nat", "filter"} {
+			rules := run(t, cmd, "-t", table, "-S")
+			for _, l := range strings.Split(rules, "\n") {
+				if strings.HasPrefix(l, "-N EBPFNET-") || (strings.HasPrefix(l, "-A ") && !strings.HasPrefix(l, "-A EBPFNET-") && strings.Contains(l, "EBPFNET-")) {
+					out = append(out, cmd+" "+table+": "+l)
+				}
 			}
 		}
 	}
