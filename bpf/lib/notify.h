@@ -153,7 +153,7 @@ __global_func int notify_send6(struct __sk_buff *skb, __u32 type, __u32 reason,
 	n->dst_identity = f->dst_identity;
 	n->ifindex = skb->ifindex;
 	n->len = skb->len;
-	bpf_ringbuf_submit(n, 0);
+	bpf_ringbuf_submit(n, notify_wakeup());
 	return 0;
 }
 
