@@ -88,6 +88,8 @@ type Datapath struct {
 	// background veth deletions keep sockets of their own, so that no
 	// creation waits behind a slow LinkDel on this one.
 	nl *netlink.Handle
+	// spares are empty policy maps made ahead of CreateEndpoint.
+	spares *policyMapSpares
 }
 
 // endpointState is what the datapath holds for one live endpoint. Its
@@ -179,6 +181,7 @@ func New(cfg Config, log logrus.FieldLogger) (*Datapath, error) {
 		return nil, fmt.Errorf("template lacks the unpinned per-endpoint map %s", policyMapKName)
 	}
 	d.policy = pol.Copy()
+	d.spares = newPolicyMapSpares(d.policy, policyMapSparesWanted, log)
 	nodeSpec, err := nodeObjectSpec()
 	if err != nil {
 		d.closeMaps()
@@ -205,6 +208,7 @@ func New(cfg Config, log logrus.FieldLogger) (*Datapath, error) {
 		d.closeMaps()
 		return nil, err
 	}
+	d.spares.refill()
 	return d, nil
 }
 
@@ -278,6 +282,7 @@ func (d *Datapath) Close() error {
 		d.stopEvents()
 	}
 	d.closeMaps()
+	d.spares.close()
 	d.nl.Close()
 	d.eps = map[uint16]*endpointState{}
 	return nil

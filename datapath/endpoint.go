@@ -98,6 +98,8 @@ func (d *Datapath) CreateEndpoint(ep *Endpoint) (retErr error) {
 	if st := d.byDockerID(ep.DockerEndpointID); st != nil {
 		return fmt.Errorf("endpoint %s already exists as %d", ep.DockerEndpointID, st.ep.ID)
 	}
+	// The next endpoint's policy map is made once this one is done.
+	defer d.spares.refill()
 	initial := ep.InitialPolicy
 	if initial != nil {
 		if err := initial.Validate(policyEntriesMax); err != nil {
@@ -341,7 +343,7 @@ func (d *Datapath) createPolicyMap(st *endpointState, undo *undoStack) error {
 	if err := os.Remove(pin); err != nil && !os.IsNotExist(err) {
 		return fmt.Errorf("remove stale policy pin %s: %w", pin, err)
 	}
-	pm, err := ebpf.NewMap(d.policy)
+	pm, err := d.spares.take()
 	if err != nil {
 		return fmt.Errorf("create policy map %s: %w", PolicyMapName(id), err)
 	}
