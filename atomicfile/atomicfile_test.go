@@ -10,12 +10,18 @@ import (
 )
 
 func TestWriteReplacesContentAndLeavesNoTemporary(t *testing.T) {
+	for name, write := range map[string]func(string, []byte, os.FileMode) error{"durable": Write, "volatile": WriteVolatile} {
+		t.Run(name, func(t *testing.T) { testWrite(t, write) })
+	}
+}
+
+func testWrite(t *testing.T, write func(string, []byte, os.FileMode) error) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "state.json")
-	if err := Write(path, []byte("one"), 0o600); err != nil {
+	if err := write(path, []byte("one"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := Write(path, []byte("two"), 0o644); err != nil {
+	if err := write(path, []byte("two"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	got, err := os.ReadFile(path)
@@ -112,5 +118,22 @@ func TestCorruptKeepsTheMessage(t *testing.T) {
 	}
 	if errors.Is(cause, ErrCorrupt) {
 		t.Fatal("the cause itself became corrupt")
+	}
+}
+
+// The durable write costs two flushes to the disk, the volatile one none;
+// run on the disk the daemon writes to: go test -bench Write ./atomicfile/
+// (with TMPDIR=/var/lib).
+func BenchmarkWrite(b *testing.B) {
+	data := make([]byte, 2048)
+	for name, write := range map[string]func(string, []byte, os.FileMode) error{"durable": Write, "volatile": WriteVolatile} {
+		b.Run(name, func(b *testing.B) {
+			path := filepath.Join(b.TempDir(), "state.json")
+			for range b.N {
+				if err := write(path, data, 0o600); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }

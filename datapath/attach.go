@@ -67,20 +67,20 @@ func tcFilter(ifindex int, parent uint32, prog *ebpf.Program, name string) *netl
 // Existing filters of ours are replaced atomically: there is no moment
 // without a program. after is called once each step is done (see
 // Datapath.after); its error stops the attachment.
-func attachTC(ifindex int, from, to *ebpf.Program, freshVeth bool, after func(createStep) error) error {
-	if err := netlink.QdiscAdd(clsact(ifindex)); err != nil && (freshVeth || !errors.Is(err, unix.EEXIST)) {
+func attachTC(nl *netlink.Handle, ifindex int, from, to *ebpf.Program, freshVeth bool, after func(createStep) error) error {
+	if err := nl.QdiscAdd(clsact(ifindex)); err != nil && (freshVeth || !errors.Is(err, unix.EEXIST)) {
 		return fmt.Errorf("add clsact qdisc: %w", err)
 	}
 	if err := after(stepClsact); err != nil {
 		return err
 	}
-	if err := netlink.FilterReplace(tcFilter(ifindex, netlink.HANDLE_MIN_INGRESS, from, progFrom)); err != nil {
+	if err := nl.FilterReplace(tcFilter(ifindex, netlink.HANDLE_MIN_INGRESS, from, progFrom)); err != nil {
 		return fmt.Errorf("attach %s at tc ingress: %w", progFrom, err)
 	}
 	if err := after(stepFromAttached); err != nil {
 		return err
 	}
-	if err := netlink.FilterReplace(tcFilter(ifindex, netlink.HANDLE_MIN_EGRESS, to, progTo)); err != nil {
+	if err := nl.FilterReplace(tcFilter(ifindex, netlink.HANDLE_MIN_EGRESS, to, progTo)); err != nil {
 		return fmt.Errorf("attach %s at tc egress: %w", progTo, err)
 	}
 	return after(stepToAttached)

@@ -10,10 +10,13 @@ import (
 	"sort"
 	"strconv"
 	"sync"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
 	"github.com/sirupsen/logrus"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/ebpfnet/ebpfnet/atomicfile"
 	"github.com/ebpfnet/ebpfnet/bpf"
@@ -39,6 +42,9 @@ const (
 	// policyMapKName is the template's declaration of the per-endpoint
 	// policy map and its kernel object name; pins carry the epid.
 	policyMapKName = "ebpfnet_policy"
+	// netlinkTimeout bounds a netlink request on the datapath's own
+	// socket, as vishvananda/netlink bounds its per-request ones.
+	netlinkTimeout = 60 * time.Second
 )
 
 // disposableMaps are the shared maps whose contents may be lost when an
@@ -76,6 +82,14 @@ type Datapath struct {
 	delMu    sync.Mutex
 	deleting map[string]chan struct{}
 	delWG    sync.WaitGroup
+	// nl is the netlink socket endpoint creation and deletion send
+	// their requests on, opened once: a socket per request (the
+	// package-level functions) took half of each request's 35 us. The
+	// background veth deletions keep sockets of their own, so that no
+	// creation waits behind a slow LinkDel on this one.
+	nl *netlink.Handle
+	// spares are empty policy maps made ahead of CreateEndpoint.
+	spares *policyMapSpares
 }
 
 // endpointState is what the datapath holds for one live endpoint. Its
@@ -167,6 +181,7 @@ func New(cfg Config, log logrus.FieldLogger) (*Datapath, error) {
 		return nil, fmt.Errorf("template lacks the unpinned per-endpoint map %s", policyMapKName)
 	}
 	d.policy = pol.Copy()
+	d.spares = newPolicyMapSpares(d.policy, policyMapSparesWanted, log)
 	nodeSpec, err := nodeObjectSpec()
 	if err != nil {
 		d.closeMaps()
@@ -189,6 +204,11 @@ func New(cfg Config, log logrus.FieldLogger) (*Datapath, error) {
 	// The node programs of an earlier version are gone now; what they
 	// recorded until then is carried over (ctupgrade.go).
 	d.copyLegacyConntrack(false)
+	if d.nl, err = newNetlinkHandle(); err != nil {
+		d.closeMaps()
+		return nil, err
+	}
+	d.spares.refill()
 	return d, nil
 }
 
@@ -262,8 +282,25 @@ func (d *Datapath) Close() error {
 		d.stopEvents()
 	}
 	d.closeMaps()
+	d.spares.close()
+	d.nl.Close()
 	d.eps = map[uint16]*endpointState{}
 	return nil
+}
+
+// newNetlinkHandle opens a route netlink socket in the current network
+// namespace, with the timeouts the package-level functions use, so that a
+// kernel that never answers cannot hold a call forever.
+func newNetlinkHandle() (*netlink.Handle, error) {
+	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+	if err != nil {
+		return nil, fmt.Errorf("open netlink socket: %w", err)
+	}
+	if err := h.SetSocketTimeout(netlinkTimeout); err != nil {
+		h.Close()
+		return nil, fmt.Errorf("set netlink socket timeout: %w", err)
+	}
+	return h, nil
 }
 
 // Metrics sums ebpfnet_metrics over CPUs: packets and bytes per verdict

@@ -12,6 +12,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/ebpfnet/ebpfnet/atomicfile"
 	"github.com/ebpfnet/ebpfnet/identity"
 	"github.com/ebpfnet/ebpfnet/policy"
 )
@@ -97,6 +98,8 @@ func (d *Datapath) CreateEndpoint(ep *Endpoint) (retErr error) {
 	if st := d.byDockerID(ep.DockerEndpointID); st != nil {
 		return fmt.Errorf("endpoint %s already exists as %d", ep.DockerEndpointID, st.ep.ID)
 	}
+	// The next endpoint's policy map is made once this one is done.
+	defer d.spares.refill()
 	initial := ep.InitialPolicy
 	if initial != nil {
 		if err := initial.Validate(policyEntriesMax); err != nil {
@@ -196,21 +199,20 @@ func (d *Datapath) CreateEndpoint(ep *Endpoint) (retErr error) {
 	return nil
 }
 
-// createLink makes the endpoint's veth pair, its neighbour and route, and
-// rewrites the record with the veth's index.
+// createLink makes the endpoint's veth pair, its neighbour and route. The
+// record on disk keeps IfIndex 0: Restore takes the index from the live
+// veth, found by name, and the record is written again as soon as the
+// container's labels arrive (SetEndpointIdentity). A second write here
+// cost ~0.5 ms where /run is ext4, which starts writing a file renamed
+// over another out to disk (auto_da_alloc).
 func (d *Datapath) createLink(ep *Endpoint, undo *undoStack) error {
-	ifindex, err := createVeth(ep)
+	ifindex, err := createVeth(d.nl, ep)
 	if err != nil {
 		return err
 	}
 	undo.push(func() error { return deleteLinkByName(ep.IfName) })
 	ep.IfIndex = ifindex
-	if err := routeToEndpoint(ep); err != nil {
-		return err
-	}
-	// The same record, now with the real IfIndex; if this is lost in a
-	// crash, Restore takes the index from the live veth anyway.
-	return d.writeRecord(ep)
+	return routeToEndpoint(d.nl, ep)
 }
 
 // loadResult is what prepareLoad hands back: the loaded programs and how
@@ -252,45 +254,27 @@ func (d *Datapath) writeRecord(ep *Endpoint) error {
 	return nil
 }
 
-// writeStateFile replaces path atomically (temporary file and rename, named
-// so that atomicfile.CleanTemporaries finds leftovers) without fsync. The
-// state directory lives in /run: a reader or a restarted daemon sees the
-// old or the new file, never a torn one, because the rename is atomic and
-// a killed process loses nothing of the page cache. Only a machine crash
+// writeStateFile replaces path atomically without fsync. The state
+// directory lives in /run: a reader or a restarted daemon sees the old or
+// the new file, never a torn one, because the rename is atomic and a
+// killed process loses nothing of the page cache. Only a machine crash
 // loses unsynced data, and that also wipes /run and every veth, program
 // and pin the files describe, so syncing would buy nothing and cost a
 // journal commit per file where /run is not tmpfs.
 func writeStateFile(path string, data []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	_, err = tmp.Write(data)
-	if err == nil {
-		err = tmp.Chmod(fileMode)
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), path)
-	}
-	if err != nil {
-		_ = os.Remove(tmp.Name())
-	}
-	return err
+	return atomicfile.WriteVolatile(path, data, fileMode)
 }
 
 // createVeth makes the pair in one request: both MACs, the host side up.
 // Reverse-path filtering is kept out of the way of the /32 routing.
-func createVeth(ep *Endpoint) (int, error) {
+func createVeth(nl *netlink.Handle, ep *Endpoint) (int, error) {
 	la := netlink.NewLinkAttrs()
 	la.Name = ep.IfName
 	la.HardwareAddr = net.HardwareAddr(ep.NodeMAC)
 	la.Flags = net.FlagUp
 	la.MTU = ep.Network.MTU
 	veth := &netlink.Veth{LinkAttrs: la, PeerName: ep.PeerName, PeerHardwareAddr: net.HardwareAddr(ep.LXCMAC)}
-	if err := netlink.LinkAdd(veth); err != nil {
+	if err := nl.LinkAdd(veth); err != nil {
 		return 0, fmt.Errorf("create veth %s/%s: %w", ep.IfName, ep.PeerName, err)
 	}
 	// LinkAdd looks the new device up by name to fill in its index.
@@ -299,7 +283,7 @@ func createVeth(ep *Endpoint) (int, error) {
 		return 0, fmt.Errorf("look up veth %s: no index after creation", ep.IfName)
 	}
 	if err := os.WriteFile(fmt.Sprintf("/proc/sys/net/ipv4/conf/%s/rp_filter", ep.IfName), []byte("0"), 0o644); err != nil {
-		_ = netlink.LinkDel(veth)
+		_ = nl.LinkDel(veth)
 		return 0, fmt.Errorf("disable rp_filter on %s: %w", ep.IfName, err)
 	}
 	return veth.Index, nil
@@ -309,9 +293,9 @@ func createVeth(ep *Endpoint) (int, error) {
 // permanent neighbour entry and a /32 route sourced from the gateway, and
 // the same for its IPv6 address (routeToEndpoint6). All disappear with
 // the veth.
-func routeToEndpoint(ep *Endpoint) error {
+func routeToEndpoint(nl *netlink.Handle, ep *Endpoint) error {
 	if !ep.IPv4.IsValid() {
-		return routeToEndpoint6(ep)
+		return routeToEndpoint6(nl, ep)
 	}
 	ip := net.IP(ep.IPv4.Addr().AsSlice())
 	neigh := &netlink.Neigh{
@@ -321,7 +305,7 @@ func routeToEndpoint(ep *Endpoint) error {
 		IP:           ip,
 		HardwareAddr: net.HardwareAddr(ep.LXCMAC),
 	}
-	if err := netlink.NeighSet(neigh); err != nil {
+	if err := nl.NeighSet(neigh); err != nil {
 		return fmt.Errorf("add neighbour %s on %s: %w", ip, ep.IfName, err)
 	}
 	route := &netlink.Route{
@@ -330,10 +314,10 @@ func routeToEndpoint(ep *Endpoint) error {
 		Src:       net.IP(ep.Network.Gateway.AsSlice()),
 		Scope:     netlink.SCOPE_LINK,
 	}
-	if err := netlink.RouteReplace(route); err != nil {
+	if err := nl.RouteReplace(route); err != nil {
 		return fmt.Errorf("add route %s via %s: %w", ip, ep.IfName, err)
 	}
-	return routeToEndpoint6(ep)
+	return routeToEndpoint6(nl, ep)
 }
 
 func deleteLinkByName(name string) error {
@@ -359,7 +343,7 @@ func (d *Datapath) createPolicyMap(st *endpointState, undo *undoStack) error {
 	if err := os.Remove(pin); err != nil && !os.IsNotExist(err) {
 		return fmt.Errorf("remove stale policy pin %s: %w", pin, err)
 	}
-	pm, err := ebpf.NewMap(d.policy)
+	pm, err := d.spares.take()
 	if err != nil {
 		return fmt.Errorf("create policy map %s: %w", PolicyMapName(id), err)
 	}
@@ -469,7 +453,7 @@ func (d *Datapath) loadPrograms(st *endpointState, obj []byte) (*ebpf.Collection
 func (d *Datapath) attach(st *endpointState, coll *ebpf.Collection, freshVeth bool, undo *undoStack) error {
 	ep := &st.ep
 	from, to, pol := coll.Programs[progFrom], coll.Programs[progTo], coll.Programs[progPolicy]
-	if err := attachTC(ep.IfIndex, from, to, freshVeth, d.after); err != nil {
+	if err := attachTC(d.nl, ep.IfIndex, from, to, freshVeth, d.after); err != nil {
 		return fmt.Errorf("attach programs to %s: %w", ep.IfName, err)
 	}
 	// The filters go with the veth; a rollback deletes the veth.
@@ -549,10 +533,10 @@ const deletingFile = "deleting"
 // DeleteEndpoint). The route is
 // deleted by its device index: no lookup of the veth on the way.
 func (d *Datapath) releaseLink(ep *Endpoint) error {
-	if err := deleteRoute(ep); err != nil {
+	if err := deleteRoute(d.nl, ep); err != nil {
 		return err
 	}
-	if err := deleteRoute6(ep); err != nil {
+	if err := deleteRoute6(d.nl, ep); err != nil {
 		return err
 	}
 	dir := d.epDir(ep.ID)
@@ -601,7 +585,7 @@ func (d *Datapath) waitDeleted(name string) {
 
 // deleteRoute removes the /32 route to the endpoint through its veth; one
 // already gone (with the veth) is fine.
-func deleteRoute(ep *Endpoint) error {
+func deleteRoute(nl *netlink.Handle, ep *Endpoint) error {
 	if !ep.IPv4.IsValid() {
 		return nil
 	}
@@ -610,7 +594,7 @@ func deleteRoute(ep *Endpoint) error {
 		Dst:       &net.IPNet{IP: net.IP(ep.IPv4.Addr().AsSlice()), Mask: net.CIDRMask(32, 32)},
 		Scope:     netlink.SCOPE_LINK,
 	}
-	if err := netlink.RouteDel(route); err != nil && !errors.Is(err, unix.ESRCH) {
+	if err := nl.RouteDel(route); err != nil && !errors.Is(err, unix.ESRCH) {
 		return fmt.Errorf("delete route %v via %s: %w", route.Dst, ep.IfName, err)
 	}
 	return nil

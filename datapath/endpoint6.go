@@ -98,7 +98,7 @@ func (d *Datapath) publishedFlags(ep *Endpoint) (flags uint32, ok bool) {
 
 // routeToEndpoint6 is routeToEndpoint for the endpoint's IPv6 address: a
 // permanent neighbour entry and a /128 route through the veth.
-func routeToEndpoint6(ep *Endpoint) error {
+func routeToEndpoint6(nl *netlink.Handle, ep *Endpoint) error {
 	if !ep.IPv6.IsValid() {
 		return nil
 	}
@@ -110,10 +110,10 @@ func routeToEndpoint6(ep *Endpoint) error {
 		IP:           ip,
 		HardwareAddr: net.HardwareAddr(ep.LXCMAC),
 	}
-	if err := netlink.NeighSet(neigh); err != nil {
+	if err := nl.NeighSet(neigh); err != nil {
 		return fmt.Errorf("add neighbour %s on %s: %w", ip, ep.IfName, err)
 	}
-	if err := netlink.RouteReplace(route6To(ep)); err != nil {
+	if err := nl.RouteReplace(route6To(ep)); err != nil {
 		return fmt.Errorf("add route %s via %s: %w", ip, ep.IfName, err)
 	}
 	return nil
@@ -129,12 +129,12 @@ func route6To(ep *Endpoint) *netlink.Route {
 
 // deleteRoute6 removes the /128 route to the endpoint; one already gone is
 // fine.
-func deleteRoute6(ep *Endpoint) error {
+func deleteRoute6(nl *netlink.Handle, ep *Endpoint) error {
 	if !ep.IPv6.IsValid() {
 		return nil
 	}
 	r := route6To(ep)
-	if err := netlink.RouteDel(r); err != nil && !errors.Is(err, unix.ESRCH) {
+	if err := nl.RouteDel(r); err != nil && !errors.Is(err, unix.ESRCH) {
 		return fmt.Errorf("delete route %v via %s: %w", r.Dst, ep.IfName, err)
 	}
 	return nil

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
+	"time"
 
 	"github.com/cilium/ebpf/ringbuf"
 
@@ -207,6 +209,12 @@ func (e Event) String() string {
 		e.Proto, e.SrcIdentity, e.DstIdentity, e.IfIndex, e.Len)
 }
 
+// eventPoll is how often ReadEvents looks into the ring buffer. The
+// programs wake it only once the ring fills up (notify_wakeup in
+// bpf/lib/notify.h), so that a new flow's event costs no wake-up of the
+// daemon; an event reaches ReadEvents's caller within eventPoll.
+const eventPoll = 100 * time.Millisecond
+
 // ErrEventsBusy means another ReadEvents call is already reading.
 var ErrEventsBusy = errors.New("events are already being read")
 
@@ -251,8 +259,14 @@ func (d *Datapath) ReadEvents(ctx context.Context, fn func(Event)) error {
 	defer stop()
 
 	var rec ringbuf.Record
+	rd.SetDeadline(time.Now().Add(eventPoll))
 	for {
 		if err := rd.ReadInto(&rec); err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				// Every record there was has been read.
+				rd.SetDeadline(time.Now().Add(eventPoll))
+				continue
+			}
 			if errors.Is(err, ringbuf.ErrClosed) {
 				if ctx.Err() != nil {
 					return nil

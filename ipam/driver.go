@@ -201,10 +201,25 @@ func New(cfg Config) (*Driver, error) {
 	return d, nil
 }
 
-// commit persists the current state; if that fails it runs undo, so that
-// memory never holds a change the file lacks.
+// commit persists the current state durably; if that fails it runs undo,
+// so that memory never holds a change the file lacks.
 func (d *Driver) commit(undo func()) error {
-	if err := d.store.Save(d.alloc.snapshot(d.pending)); err != nil {
+	return d.persist(undo, d.store.Save)
+}
+
+// commitAddress persists an address change: without waiting for the disk
+// where the store can (VolatileSaver), since a power loss costs nothing
+// that a restart does not recover. One flush less per docker run and per
+// container removal.
+func (d *Driver) commitAddress(undo func()) error {
+	if v, ok := d.store.(VolatileSaver); ok {
+		return d.persist(undo, v.SaveVolatile)
+	}
+	return d.commit(undo)
+}
+
+func (d *Driver) persist(undo func(), save func(State) error) error {
+	if err := save(d.alloc.snapshot(d.pending)); err != nil {
 		undo()
 		return err
 	}
@@ -467,7 +482,13 @@ func (d *Driver) RequestAddress(req *ipamapi.RequestAddressRequest) (*ipamapi.Re
 			undoReserve()
 		}
 	}
-	if err := d.commit(undo); err != nil {
+	// The gateway is part of the network, which Docker never asks for
+	// again: durable. A container's address: see commitAddress.
+	commit := d.commitAddress
+	if isGateway {
+		commit = d.commit
+	}
+	if err := commit(undo); err != nil {
 		return nil, fmt.Errorf("request address %s on pool %s: %w", addr, p.prefix, err)
 	}
 	d.log.WithFields(logrus.Fields{"pool": p.prefix, "address": addr, "gateway": isGateway}).Debug("address allocated")
@@ -497,7 +518,7 @@ func (d *Driver) ReleaseAddress(req *ipamapi.ReleaseAddressRequest) error {
 		d.log.WithFields(logrus.Fields{"pool": p.prefix, "address": addr}).Debug("release of unallocated address ignored")
 		return nil
 	}
-	if err := d.commit(undo); err != nil {
+	if err := d.commitAddress(undo); err != nil {
 		return fmt.Errorf("release address %s on pool %s: %w", addr, p.prefix, err)
 	}
 	d.log.WithFields(logrus.Fields{"pool": p.prefix, "address": addr}).Debug("address released")

@@ -736,3 +736,41 @@ func TestIPv6DefaultPoolConfig(t *testing.T) {
 		t.Errorf("carved %s from fd12:3456::/56 by /80", got)
 	}
 }
+
+// countingStore is a FileStore that counts its durable and volatile saves.
+type countingStore struct {
+	FileStore
+	durable, volatile int
+}
+
+func (c *countingStore) Save(st State) error {
+	c.durable++
+	return c.FileStore.Save(st)
+}
+
+func (c *countingStore) SaveVolatile(st State) error {
+	c.volatile++
+	return c.FileStore.SaveVolatile(st)
+}
+
+// Pools and gateways are saved durably, containers' addresses without
+// waiting for the disk; both land in the file.
+func TestAddressesAreSavedVolatile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "ipam.json")
+	store := &countingStore{FileStore: FileStore{Path: path}}
+	d := newTestDriver(t, Config{Store: store})
+	pool := requestPool(t, d, "10.77.0.0/24", "")
+	mustAddr(t, d, pool.PoolID, "", true, "10.77.0.1/24")
+	mustAddr(t, d, pool.PoolID, "", false, "10.77.0.2/24")
+	if err := d.ReleaseAddress(&ipamapi.ReleaseAddressRequest{PoolID: pool.PoolID, Address: "10.77.0.2"}); err != nil {
+		t.Fatal(err)
+	}
+	mustAddr(t, d, pool.PoolID, "", false, "10.77.0.3/24")
+	if store.durable != 2 || store.volatile != 3 {
+		t.Fatalf("%d durable and %d volatile saves, want 2 (pool, gateway) and 3 (addresses)", store.durable, store.volatile)
+	}
+	again := newTestDriver(t, Config{StatePath: path})
+	if pools := again.Pools(); len(pools) != 1 || len(pools[0].Addresses) != 2 {
+		t.Fatalf("reloaded %+v", pools)
+	}
+}

@@ -81,16 +81,33 @@ type FileStore struct {
 // String names the store in errors: "file /var/lib/ebpfnet/ipam.json".
 func (f FileStore) String() string { return "file " + f.Path }
 
-// Save implements Store.
-func (f FileStore) Save(st State) error {
+// Save implements Store: atomic and durable.
+func (f FileStore) Save(st State) error { return f.save(st, atomicfile.Write) }
+
+// SaveVolatile implements VolatileSaver: atomic, not flushed to the disk.
+func (f FileStore) SaveVolatile(st State) error { return f.save(st, atomicfile.WriteVolatile) }
+
+func (f FileStore) save(st State, write func(string, []byte, os.FileMode) error) error {
 	data, err := json.MarshalIndent(st, "", "  ")
 	if err != nil {
 		return fmt.Errorf("encode IPAM state: %w", err)
 	}
-	if err := atomicfile.Write(f.Path, append(data, '\n'), 0o600); err != nil {
+	if err := write(f.Path, append(data, '\n'), 0o600); err != nil {
 		return fmt.Errorf("persist IPAM state: %w", err)
 	}
 	return nil
+}
+
+// VolatileSaver is a Store that can also save without waiting for the
+// disk. The Driver uses it for address changes: a power loss may lose the
+// last of them, and nothing is lost by that. The containers that held
+// those addresses are gone with the machine; Docker asks for their
+// addresses again as it starts them; and reconcile, after each start,
+// releases what Docker no longer holds and (heal) takes what it holds.
+// Pools change rarely and are saved durably: Docker never asks for one
+// again.
+type VolatileSaver interface {
+	SaveVolatile(State) error
 }
 
 // Load implements Store. A missing file is a fresh node; a file that does

@@ -13,6 +13,8 @@
 #define ENDPOINTS_MAX 65536
 #define POLICY_ENTRIES_MAX 16384
 #define EVENTS_BYTES (256 * 1024)
+/* Unread event bytes at which an event wakes the reader (lib/notify.h). */
+#define EVENTS_WAKEUP_BYTES (EVENTS_BYTES / 4)
 #define IPCACHE_MAX 16384
 #define CT_MAX 65536
 /* Datagrams being fragmented at once, as Cilium sizes its fragments map. */

@@ -80,6 +80,19 @@ static __always_inline __u8 verdict_of(__u32 reason)
 	}
 }
 
+/* notify_wakeup is the flag an event is submitted with: it wakes the
+ * reader only once a quarter of the ring is unread. Otherwise the reader
+ * finds the event at its next poll (datapath/event.go, every 100 ms): a
+ * wake-up per event cost the daemon ~20 us of CPU per new flow under
+ * enforcement, a quarter of a CPU at 9,000 connections per second. */
+static __always_inline __u64 notify_wakeup(void)
+{
+	if (bpf_ringbuf_query(&ebpfnet_events, BPF_RB_AVAIL_DATA) >=
+	    EVENTS_WAKEUP_BYTES)
+		return BPF_RB_FORCE_WAKEUP;
+	return BPF_RB_NO_WAKEUP;
+}
+
 /* notify_send reports one event, of type NOTIFY_*, for reason (lib/reason.h)
  * in dir (METRIC_*). It is the only writer of events. A full ring buffer (no
  * reader keeping up) loses the event; the packet's fate does not depend on
@@ -109,7 +122,7 @@ __global_func int notify_send(struct __sk_buff *skb, __u32 type, __u32 reason,
 	n->dst_identity = f->dst_identity;
 	n->ifindex = skb->ifindex;
 	n->len = skb->len;
-	bpf_ringbuf_submit(n, 0);
+	bpf_ringbuf_submit(n, notify_wakeup());
 	return 0;
 }
 
@@ -140,7 +153,7 @@ __global_func int notify_send6(struct __sk_buff *skb, __u32 type, __u32 reason,
 	n->dst_identity = f->dst_identity;
 	n->ifindex = skb->ifindex;
 	n->len = skb->len;
-	bpf_ringbuf_submit(n, 0);
+	bpf_ringbuf_submit(n, notify_wakeup());
 	return 0;
 }
 
