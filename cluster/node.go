@@ -260,6 +260,17 @@ func Connect(ctx context.Context, cfg Config) (*Node, error) {
 		return nil, err
 	}
 	st, err := readState(cfg.StatePath)
+	if errors.Is(err, atomicfile.ErrCorrupt) {
+		// It kept the lease ID only: a new lease takes its place, the
+		// node's keys are written again under it, and the old
+		// lease's go when it expires.
+		moved, mvErr := atomicfile.MoveAside(cfg.StatePath, time.Now())
+		if mvErr != nil {
+			return nil, fmt.Errorf("%w; and moving it aside failed: %v", err, mvErr)
+		}
+		cfg.Log.WithError(err).WithField("movedTo", moved).Warn("cluster: node state moved aside; the node takes a new lease and writes its keys again")
+		st, err = stateFile{}, nil
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -328,10 +339,10 @@ func readState(path string) (stateFile, error) {
 		return st, fmt.Errorf("cluster: read node state: %w", err)
 	}
 	if err := json.Unmarshal(data, &st); err != nil {
-		return st, fmt.Errorf("cluster: node state %s is corrupt: %w", path, err)
+		return st, atomicfile.Corrupt(fmt.Errorf("cluster: node state %s is corrupt: %w", path, err))
 	}
 	if st.Version != stateVersion {
-		return st, fmt.Errorf("cluster: node state %s is corrupt: version %d, want %d", path, st.Version, stateVersion)
+		return st, atomicfile.Corrupt(fmt.Errorf("cluster: node state %s is corrupt: version %d, want %d", path, st.Version, stateVersion))
 	}
 	return st, nil
 }

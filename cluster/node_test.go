@@ -34,18 +34,33 @@ func TestConnectRefusesBadConfig(t *testing.T) {
 			t.Errorf("%s: Connect succeeded", name)
 		}
 	}
-	corrupt := filepath.Join(t.TempDir(), "node.json")
-	if err := os.WriteFile(corrupt, []byte("{"), 0o600); err != nil {
+}
+
+// A corrupt node state (it keeps the lease ID) is moved aside: the node
+// joins under a new lease and writes its keys again.
+func TestCorruptNodeStateIsMovedAsideAndTheNodeJoins(t *testing.T) {
+	e := startEtcd(t)
+	dir := t.TempDir()
+	state := filepath.Join(dir, "node.json")
+	if err := os.WriteFile(state, []byte("{"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cfg := good
-	cfg.StatePath = corrupt
-	if n, err := Connect(context.Background(), cfg); err == nil || !strings.Contains(err.Error(), "corrupt") {
-		if n != nil {
-			n.Close()
-		}
-		t.Fatalf("corrupt state: %v", err)
+	a := connectNode(t, nodeOpts{name: "a", ip: "192.0.2.1", endpoint: e.client, dir: dir})
+	waitConnected(t, a)
+	aside, err := filepath.Glob(state + ".corrupt-*")
+	if err != nil || len(aside) != 1 {
+		t.Fatalf("moved-aside copies: %v, %v; want one", aside, err)
 	}
+	if data, err := os.ReadFile(aside[0]); err != nil || string(data) != "{" {
+		t.Fatalf("the moved-aside copy holds %q, %v", data, err)
+	}
+	cli := e.newClient()
+	defer cli.Close()
+	eventually(t, "the node key under the new lease, kept in the state file", func() bool {
+		st, err := readState(state)
+		lease, _ := leaseOf(t, cli, nodeKey("a"))
+		return err == nil && lease != 0 && int64(lease) == st.LeaseID
+	})
 }
 
 func TestConnectWithEtcdUnreachableStartsAndKeepsTrying(t *testing.T) {
