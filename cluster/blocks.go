@@ -56,7 +56,7 @@ func (n *Node) ClaimBlock(ctx context.Context, subnet netip.Prefix) (netip.Prefi
 		txn, err := n.cli.Txn(ctx).
 			If(clientv3.Compare(clientv3.CreateRevision(blockKey(subnet, block)), "=", 0),
 				clientv3.Compare(clientv3.CreateRevision(networkKey(subnet)), ">", 0)).
-			Then(clientv3.OpPut(blockKey(subnet, block), mustJSON(blockValue{Node: n.cfg.NodeName}))).Commit()
+			Then(clientv3.OpPut(blockKey(subnet, block), mustJSON(blockValue{Node: n.cfg.NodeName, NodeIP: n.cfg.NodeIP}))).Commit()
 		if err != nil {
 			return netip.Prefix{}, n.etcdErr("claim block in "+subnet.String(), err)
 		}

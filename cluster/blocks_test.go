@@ -130,8 +130,9 @@ func TestRemoveNodeRefusesALiveNodeAndFreesADeadOne(t *testing.T) {
 		t.Fatal(err)
 	}
 	nodes, err = b.Nodes(ctxT(t))
-	if err != nil || len(nodes) != 2 || nodes[0].Name != "a" || nodes[0].State != NodeDead || len(nodes[0].Blocks) != 1 {
-		t.Fatalf("Nodes after a died = %+v, %v", nodes, err)
+	if err != nil || len(nodes) != 2 || nodes[0].Name != "a" || nodes[0].State != NodeDead || len(nodes[0].Blocks) != 1 ||
+		nodes[0].IP != netip.MustParseAddr("192.0.2.1") {
+		t.Fatalf("Nodes after a died = %+v, %v; want a dead with its block and the IP it claimed it from", nodes, err)
 	}
 	c := connectNode(t, nodeOpts{name: "c", ip: "192.0.2.3", endpoint: e.client})
 	waitConnected(t, c)

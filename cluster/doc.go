@@ -15,7 +15,7 @@
 //
 //	net/nodes/<name>                 {name, ip, heartbeat, version}   leased
 //	net/networks/<10.90.0.0_16>      {subnet, blockBits}
-//	net/blocks/<subnet>/<block>      {node}
+//	net/blocks/<subnet>/<block>      {node, nodeIP}
 //	net/endpoints/<ip>               {identity, node, nodeIP}         leased
 //	identities/id/<N>                [labels, sorted]
 //	identities/labels/<sha256 hex>   N (the hash of the canonical label string)

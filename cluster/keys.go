@@ -109,6 +109,10 @@ type networkValue struct {
 
 type blockValue struct {
 	Node string `json:"node"`
+	// NodeIP is the node's IP when it claimed the block: what `node
+	// list` shows of a dead node, whose node key is gone. Blocks claimed
+	// before it was kept have none.
+	NodeIP netip.Addr `json:"nodeIP,omitzero"`
 }
 
 type endpointValue struct {

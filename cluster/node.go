@@ -158,6 +158,23 @@ func (e *UnreachableError) Unwrap() error { return e.Err }
 // Is makes errors.Is(err, ErrUnreachable) true.
 func (e *UnreachableError) Is(target error) bool { return target == ErrUnreachable }
 
+// NameTakenError says that another live node holds this node's name.
+// Two hosts under one name (cloned machines, a distribution's default
+// hostname) would share the name's address blocks and hand out the same
+// addresses twice, so the second one stays out of the cluster until the
+// other is gone or it is renamed.
+type NameTakenError struct {
+	Name string
+	// IP is the other node's node IP, from its node key.
+	IP netip.Addr
+}
+
+func (e *NameTakenError) Error() string {
+	return fmt.Sprintf("node name %q is in use by the live node at %s: start this daemon with another --node-name "+
+		"(EBPFNET_NODE_NAME), or stop that node and wait for its lease to expire; until then this node stays out of the cluster",
+		e.Name, e.IP)
+}
+
 // Status is the node's view of its link to etcd, for `ebpfnet status`.
 type Status struct {
 	Endpoints []string `json:"endpoints"`
@@ -243,6 +260,17 @@ func Connect(ctx context.Context, cfg Config) (*Node, error) {
 		return nil, err
 	}
 	st, err := readState(cfg.StatePath)
+	if errors.Is(err, atomicfile.ErrCorrupt) {
+		// It kept the lease ID only: a new lease takes its place, the
+		// node's keys are written again under it, and the old
+		// lease's go when it expires.
+		moved, mvErr := atomicfile.MoveAside(cfg.StatePath, time.Now())
+		if mvErr != nil {
+			return nil, fmt.Errorf("%w; and moving it aside failed: %v", err, mvErr)
+		}
+		cfg.Log.WithError(err).WithField("movedTo", moved).Warn("cluster: node state moved aside; the node takes a new lease and writes its keys again")
+		st, err = stateFile{}, nil
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -311,10 +339,10 @@ func readState(path string) (stateFile, error) {
 		return st, fmt.Errorf("cluster: read node state: %w", err)
 	}
 	if err := json.Unmarshal(data, &st); err != nil {
-		return st, fmt.Errorf("cluster: node state %s is corrupt: %w", path, err)
+		return st, atomicfile.Corrupt(fmt.Errorf("cluster: node state %s is corrupt: %w", path, err))
 	}
 	if st.Version != stateVersion {
-		return st, fmt.Errorf("cluster: node state %s is corrupt: version %d, want %d", path, st.Version, stateVersion)
+		return st, atomicfile.Corrupt(fmt.Errorf("cluster: node state %s is corrupt: version %d, want %d", path, st.Version, stateVersion))
 	}
 	return st, nil
 }
@@ -469,6 +497,9 @@ func (n *Node) ready(ctx context.Context) error {
 	n.mu.Lock()
 	err := n.lastErr
 	n.mu.Unlock()
+	if taken := (*NameTakenError)(nil); errors.As(err, &taken) {
+		return err
+	}
 	return n.unreachable(err)
 }
 
@@ -530,6 +561,11 @@ func (n *Node) runSession() {
 			continue
 		}
 		first = false
+		if err := n.checkName(id); err != nil {
+			n.noteNameErr(err)
+			delay.sleep(n.ctx)
+			continue
+		}
 		ka, err := n.cli.KeepAlive(n.ctx, id)
 		if err != nil {
 			n.noteErr(err)
@@ -595,6 +631,54 @@ func (n *Node) obtainLease(first bool) (clientv3.LeaseID, error) {
 	n.writes.Add(1)
 	n.update(func() { n.lease = resp.ID })
 	return resp.ID, nil
+}
+
+// checkName returns a NameTakenError while the node key of this node's
+// name is bound to another lease that etcd still keeps, and names another
+// node IP. The same node IP is this host's own previous run, whose state
+// file (and so its lease ID) was lost: its keys go when that lease
+// expires, and this node's keys take their place meanwhile.
+func (n *Node) checkName(lease clientv3.LeaseID) error {
+	ctx, cancel := context.WithTimeout(n.ctx, n.cfg.RequestTimeout)
+	defer cancel()
+	resp, err := n.cli.Get(ctx, nodeKey(n.cfg.NodeName))
+	if err != nil {
+		return fmt.Errorf("read the node key of %q: %w", n.cfg.NodeName, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return nil
+	}
+	kv := resp.Kvs[0]
+	holder := clientv3.LeaseID(kv.Lease)
+	var v nodeValue
+	if holder == lease || holder == clientv3.NoLease || json.Unmarshal(kv.Value, &v) != nil || v.IP == n.cfg.NodeIP {
+		return nil
+	}
+	ttl, err := n.cli.TimeToLive(ctx, holder)
+	if err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
+		return fmt.Errorf("look up lease %x of node %q: %w", holder, n.cfg.NodeName, err)
+	}
+	if err != nil || ttl.TTL <= 0 {
+		return nil
+	}
+	return &NameTakenError{Name: n.cfg.NodeName, IP: v.IP}
+}
+
+// noteNameErr records an error of checkName, and logs a taken name once
+// for as long as it stays taken: the session retries every few seconds.
+func (n *Node) noteNameErr(err error) {
+	var taken, wasTaken *NameTakenError
+	isTaken := errors.As(err, &taken)
+	n.mu.Lock()
+	repeated := isTaken && errors.As(n.lastErr, &wasTaken) && *wasTaken == *taken
+	n.lastErr = err
+	n.mu.Unlock()
+	switch {
+	case !isTaken:
+		n.log.WithError(err).Debug("check the node's name")
+	case !repeated:
+		n.log.WithError(err).Error("another node holds this node's name")
+	}
 }
 
 // heartbeat rewrites the node key every third of the TTL.

@@ -34,18 +34,33 @@ func TestConnectRefusesBadConfig(t *testing.T) {
 			t.Errorf("%s: Connect succeeded", name)
 		}
 	}
-	corrupt := filepath.Join(t.TempDir(), "node.json")
-	if err := os.WriteFile(corrupt, []byte("{"), 0o600); err != nil {
+}
+
+// A corrupt node state (it keeps the lease ID) is moved aside: the node
+// joins under a new lease and writes its keys again.
+func TestCorruptNodeStateIsMovedAsideAndTheNodeJoins(t *testing.T) {
+	e := startEtcd(t)
+	dir := t.TempDir()
+	state := filepath.Join(dir, "node.json")
+	if err := os.WriteFile(state, []byte("{"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cfg := good
-	cfg.StatePath = corrupt
-	if n, err := Connect(context.Background(), cfg); err == nil || !strings.Contains(err.Error(), "corrupt") {
-		if n != nil {
-			n.Close()
-		}
-		t.Fatalf("corrupt state: %v", err)
+	a := connectNode(t, nodeOpts{name: "a", ip: "192.0.2.1", endpoint: e.client, dir: dir})
+	waitConnected(t, a)
+	aside, err := filepath.Glob(state + ".corrupt-*")
+	if err != nil || len(aside) != 1 {
+		t.Fatalf("moved-aside copies: %v, %v; want one", aside, err)
 	}
+	if data, err := os.ReadFile(aside[0]); err != nil || string(data) != "{" {
+		t.Fatalf("the moved-aside copy holds %q, %v", data, err)
+	}
+	cli := e.newClient()
+	defer cli.Close()
+	eventually(t, "the node key under the new lease, kept in the state file", func() bool {
+		st, err := readState(state)
+		lease, _ := leaseOf(t, cli, nodeKey("a"))
+		return err == nil && lease != 0 && int64(lease) == st.LeaseID
+	})
 }
 
 func TestConnectWithEtcdUnreachableStartsAndKeepsTrying(t *testing.T) {
@@ -191,4 +206,58 @@ func TestRestartReusesTheLeaseAndChangesNothing(t *testing.T) {
 	if _, rev := leaseOf(t, cli, refKey(id, "a")); rev != refRev {
 		t.Fatalf("the restored reference key was rewritten (mod revision %d, was %d)", rev, refRev)
 	}
+}
+
+// Two hosts under one name would share its address blocks: the second one
+// stays out of the cluster, saying why, until the first one's lease is
+// gone. A host that lost its state file comes back under its own name.
+func TestSecondNodeWithTheSameNameStaysOut(t *testing.T) {
+	e := startEtcd(t)
+	a := connectNode(t, nodeOpts{name: "a", ip: "192.0.2.1", endpoint: e.client})
+	waitConnected(t, a)
+	block, err := a.ClaimBlock(ctxT(t), netip.MustParsePrefix("10.90.0.0/16"))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	clone := connectNode(t, nodeOpts{name: "a", ip: "192.0.2.2", endpoint: e.client})
+	var taken *NameTakenError
+	eventually(t, "the clone's status to say the name is taken", func() bool {
+		return strings.Contains(clone.Status().LastError, `node name "a" is in use by the live node at 192.0.2.1`)
+	})
+	_, err = clone.ClaimBlock(ctxT(t), netip.MustParsePrefix("10.90.0.0/16"))
+	if !errors.As(err, &taken) || taken.IP != netip.MustParseAddr("192.0.2.1") {
+		t.Fatalf("the clone's ClaimBlock: %v; want a NameTakenError naming 192.0.2.1", err)
+	}
+	if clone.Status().Connected {
+		t.Fatal("the clone says it is connected")
+	}
+	cli := e.newClient()
+	defer cli.Close()
+	resp, err := cli.Get(ctxT(t), nodeKey("a"))
+	if err != nil || len(resp.Kvs) != 1 || !strings.Contains(string(resp.Kvs[0].Value), `"192.0.2.1"`) {
+		t.Fatalf("node key of a after the clone came: %v %v; want a's", resp, err)
+	}
+
+	// The same host again, its state file lost: a new lease, the same
+	// node IP. It takes its name (and block) back at once.
+	again := connectNode(t, nodeOpts{name: "a", ip: "192.0.2.1", endpoint: e.client})
+	waitConnected(t, again)
+	if got, err := again.ClaimBlock(ctxT(t), netip.MustParsePrefix("10.90.0.0/16")); err != nil || got != block {
+		t.Fatalf("the host's own ClaimBlock after losing its state: %v, %v; want %v", got, err, block)
+	}
+
+	// Once the holders' leases are gone, the clone joins.
+	for _, n := range []*Node{a, again} {
+		lease := clientv3.LeaseID(n.Status().LeaseID)
+		_ = n.Close()
+		if _, err := cli.Revoke(ctxT(t), lease); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitConnected(t, clone)
+	eventually(t, "the clone's node key", func() bool {
+		resp, err := cli.Get(ctxT(t), nodeKey("a"))
+		return err == nil && len(resp.Kvs) == 1 && strings.Contains(string(resp.Kvs[0].Value), `"192.0.2.2"`)
+	})
 }

@@ -21,7 +21,7 @@ const (
 // NodeInfo is one node as `ebpfnet node list` shows it.
 type NodeInfo struct {
 	Name      string     `json:"name"`
-	IP        netip.Addr `json:"ip,omitzero"` // unknown for a dead node
+	IP        netip.Addr `json:"ip,omitzero"` // a dead node's as it claimed its blocks, if known
 	Blocks    []Block    `json:"blocks"`
 	Heartbeat time.Time  `json:"heartbeat,omitzero"`
 	Version   string     `json:"version,omitempty"`
@@ -70,6 +70,9 @@ func (n *Node) Nodes(ctx context.Context) ([]NodeInfo, error) {
 		}
 		info := get(bv.Node)
 		info.Blocks = append(info.Blocks, Block{Subnet: subnet, Prefix: block})
+		if info.State == NodeDead && !info.IP.IsValid() {
+			info.IP = bv.NodeIP
+		}
 	}
 	out := make([]NodeInfo, 0, len(byName))
 	for _, info := range byName {

@@ -3,11 +3,14 @@ package cluster
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/ebpfnet/ebpfnet/atomicfile"
 	"github.com/ebpfnet/ebpfnet/policy"
 )
 
@@ -39,6 +42,9 @@ func (n *Node) Rules(cachePath string) (*Rules, error) {
 		return n.rules, nil
 	}
 	repo, err := policy.NewRepository(cachePath)
+	if errors.Is(err, atomicfile.ErrCorrupt) {
+		repo, err = n.replaceCorruptPolicyCache(cachePath, err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("cluster: policy cache: %w", err)
 	}
@@ -46,6 +52,32 @@ func (n *Node) Rules(cachePath string) (*Rules, error) {
 	n.goRun(func() { n.listWatch(n.ctx, policyKey, nil, n.rules) })
 	return n.rules, nil
 }
+
+// replaceCorruptPolicyCache moves a corrupt copy of the cluster's rules
+// aside and starts an empty one marked lost (endpoint.LostRules): until
+// the first list from etcd brings the rules back, the endpoints keep the
+// policy they have and new ones deny all, where an empty copy would open
+// every endpoint.
+func (n *Node) replaceCorruptPolicyCache(path string, corrupt error) (*policy.Repository, error) {
+	moved, err := atomicfile.MoveAside(path, time.Now())
+	if err != nil {
+		return nil, fmt.Errorf("%w; and moving it aside failed: %v", corrupt, err)
+	}
+	repo, err := policy.NewRepository(path)
+	if err != nil {
+		return nil, err
+	}
+	why := fmt.Sprintf("the local copy of the cluster's rules was corrupt (moved to %s); waiting for etcd's", moved)
+	if err := repo.MarkLost(why); err != nil {
+		return nil, err
+	}
+	n.log.WithError(corrupt).WithField("movedTo", moved).Warn("the local copy of the cluster's rules is corrupt; new endpoints deny all until etcd's rules arrive")
+	return repo, nil
+}
+
+// Lost implements endpoint.LostRules: the local copy was corrupt, and
+// etcd's rules have not arrived since.
+func (r *Rules) Lost() (why string, lost bool) { return r.repo.Lost() }
 
 // Snapshot returns the rules and revision of the local copy.
 func (r *Rules) Snapshot() ([]policy.Rule, uint64) { return r.repo.Snapshot() }
@@ -159,6 +191,13 @@ func decodePolicy(v []byte) ([]policy.Rule, uint64, error) {
 // reset takes the policy key as listed.
 func (r *Rules) reset(kvs []*mvccpb.KeyValue, _ int64) {
 	if len(kvs) == 0 {
+		if _, lost := r.repo.Lost(); lost {
+			// The cluster has no rules: a lost copy ends with none.
+			if _, err := r.repo.DeleteAll(); err != nil {
+				r.n.log.WithError(err).Warn("keep the local copy of the policy")
+			}
+			return
+		}
 		r.behind(nil, 0, 0)
 		return
 	}

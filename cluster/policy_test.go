@@ -3,6 +3,7 @@ package cluster
 import (
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -163,3 +164,51 @@ func TestClusterPolicyBehindTheCopyIsRaised(t *testing.T) {
 }
 
 var _ endpoint.Rules = (*Rules)(nil)
+
+// A corrupt local copy of the cluster's rules is moved aside, and the
+// rules are lost (endpoints keep their policy, new ones deny) until etcd's
+// arrive: the rules etcd has, or none when it has none.
+func TestCorruptPolicyCacheIsLostUntilEtcdAnswers(t *testing.T) {
+	e := newEtcd(t) // not started yet
+	a := connectNode(t, nodeOpts{name: "a", ip: "192.0.2.1", endpoint: e.client})
+	cache := filepath.Join(t.TempDir(), "cluster-policy.json")
+	if err := os.WriteFile(cache, []byte("not json"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ra, err := a.Rules(cache)
+	if err != nil {
+		t.Fatalf("Rules with a corrupt cache: %v", err)
+	}
+	if why, lost := ra.Lost(); !lost || !strings.Contains(why, "was corrupt (moved to "+cache+".corrupt-") {
+		t.Fatalf("Lost() = %q, %v; want lost, naming the moved-aside copy", why, lost)
+	}
+	var lr endpoint.LostRules = ra // the endpoint manager looks for it
+	_ = lr
+
+	// etcd has no rules: the copy ends lost with none.
+	e.start()
+	waitConnected(t, a)
+	eventually(t, "the rules in force again", func() bool { _, lost := ra.Lost(); return !lost })
+	if rules, _ := ra.Snapshot(); len(rules) != 0 {
+		t.Fatalf("rules after etcd answered with none: %v", descriptions(rules))
+	}
+
+	// etcd has rules (imported by a): a node whose copy is corrupt takes them.
+	if _, err := ra.Import(rulesNamed(t, "web")); err != nil {
+		t.Fatal(err)
+	}
+	b := connectNode(t, nodeOpts{name: "b", ip: "192.0.2.2", endpoint: e.client})
+	bCache := filepath.Join(t.TempDir(), "cluster-policy.json")
+	if err := os.WriteFile(bCache, []byte(`{"version": 99}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	rb, err := b.Rules(bCache)
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "b to take etcd's rules", func() bool {
+		rules, rev := rb.Snapshot()
+		_, lost := rb.Lost()
+		return !lost && rev == ra.Revision() && reflect.DeepEqual(descriptions(rules), []string{"web"})
+	})
+}
