@@ -361,6 +361,17 @@ func TestIdentityFreedWhileAwayIsCreatedAgainOrReported(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// What the endpoint manager renumbers by: the number's new labels.
+	var mu sync.Mutex
+	var renamed []labels.Labels
+	cancel := a.Identities().Subscribe(func(c identity.Change) {
+		if c.ID == taken && !c.Freed {
+			mu.Lock()
+			renamed = append(renamed, c.Labels)
+			mu.Unlock()
+		}
+	})
+	defer cancel()
 	p.setCut(false)
 	waitConnected(t, a)
 	eventually(t, "the free identity back with its number, and the conflict reported", func() bool {
@@ -377,6 +388,16 @@ func TestIdentityFreedWhileAwayIsCreatedAgainOrReported(t *testing.T) {
 	}
 	if h := refHolders(t, cli, taken); len(h) != 0 {
 		t.Fatalf("a references identity %d, now another label set's: %v", taken, h)
+	}
+	eventually(t, fmt.Sprintf("a's subscribers to hear identity %d named %s", taken, other), func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(renamed) > 0 && renamed[len(renamed)-1].Equal(other)
+	})
+	// The labels that lost their number get another one.
+	renumbered, err := a.Identities().Allocate(ctxT(t), app("taken"))
+	if err != nil || renumbered == taken {
+		t.Fatalf("Allocate of the labels whose number was taken: %d, %v; want a new number", renumbered, err)
 	}
 	if err := a.Identities().Release(ctxT(t), taken); err != nil {
 		t.Fatal(err)

@@ -103,7 +103,30 @@ func (e *callEvent) handle(l *loop) {
 // node. Rules may select it, so every endpoint's policy may change.
 type identityChanged struct{ c identity.Change }
 
-func (e identityChanged) handle(l *loop) { l.dirty = true }
+func (e identityChanged) handle(l *loop) {
+	l.dirty = true
+	if !e.c.Freed {
+		l.renumberMismatched(e.c)
+	}
+}
+
+// renumberMismatched renumbers the endpoints that carry c.ID for labels
+// other than c.Labels. On one node that cannot happen. In a cluster, a
+// node cut off from etcd for longer than the identity grace can find that
+// the other nodes freed its identity and gave the number to other labels
+// (cluster.Status.Conflicts). Every other node would then take the
+// endpoint's packets for those labels' and judge them by their rules, so
+// the endpoint takes the number its own labels have now.
+func (l *loop) renumberMismatched(c identity.Change) {
+	for _, ep := range l.m.cfg.Datapath.Endpoints() {
+		if identity.ID(ep.Identity) != c.ID || ep.ContainerID == "" || labels.FromDocker(ep.Labels).Equal(c.Labels) {
+			continue
+		}
+		l.log.WithFields(logrus.Fields{"epid": ep.ID, "identity": uint32(c.ID), "labels": labels.FromDocker(ep.Labels).String(),
+			"numberNowNames": c.Labels.String()}).Warn("an endpoint's identity number names other labels now; renumbering the endpoint")
+		l.m.renumber(ep)
+	}
+}
 
 // rulesChanged: the repository has a new revision.
 type rulesChanged struct{ rev uint64 }

@@ -17,6 +17,7 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/sirupsen/logrus"
 
@@ -139,7 +140,19 @@ type Manager struct {
 	// what is already done without waiting for the loop.
 	heldMu sync.Mutex
 	held   map[uint16]identity.ID
+
+	// renumbering counts the renumbers the loop started (renumber); ctx
+	// ends them at Close. renumberMu orders their start with Close's wait.
+	renumberMu  sync.Mutex
+	closing     bool
+	renumbering sync.WaitGroup
+	ctx         context.Context
+	cancel      context.CancelFunc
 }
+
+// renumberTimeout bounds one renumbering's allocation: in a cluster it
+// may wait for etcd.
+const renumberTimeout = 30 * time.Second
 
 // New makes a manager; Start runs its loop.
 func New(cfg Config) (*Manager, error) {
@@ -149,6 +162,7 @@ func New(cfg Config) (*Manager, error) {
 	if cfg.Log == nil {
 		cfg.Log = logrus.New()
 	}
+	ctx, cancel := context.WithCancel(context.Background())
 	return &Manager{
 		cfg:      cfg,
 		log:      cfg.Log,
@@ -156,6 +170,8 @@ func New(cfg Config) (*Manager, error) {
 		q:        newQueue(),
 		done:     make(chan struct{}),
 		held:     map[uint16]identity.ID{},
+		ctx:      ctx,
+		cancel:   cancel,
 	}, nil
 }
 
@@ -181,6 +197,13 @@ func (m *Manager) Close() {
 		u()
 	}
 	m.unsub = nil
+	// Renumbers in progress give up: the endpoints keep their number
+	// until the next start, which allocates their labels again.
+	m.renumberMu.Lock()
+	m.closing = true
+	m.renumberMu.Unlock()
+	m.cancel()
+	m.renumbering.Wait()
 	m.q.close()
 	if m.started {
 		<-m.done
@@ -263,6 +286,13 @@ func (m *Manager) SetContainer(ctx context.Context, dockerEndpointID string, c C
 		labels.FromDocker(ep.Labels).Equal(ls) {
 		return nil
 	}
+	return m.allocateAndAssign(ctx, dockerEndpointID, c)
+}
+
+// allocateAndAssign allocates the identity of c's labels and gives it to
+// the endpoint.
+func (m *Manager) allocateAndAssign(ctx context.Context, dockerEndpointID string, c Container) error {
+	ls := labels.FromDocker(c.Labels)
 	id, err := m.cfg.Identities.Allocate(ctx, ls)
 	if err != nil {
 		return fmt.Errorf("allocate identity for %s: %w", ls, err)
@@ -277,6 +307,27 @@ func (m *Manager) SetContainer(ctx context.Context, dockerEndpointID string, c C
 		m.releaseQuietly(context.WithoutCancel(ctx), id)
 	}
 	return err
+}
+
+// renumber gives ep the identity its labels have now, off the loop (an
+// allocation may wait for etcd); the loop asks for it when ep's number
+// has come to name other labels (loop.renumberMismatched).
+func (m *Manager) renumber(ep datapath.Endpoint) {
+	m.renumberMu.Lock()
+	defer m.renumberMu.Unlock()
+	if m.closing {
+		return
+	}
+	m.renumbering.Add(1)
+	go func() {
+		defer m.renumbering.Done()
+		ctx, cancel := context.WithTimeout(m.ctx, renumberTimeout)
+		defer cancel()
+		c := Container{ID: ep.ContainerID, Name: ep.ContainerName, Labels: ep.Labels}
+		if err := m.allocateAndAssign(ctx, ep.DockerEndpointID, c); err != nil && m.ctx.Err() == nil {
+			m.log.WithError(err).WithField("epid", ep.ID).Error("renumber an endpoint whose identity number names other labels now; it keeps the wrong number until its container restarts or the daemon does")
+		}
+	}()
 }
 
 // ImportRules adds rules as `ebpfnet policy import` does and returns once

@@ -208,6 +208,8 @@ type env struct {
 	m     *Manager
 	node  []netip.Addr
 	pub   *fakePublisher
+	// labelIDs, when set, numbers label sets in place of ids.
+	labelIDs identity.Allocator
 }
 
 const netID = "net1"
@@ -245,8 +247,12 @@ func (e *env) startOn(eps []datapath.Endpoint, networks []Network) {
 	if err != nil {
 		e.t.Fatal(err)
 	}
+	var labelIDs identity.Allocator = e.ids
+	if e.labelIDs != nil {
+		labelIDs = e.labelIDs
+	}
 	e.m, err = New(Config{
-		Datapath: e.dp, IPCache: cache, Identities: e.ids, CIDRs: e.ids, Rules: e.rules,
+		Datapath: e.dp, IPCache: cache, Identities: labelIDs, CIDRs: e.ids, Rules: e.rules,
 		NodeAddresses: func() ([]netip.Addr, error) { return e.node, nil },
 		Publish:       e.pub,
 		Log:           log,
@@ -789,5 +795,101 @@ func TestDualStackEndpoint(t *testing.T) {
 	}
 	if _, ok := e.dp.ipcacheOf("fd00:77::2/128"); ok {
 		t.Error("the deleted endpoint's IPv6 address is still in the ipcache")
+	}
+}
+
+// renumberingAllocator is the file allocator, plus what a cluster's
+// identity cache does when etcd says that a number this node holds names
+// other labels now: it tells its subscribers, and the labels that held
+// the number get another one.
+type renumberingAllocator struct {
+	*identity.FileAllocator
+	mu    sync.Mutex
+	moved map[string]identity.ID // label set -> its number now
+	subs  []func(identity.Change)
+}
+
+func (a *renumberingAllocator) Allocate(ctx context.Context, ls labels.Labels) (identity.ID, error) {
+	a.mu.Lock()
+	id, ok := a.moved[ls.String()]
+	a.mu.Unlock()
+	if ok {
+		return id, nil
+	}
+	return a.FileAllocator.Allocate(ctx, ls)
+}
+
+func (a *renumberingAllocator) Release(ctx context.Context, id identity.ID) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, moved := range a.moved {
+		if moved == id {
+			return nil
+		}
+	}
+	return a.FileAllocator.Release(ctx, id)
+}
+
+func (a *renumberingAllocator) Subscribe(fn func(identity.Change)) func() {
+	a.mu.Lock()
+	a.subs = append(a.subs, fn)
+	a.mu.Unlock()
+	return a.FileAllocator.Subscribe(fn)
+}
+
+// give makes id name to, and from's labels number now.
+func (a *renumberingAllocator) give(id identity.ID, to labels.Labels, from labels.Labels, now identity.ID) {
+	a.mu.Lock()
+	a.moved[from.String()] = now
+	subs := append([]func(identity.Change){}, a.subs...)
+	a.mu.Unlock()
+	for _, fn := range subs {
+		fn(identity.Change{ID: id, Labels: to})
+	}
+}
+
+// An endpoint whose identity number comes to name other labels (a cluster
+// node cut off from etcd past the identity grace) takes the number its
+// own labels have now, everywhere the number shows: the datapath's
+// endpoint and the ipcache. Its old reference is dropped.
+func TestEndpointWhoseNumberNamesOtherLabelsIsRenumbered(t *testing.T) {
+	e := newEnv(t)
+	alloc := &renumberingAllocator{FileAllocator: e.ids, moved: map[string]identity.ID{}}
+	e.m.Close()
+	e.labelIDs = alloc
+	e.start(nil)
+	e.create("ep1", "10.77.0.2")
+	e.create("ep2", "10.77.0.3")
+	app1 := map[string]string{"id": "app1"}
+	e.setLabels("ep1", "c1", app1)
+	e.setLabels("ep2", "c2", map[string]string{"id": "app2"})
+	ep1, _ := e.dp.policyOf(t, "ep1")
+	ep2, _ := e.dp.policyOf(t, "ep2")
+	old := identity.ID(ep1.Identity)
+
+	// A change that names the same labels is no reason to renumber.
+	alloc.give(identity.ID(ep2.Identity), labels.FromDocker(map[string]string{"id": "app2"}), labels.FromDocker(map[string]string{"id": "none"}), 4001)
+	const now = identity.ID(4000)
+	alloc.give(old, labels.FromDocker(map[string]string{"id": "intruder"}), labels.FromDocker(app1), now)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		e.settle()
+		got, _ := e.dp.policyOf(t, "ep1")
+		if identity.ID(got.Identity) == now {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("ep1 still has identity %d, want %d", got.Identity, now)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if id, _ := e.dp.ipcacheOf("10.77.0.2/32"); id != now {
+		t.Fatalf("ipcache says %d for ep1, want %d", id, now)
+	}
+	if r := e.ids.References(old); r != 0 {
+		t.Fatalf("the old number still has %d references", r)
+	}
+	if got, _ := e.dp.policyOf(t, "ep2"); got.Identity != ep2.Identity {
+		t.Fatalf("ep2 was renumbered to %d though its number still names its labels", got.Identity)
 	}
 }
