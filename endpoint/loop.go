@@ -110,16 +110,18 @@ func (e identityChanged) handle(l *loop) {
 	}
 }
 
-// renumberMismatched renumbers the endpoints that carry c.ID for labels
-// other than c.Labels. On one node that cannot happen. In a cluster, a
-// node cut off from etcd for longer than the identity grace can find that
-// the other nodes freed its identity and gave the number to other labels
+// renumberMismatched renumbers the endpoints whose number and labels
+// c contradicts: they carry c.ID for other labels than c.Labels, or they
+// have c.Labels under another number. On one node neither can happen. In
+// a cluster, a node cut off from etcd for longer than the identity grace
+// can find that the other nodes freed its identity meanwhile, and gave
+// the number to other labels or the labels another number
 // (cluster.Status.Conflicts). Every other node would then take the
-// endpoint's packets for those labels' and judge them by their rules, so
-// the endpoint takes the number its own labels have now.
+// endpoint's packets for those other labels', or for an unknown
+// identity's, so the endpoint takes the number its labels have now.
 func (l *loop) renumberMismatched(c identity.Change) {
 	for _, ep := range l.m.cfg.Datapath.Endpoints() {
-		if identity.ID(ep.Identity) != c.ID || ep.ContainerID == "" || labels.FromDocker(ep.Labels).Equal(c.Labels) {
+		if ep.ContainerID == "" || (identity.ID(ep.Identity) == c.ID) == labels.FromDocker(ep.Labels).Equal(c.Labels) {
 			continue
 		}
 		l.log.WithFields(logrus.Fields{"epid": ep.ID, "identity": uint32(c.ID), "labels": labels.FromDocker(ep.Labels).String(),

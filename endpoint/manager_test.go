@@ -892,4 +892,19 @@ func TestEndpointWhoseNumberNamesOtherLabelsIsRenumbered(t *testing.T) {
 	if got, _ := e.dp.policyOf(t, "ep2"); got.Identity != ep2.Identity {
 		t.Fatalf("ep2 was renumbered to %d though its number still names its labels", got.Identity)
 	}
+
+	// The other way round: ep2's labels have another number now.
+	const next = identity.ID(4002)
+	app2 := labels.FromDocker(map[string]string{"id": "app2"})
+	alloc.give(next, app2, app2, next)
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		e.settle()
+		if got, _ := e.dp.policyOf(t, "ep2"); identity.ID(got.Identity) == next {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("ep2 was not renumbered to %d, the number its labels have now", next)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
