@@ -315,9 +315,14 @@ func flushConntrack(m *ebpf.Map, addr netip.Addr) error {
 	if !addr.Is4() {
 		return nil
 	}
-	a := addr.As4()
-	var gone []ctKey
-	err := walkFlows(m, func(k []ctKey, _ []ctEntry) error {
+	return flushHolding[ctKey](m, addr.As4())
+}
+
+// flushHolding deletes every flow of the conntrack map m (keys K) with a
+// at one end.
+func flushHolding[K interface{ holds(A) bool }, A any](m *ebpf.Map, a A) error {
+	var gone []K
+	err := walkFlows(m, func(k []K, _ []ctEntry) error {
 		for _, key := range k {
 			if key.holds(a) {
 				gone = append(gone, key)

@@ -42,19 +42,5 @@ func flushConntrack6(m *ebpf.Map, addr netip.Addr) error {
 	if !addr.Is6() || addr.Is4In6() {
 		return nil
 	}
-	a := v6Addr(addr.As16())
-	var gone []ct6Key
-	err := walkFlows(m, func(k []ct6Key, _ []ctEntry) error {
-		for _, key := range k {
-			if key.holds(a) {
-				gone = append(gone, key)
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return err
-	}
-	_, err = deleteFlows(m, gone)
-	return err
+	return flushHolding[ct6Key](m, v6Addr(addr.As16()))
 }

@@ -376,8 +376,12 @@ func (d *Datapath) unpublishEndpoint(ep *Endpoint) error {
 	if !ep.IPv4.Addr().Is4() {
 		return nil
 	}
-	m := d.shared[EndpointsMapName]
-	key := endpointKey(ep.IPv4.Addr())
+	return deleteOwnEntry(d.shared[EndpointsMapName], EndpointsMapName, endpointKey(ep.IPv4.Addr()), ep)
+}
+
+// deleteOwnEntry deletes key from the endpoints map m (named name) if its
+// entry is still ep's.
+func deleteOwnEntry(m *ebpf.Map, name string, key any, ep *Endpoint) error {
 	var cur endpointInfo
 	if err := m.Lookup(key, &cur); err != nil {
 		return ignoreNotExist(err)
@@ -386,7 +390,7 @@ func (d *Datapath) unpublishEndpoint(ep *Endpoint) error {
 		return nil
 	}
 	if err := ignoreNotExist(m.Delete(key)); err != nil {
-		return fmt.Errorf("delete endpoint %d from %s: %w", ep.ID, EndpointsMapName, err)
+		return fmt.Errorf("delete endpoint %d from %s: %w", ep.ID, name, err)
 	}
 	return nil
 }

@@ -64,19 +64,7 @@ func (d *Datapath) unpublishEndpoint6(ep *Endpoint) error {
 	if !ep.IPv6.IsValid() {
 		return nil
 	}
-	m := d.nodeMaps[Endpoints6MapName]
-	key := endpoint6Key(ep.IPv6.Addr())
-	var cur endpointInfo
-	if err := m.Lookup(key, &cur); err != nil {
-		return ignoreNotExist(err)
-	}
-	if cur.EPID != uint32(ep.ID) {
-		return nil
-	}
-	if err := ignoreNotExist(m.Delete(key)); err != nil {
-		return fmt.Errorf("delete endpoint %d from %s: %w", ep.ID, Endpoints6MapName, err)
-	}
-	return nil
+	return deleteOwnEntry(d.nodeMaps[Endpoints6MapName], Endpoints6MapName, endpoint6Key(ep.IPv6.Addr()), ep)
 }
 
 // publishedFlags reads the policy flags of ep's published entry (IPv4's,

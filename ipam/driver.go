@@ -129,49 +129,58 @@ type Driver struct {
 
 var _ ipamapi.Ipam = (*Driver)(nil)
 
+// poolFamily is what defaultPools checks the default pools of one address
+// family against.
+type poolFamily struct {
+	word           string // in errors: "" or "IPv6 "
+	is6            bool
+	fallback       string // the default range when none is given
+	prefixLen      int    // the default pool size when none is given
+	minLen, maxLen int
+}
+
+var (
+	family4 = poolFamily{word: "", fallback: DefaultPoolRange, prefixLen: DefaultPoolPrefixLen, minLen: MinPrefixLen, maxLen: MaxPrefixLen}
+	family6 = poolFamily{word: "IPv6 ", is6: true, fallback: DefaultPoolRange6, prefixLen: DefaultPoolPrefixLen6, minLen: MinPrefixLen6, maxLen: MaxPrefixLen6}
+)
+
+// defaultPools returns the default pools and pool size of family f, as
+// given or f's own, once they hold together.
+func defaultPools(f poolFamily, given []netip.Prefix, size int) ([]netip.Prefix, int, error) {
+	if len(given) == 0 {
+		given = []netip.Prefix{netip.MustParsePrefix(f.fallback)}
+	}
+	if size == 0 {
+		size = f.prefixLen
+	}
+	if size < f.minLen || size > f.maxLen {
+		return nil, 0, fmt.Errorf("ipam: default %spool size /%d must be between /%d and /%d", f.word, size, f.minLen, f.maxLen)
+	}
+	ipv := map[bool]string{false: "IPv4", true: "IPv6"}[f.is6]
+	for _, p := range given {
+		if !p.IsValid() || p.Addr().Is6() != f.is6 || p.Addr().Is4In6() || p != p.Masked() {
+			return nil, 0, fmt.Errorf("ipam: default %spool %s must be a canonical %s prefix", f.word, p, ipv)
+		}
+		if p.Bits() > size {
+			return nil, 0, fmt.Errorf("ipam: default %spool %s is smaller than the default %spool size /%d", f.word, p, f.word, size)
+		}
+	}
+	return given, size, nil
+}
+
 // New validates cfg and loads the persisted state. A missing state file is
 // an empty state; an unreadable or corrupt one is an error.
 func New(cfg Config) (*Driver, error) {
 	if cfg.StatePath == "" && cfg.Store == nil {
 		return nil, errors.New("ipam: StatePath or Store is required")
 	}
-	defaults := cfg.DefaultPools
-	if len(defaults) == 0 {
-		defaults = []netip.Prefix{netip.MustParsePrefix(DefaultPoolRange)}
+	defaults, size, err := defaultPools(family4, cfg.DefaultPools, cfg.DefaultPoolSize)
+	if err != nil {
+		return nil, err
 	}
-	size := cfg.DefaultPoolSize
-	if size == 0 {
-		size = DefaultPoolPrefixLen
-	}
-	if size < MinPrefixLen || size > MaxPrefixLen {
-		return nil, fmt.Errorf("ipam: default pool size /%d must be between /%d and /%d", size, MinPrefixLen, MaxPrefixLen)
-	}
-	for _, p := range defaults {
-		if !p.IsValid() || !p.Addr().Is4() || p != p.Masked() {
-			return nil, fmt.Errorf("ipam: default pool %s must be a canonical IPv4 prefix", p)
-		}
-		if p.Bits() > size {
-			return nil, fmt.Errorf("ipam: default pool %s is smaller than the default pool size /%d", p, size)
-		}
-	}
-	defaults6 := cfg.DefaultPools6
-	if len(defaults6) == 0 {
-		defaults6 = []netip.Prefix{netip.MustParsePrefix(DefaultPoolRange6)}
-	}
-	size6 := cfg.DefaultPoolSize6
-	if size6 == 0 {
-		size6 = DefaultPoolPrefixLen6
-	}
-	if size6 < MinPrefixLen6 || size6 > MaxPrefixLen6 {
-		return nil, fmt.Errorf("ipam: default IPv6 pool size /%d must be between /%d and /%d", size6, MinPrefixLen6, MaxPrefixLen6)
-	}
-	for _, p := range defaults6 {
-		if !p.IsValid() || !p.Addr().Is6() || p.Addr().Is4In6() || p != p.Masked() {
-			return nil, fmt.Errorf("ipam: default IPv6 pool %s must be a canonical IPv6 prefix", p)
-		}
-		if p.Bits() > size6 {
-			return nil, fmt.Errorf("ipam: default IPv6 pool %s is smaller than the default IPv6 pool size /%d", p, size6)
-		}
+	defaults6, size6, err := defaultPools(family6, cfg.DefaultPools6, cfg.DefaultPoolSize6)
+	if err != nil {
+		return nil, err
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -194,7 +203,6 @@ func New(cfg Config) (*Driver, error) {
 		}
 		d.store = FileStore{Path: cfg.StatePath}
 	}
-	var err error
 	if d.pending, err = d.alloc.load(d.store); err != nil {
 		return nil, fmt.Errorf("ipam: %w", err)
 	}
