@@ -454,7 +454,11 @@ func (r *rebuild) external() (string, []string, error) {
 func (d *Daemon) problems() []string {
 	var out []string
 	if lr, ok := d.rules.(endpoint.LostRules); ok {
-		if why, lost := lr.Lost(); lost {
+		switch why, lost := lr.Lost(); {
+		case lost && d.cluster != nil:
+			// The rules come back from etcd by themselves.
+			out = append(out, "policy lost: "+why+"; restored endpoints keep their pinned policy, new endpoints deny all until etcd's rules arrive")
+		case lost:
 			out = append(out, "policy lost, re-import: "+why+"; restored endpoints keep their pinned policy, new endpoints deny all until `ebpfnet policy import` or `ebpfnet policy delete --all`")
 		}
 	}
