@@ -145,6 +145,9 @@ type Driver struct {
 	observe func([]Network)
 	// maxMTU caps new networks' MTU (SetMaxMTU); 0 for none.
 	maxMTU int
+	// creations are the endpoints being built after CreateEndpoint
+	// answered (creations.go).
+	creations *creations
 }
 
 var _ network.Driver = (*Driver)(nil)
@@ -156,7 +159,7 @@ func New(statePath string, dp Datapath, eps Endpoints, log logrus.FieldLogger) (
 	if err != nil {
 		return nil, err
 	}
-	d := &Driver{log: log, datapath: dp, endpoints: eps, networks: store}
+	d := &Driver{log: log, datapath: dp, endpoints: eps, networks: store, creations: newCreations()}
 	for _, n := range store.list() {
 		if err := dp.AddNetwork(n.Datapath); err != nil {
 			return nil, fmt.Errorf("restore network %s: %w", dockerid.Short(n.ID), err)
@@ -490,6 +493,9 @@ func (d *Driver) CreateEndpoint(req *network.CreateEndpointRequest) (*network.Cr
 		// A retried call: answer as the first time.
 		return endpointResponse(req, existing), nil
 	}
+	if len(mac) == 0 {
+		mac = net.HardwareAddr(datapath.LXCMACFor(req.EndpointID))
+	}
 	ep := &datapath.Endpoint{
 		DockerNetworkID:  req.NetworkID,
 		DockerEndpointID: req.EndpointID,
@@ -499,12 +505,19 @@ func (d *Driver) CreateEndpoint(req *network.CreateEndpointRequest) (*network.Cr
 		Network:          rec.Datapath,
 		Identity:         uint32(identity.Init),
 	}
+	return d.creations.start(req.EndpointID, endpointResponse(req, *ep), func() error { return d.build(ep) }), nil
+}
+
+// build makes the endpoint CreateEndpoint accepted, while Docker goes on
+// (creations.go).
+func (d *Driver) build(ep *datapath.Endpoint) error {
 	ctx, cancel := context.WithTimeout(context.Background(), EndpointCallTimeout)
 	defer cancel()
 	if err := d.endpoints.CreateEndpoint(ctx, ep); err != nil {
-		return nil, fmt.Errorf("create endpoint %s: %w", dockerid.Short(req.EndpointID), err)
+		d.log.WithError(err).WithField("endpoint", dockerid.Short(ep.DockerEndpointID)).Error("endpoint not created")
+		return fmt.Errorf("create endpoint %s: %w", dockerid.Short(ep.DockerEndpointID), err)
 	}
-	fields := logrus.Fields{"endpoint": dockerid.Short(req.EndpointID), "epid": ep.ID, "ifname": ep.IfName}
+	fields := logrus.Fields{"endpoint": dockerid.Short(ep.DockerEndpointID), "epid": ep.ID, "ifname": ep.IfName}
 	if ep.IPv4.IsValid() {
 		fields["ipv4"] = ep.IPv4
 	}
@@ -512,7 +525,17 @@ func (d *Driver) CreateEndpoint(req *network.CreateEndpointRequest) (*network.Cr
 		fields["ipv6"] = ep.IPv6
 	}
 	d.log.WithFields(fields).Info("endpoint created")
-	return endpointResponse(req, *ep), nil
+	return nil
+}
+
+// buildWait bounds how long a call waits for an endpoint's build: past the
+// build's own bound, within the Docker call's (plugin.DefaultCallBound).
+const buildWait = EndpointCallTimeout + 2*time.Second
+
+// WaitBuilds returns once no endpoint is being built, or false after
+// timeout: a stopping daemon lets the builds under way finish.
+func (d *Driver) WaitBuilds(timeout time.Duration) bool {
+	return d.creations.waitAll(timeout)
 }
 
 // endpointAddress reads the address Docker chose of one family (v6) and
@@ -556,6 +579,12 @@ func endpointResponse(req *network.CreateEndpointRequest, ep datapath.Endpoint) 
 // while the daemon was down, which reconcile deletes through
 // DeleteEndpoint: so every delete revokes too.
 func (d *Driver) DeleteEndpoint(req *network.DeleteEndpointRequest) error {
+	// A build under way ends first; a failed one undid itself, and
+	// only its record is left to drop.
+	if err := d.creations.wait(req.EndpointID, buildWait); errors.Is(err, errStillBuilding) {
+		return fmt.Errorf("delete endpoint: %w", err)
+	}
+	d.creations.forget(req.EndpointID)
 	_, existed := d.endpoints.Endpoint(req.EndpointID)
 	ctx, cancel := context.WithTimeout(context.Background(), EndpointCallTimeout)
 	defer cancel()
@@ -576,6 +605,9 @@ func (d *Driver) DeleteEndpoint(req *network.DeleteEndpointRequest) error {
 
 // EndpointInfo shows up in `docker network inspect`-style diagnostics.
 func (d *Driver) EndpointInfo(req *network.InfoRequest) (*network.InfoResponse, error) {
+	if err := d.creations.wait(req.EndpointID, buildWait); err != nil {
+		return nil, fmt.Errorf("endpoint info: %w", err)
+	}
 	ep, ok := d.endpoints.Endpoint(req.EndpointID)
 	if !ok {
 		return nil, fmt.Errorf("endpoint info: unknown endpoint %s", dockerid.Short(req.EndpointID))
@@ -591,6 +623,9 @@ func (d *Driver) EndpointInfo(req *network.InfoRequest) (*network.InfoResponse, 
 // Join tells Docker which interface to move into the sandbox and which
 // gateway to route through. The container process does not exist yet.
 func (d *Driver) Join(req *network.JoinRequest) (*network.JoinResponse, error) {
+	if err := d.creations.wait(req.EndpointID, buildWait); err != nil {
+		return nil, fmt.Errorf("join: %w", err)
+	}
 	ep, ok := d.endpoints.Endpoint(req.EndpointID)
 	if !ok {
 		return nil, fmt.Errorf("join: unknown endpoint %s", dockerid.Short(req.EndpointID))

@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/docker/go-plugins-helpers/network"
 	"github.com/sirupsen/logrus"
@@ -23,6 +25,8 @@ type fakeDatapath struct {
 	endpoints map[string]datapath.Endpoint
 	nextID    uint16
 	failNext  error
+	// gate, when set, holds CreateEndpoint until it is closed.
+	gate chan struct{}
 }
 
 func newFake() *fakeDatapath {
@@ -49,6 +53,9 @@ func (f *fakeDatapath) RemoveNetwork(n datapath.Network) error {
 }
 
 func (f *fakeDatapath) CreateEndpoint(_ context.Context, ep *datapath.Endpoint) error {
+	if f.gate != nil {
+		<-f.gate
+	}
 	if err := f.fail(); err != nil {
 		return err
 	}
@@ -220,9 +227,10 @@ func TestEndpointLifecycle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if resp.Interface == nil || resp.Interface.Address != "" || resp.Interface.MacAddress != "02:00:00:00:00:01" {
+	if resp.Interface == nil || resp.Interface.Address != "" || resp.Interface.MacAddress != net.HardwareAddr(datapath.LXCMACFor(epID)).String() {
 		t.Fatalf("CreateEndpoint answered %+v: want only the MAC we chose", resp.Interface)
 	}
+	waitBuilds(t, d)
 	ep := fake.endpoints[epID]
 	if ep.IPv4 != netip.MustParsePrefix("10.77.0.2/16") || ep.Network.Index != 1 || ep.Identity != 5 {
 		t.Errorf("datapath endpoint %+v", ep)
@@ -230,8 +238,11 @@ func TestEndpointLifecycle(t *testing.T) {
 	// Docker retries: same answer, no second endpoint.
 	if _, err := d.CreateEndpoint(&network.CreateEndpointRequest{
 		NetworkID: "net1", EndpointID: epID, Interface: &network.EndpointInterface{Address: "10.77.0.2/16"},
-	}); err != nil || len(fake.endpoints) != 1 {
-		t.Errorf("retried CreateEndpoint: %v, %d endpoints", err, len(fake.endpoints))
+	}); err != nil {
+		t.Errorf("retried CreateEndpoint: %v", err)
+	}
+	if waitBuilds(t, d); len(fake.endpoints) != 1 {
+		t.Errorf("retried CreateEndpoint: %d endpoints", len(fake.endpoints))
 	}
 	join, err := d.Join(&network.JoinRequest{NetworkID: "net1", EndpointID: epID, SandboxKey: "/var/run/docker/netns/x"})
 	if err != nil {
@@ -264,6 +275,7 @@ func TestCreateEndpointWithUserMACAnswersEmptyInterface(t *testing.T) {
 	if resp.Interface != nil {
 		t.Errorf("answered %+v; Docker refuses a response that resets what it sent", resp.Interface)
 	}
+	waitBuilds(t, d)
 	if got := fake.endpoints[epID].LXCMAC; got.String() != "02:42:0a:4d:00:09" {
 		t.Errorf("container MAC %s, want the user's", got)
 	}
@@ -287,13 +299,96 @@ func TestCreateEndpointErrors(t *testing.T) {
 			t.Errorf("%s: %v, want error containing %q", name, err, c.want)
 		}
 	}
+	if waitBuilds(t, d); len(fake.endpoints) != 0 {
+		t.Errorf("refused creates left %d endpoints", len(fake.endpoints))
+	}
+}
+
+// The endpoint is built after CreateEndpoint answers; Join waits for the
+// build and reports its failure, which Docker answers with DeleteEndpoint.
+func TestJoinWaitsForTheBuildAndReportsItsFailure(t *testing.T) {
+	d, fake, _ := newTestDriver(t)
+	if err := d.CreateNetwork(createNetwork("net1", "10.77.0.0/16", "10.77.0.1/16", nil)); err != nil {
+		t.Fatal(err)
+	}
+	req := &network.CreateEndpointRequest{NetworkID: "net1", EndpointID: epID, Interface: &network.EndpointInterface{Address: "10.77.0.2/16"}}
+
+	// A slow build: CreateEndpoint answers before it, Join after it.
+	fake.gate = make(chan struct{})
+	if _, err := d.CreateEndpoint(req); err != nil {
+		t.Fatal(err)
+	}
+	joined := make(chan error, 1)
+	go func() {
+		_, err := d.Join(&network.JoinRequest{NetworkID: "net1", EndpointID: epID})
+		joined <- err
+	}()
+	select {
+	case err := <-joined:
+		t.Fatalf("Join answered (%v) before the endpoint was built", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	close(fake.gate)
+	if err := <-joined; err != nil {
+		t.Fatalf("Join after the build: %v", err)
+	}
+	if err := d.DeleteEndpoint(&network.DeleteEndpointRequest{NetworkID: "net1", EndpointID: epID}); err != nil {
+		t.Fatal(err)
+	}
+
+	// A failed build: Join and EndpointInfo say why, DeleteEndpoint
+	// succeeds, and the same endpoint can be asked for again.
+	fake.gate = nil
 	fake.failNext = errors.New("veth: file exists")
-	_, err := d.CreateEndpoint(&network.CreateEndpointRequest{NetworkID: "net1", EndpointID: epID, Interface: &network.EndpointInterface{Address: "10.77.0.2/16"}})
-	if err == nil || !strings.Contains(err.Error(), "veth: file exists") {
-		t.Errorf("datapath failure: %v", err)
+	if _, err := d.CreateEndpoint(req); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Join(&network.JoinRequest{NetworkID: "net1", EndpointID: epID}); err == nil || !strings.Contains(err.Error(), "veth: file exists") {
+		t.Errorf("Join of a failed build: %v", err)
+	}
+	if _, err := d.EndpointInfo(&network.InfoRequest{NetworkID: "net1", EndpointID: epID}); err == nil || !strings.Contains(err.Error(), "veth: file exists") {
+		t.Errorf("EndpointInfo of a failed build: %v", err)
 	}
 	if len(fake.endpoints) != 0 {
-		t.Errorf("failed creates left %d endpoints", len(fake.endpoints))
+		t.Errorf("a failed build left %d endpoints", len(fake.endpoints))
+	}
+	if err := d.DeleteEndpoint(&network.DeleteEndpointRequest{NetworkID: "net1", EndpointID: epID}); err != nil {
+		t.Errorf("DeleteEndpoint of a failed build: %v", err)
+	}
+	if _, err := d.CreateEndpoint(req); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Join(&network.JoinRequest{NetworkID: "net1", EndpointID: epID}); err != nil {
+		t.Errorf("Join after the failed build was deleted and asked for again: %v", err)
+	}
+}
+
+// A failed build is built again when Docker retries CreateEndpoint
+// without deleting it first.
+func TestRetriedCreateAfterAFailedBuild(t *testing.T) {
+	d, fake, _ := newTestDriver(t)
+	if err := d.CreateNetwork(createNetwork("net1", "10.77.0.0/16", "10.77.0.1/16", nil)); err != nil {
+		t.Fatal(err)
+	}
+	req := &network.CreateEndpointRequest{NetworkID: "net1", EndpointID: epID, Interface: &network.EndpointInterface{Address: "10.77.0.2/16"}}
+	fake.failNext = errors.New("no space left")
+	if _, err := d.CreateEndpoint(req); err != nil {
+		t.Fatal(err)
+	}
+	waitBuilds(t, d)
+	if _, err := d.CreateEndpoint(req); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Join(&network.JoinRequest{NetworkID: "net1", EndpointID: epID}); err != nil {
+		t.Errorf("Join after the retried build: %v", err)
+	}
+}
+
+// waitBuilds waits for the endpoints CreateEndpoint accepted to be built.
+func waitBuilds(t *testing.T, d *Driver) {
+	t.Helper()
+	if !d.WaitBuilds(5 * time.Second) {
+		t.Fatal("endpoint builds still under way after 5 s")
 	}
 }
 
@@ -438,6 +533,7 @@ func TestIPv6Networks(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		waitBuilds(t, d)
 		ep := fake.endpoints[c.id]
 		if ep.IPv6.String() != c.v6 || (c.v4 != "" && ep.IPv4.String() != c.v4) || (c.v4 == "" && ep.IPv4.IsValid()) {
 			t.Errorf("%s: endpoint %v %v", c.net, ep.IPv4, ep.IPv6)

@@ -430,6 +430,11 @@ func (d *Daemon) serve(ctx context.Context) error {
 	if !waitAtMost(&inflight, shutdownWait) {
 		d.log.WithField("waited", shutdownWait).Warn("stopping with Docker calls still running")
 	}
+	// Endpoints accepted by CreateEndpoint may still be being built
+	// (driver/creations.go): a build is bounded like a call.
+	if !d.driver.WaitBuilds(shutdownWait) {
+		d.log.WithField("waited", shutdownWait).Warn("stopping with endpoints still being built")
+	}
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	_ = apiServer.Shutdown(shutdownCtx)

@@ -14,6 +14,7 @@ import (
 	"sort"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/sirupsen/logrus"
 
@@ -142,6 +143,9 @@ func FuzzDockerCalls(f *testing.F) {
 		resp.Body.Close()
 		client.CloseIdleConnections()
 		inflight.Wait()
+		if !drv.WaitBuilds(5 * time.Second) {
+			t.Fatalf("%s left an endpoint being built", path)
+		}
 		var out map[string]any
 		if err := json.Unmarshal(answer, &out); err != nil && string(answer) != "null\n" {
 			t.Fatalf("%s answered something Docker cannot read (%d): %q", path, resp.StatusCode, answer)

@@ -255,6 +255,8 @@ func addEndpoint(tb testing.TB, n *testNode, netID, poolID string, lbls map[stri
 	epID := randomHex(tb, 32)
 	td.mustCall(tb, "/NetworkDriver.CreateEndpoint", map[string]any{
 		"NetworkID": netID, "EndpointID": epID, "Interface": map[string]any{"Address": addr}})
+	// Join answers once the endpoint is built (driver/creations.go).
+	td.mustCall(tb, "/NetworkDriver.Join", map[string]any{"NetworkID": netID, "EndpointID": epID, "SandboxKey": "/x"})
 	if lbls != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
@@ -777,8 +779,10 @@ func TestHealDualStack(t *testing.T) {
 	for range 2 {
 		a4 := td.mustCall(t, "/IpamDriver.RequestAddress", map[string]any{"PoolID": pool4})["Address"].(string)
 		a6 := td.mustCall(t, "/IpamDriver.RequestAddress", map[string]any{"PoolID": pool6})["Address"].(string)
-		td.mustCall(t, "/NetworkDriver.CreateEndpoint", map[string]any{"NetworkID": "net-d", "EndpointID": randomHex(t, 32),
+		id := randomHex(t, 32)
+		td.mustCall(t, "/NetworkDriver.CreateEndpoint", map[string]any{"NetworkID": "net-d", "EndpointID": id,
 			"Interface": map[string]any{"Address": a4, "AddressIPv6": a6}})
+		td.mustCall(t, "/NetworkDriver.Join", map[string]any{"NetworkID": "net-d", "EndpointID": id, "SandboxKey": "/x"})
 		addrs6 = append(addrs6, a6)
 	}
 	n.restart(t, func() { n.remove(t, ipamFile, networksFile) })

@@ -128,6 +128,7 @@ func endpointInNetns(t *testing.T, td *testDaemon, netID, subnet string) (ns str
 	epID := randomHex(t, 32)
 	td.mustCall(t, "/NetworkDriver.CreateEndpoint", map[string]any{
 		"NetworkID": netID, "EndpointID": epID, "Interface": map[string]any{"Address": addrCIDR}})
+	td.mustCall(t, "/NetworkDriver.Join", map[string]any{"NetworkID": netID, "EndpointID": epID, "SandboxKey": "/x"})
 	var once sync.Once
 	teardown = func() {
 		once.Do(func() {
