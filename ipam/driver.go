@@ -52,6 +52,9 @@ type Config struct {
 	// /var/lib/ebpfnet/ipam.json, when Store is nil. Its directory is
 	// created if missing.
 	StatePath string
+	// VolatilePath, when set, is the live copy of the state, in the run
+	// directory: a MirrorStore keeps it and StatePath (mirror.go).
+	VolatilePath string
 	// Store, if set, keeps the state instead of a FileStore at StatePath.
 	Store Store
 	// DefaultPools is where pools come from when Docker requests one without
@@ -202,6 +205,12 @@ func New(cfg Config) (*Driver, error) {
 			return nil, fmt.Errorf("ipam: create state directory: %w", err)
 		}
 		d.store = FileStore{Path: cfg.StatePath}
+		if cfg.VolatilePath != "" {
+			if err := os.MkdirAll(filepath.Dir(cfg.VolatilePath), 0o700); err != nil {
+				return nil, fmt.Errorf("ipam: create run directory: %w", err)
+			}
+			d.store = &MirrorStore{Durable: cfg.StatePath, Volatile: cfg.VolatilePath}
+		}
 	}
 	if d.pending, err = d.alloc.load(d.store); err != nil {
 		return nil, fmt.Errorf("ipam: %w", err)

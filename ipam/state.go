@@ -37,6 +37,12 @@ type State struct {
 	// asked yet what it holds (Driver.Confirm): no address is handed out
 	// meanwhile, since one in use may be missing.
 	Pending bool `json:"pending,omitempty"`
+	// Generation counts a MirrorStore's writes, so that it loads the
+	// newer of its two copies.
+	Generation uint64 `json:"generation,omitempty"`
+	// AddressesTrail marks a MirrorStore's durable copy: its addresses
+	// are those of its last write, and the live copy holds today's.
+	AddressesTrail bool `json:"addressesTrail,omitempty"`
 }
 
 // PoolState is one pool of State.
@@ -114,18 +120,11 @@ type VolatileSaver interface {
 // not decode is an error, because discarding it would hand out addresses
 // that running containers still use.
 func (f FileStore) Load() (State, error) {
-	data, err := os.ReadFile(f.Path)
+	st, err := readState(f.Path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return State{}, nil
 	}
-	if err != nil {
-		return State{}, fmt.Errorf("read IPAM state: %w", err)
-	}
-	var st State
-	if err := json.Unmarshal(data, &st); err != nil {
-		return State{}, atomicfile.Corrupt(fmt.Errorf("IPAM state file %s is corrupt: %w", f.Path, err))
-	}
-	return st, nil
+	return st, err
 }
 
 // load fills an empty allocator from the store and says whether the state

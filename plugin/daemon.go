@@ -222,7 +222,8 @@ func start(cfg Config, log logrus.FieldLogger) (_ *Daemon, err error) {
 		}
 	}
 	d.ipam, err = ipam.New(ipam.Config{
-		StatePath:       filepath.Join(cfg.LibDir, "ipam.json"),
+		StatePath:       filepath.Join(cfg.LibDir, ipamFile),
+		VolatilePath:    d.ipamLivePath(),
 		DefaultPools:    cfg.DefaultPools,
 		DefaultPoolSize: cfg.DefaultPoolSize,
 		DefaultPools6:   cfg.DefaultPools6,

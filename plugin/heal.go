@@ -132,9 +132,15 @@ type fileFault struct {
 	name    string
 	corrupt error // nil: missing
 	movedTo string
+	// detail, when set, says what is wrong instead of "missing" or
+	// "corrupt" (ipam.json's live copy, healIPAM).
+	detail string
 }
 
 func (f fileFault) String() string {
+	if f.detail != "" {
+		return f.detail
+	}
 	if f.corrupt != nil {
 		return "corrupt: " + f.corrupt.Error()
 	}
@@ -163,7 +169,6 @@ func (d *Daemon) healLibDir() (*healing, error) {
 		check func(string) error
 	}{
 		{networksFile, func(p string) error { _, err := driver.CheckState(p); return err }},
-		{ipamFile, func(p string) error { _, err := ipam.New(ipam.Config{StatePath: p}); return err }},
 		{identitiesFile, func(p string) error { _, err := identity.NewFileAllocator(p); return err }},
 		{policyFile, func(p string) error { _, err := policy.NewRepository(p); return err }},
 	}
@@ -210,6 +215,11 @@ func (d *Daemon) healLibDir() (*healing, error) {
 		faults[c.name] = fileFault{name: c.name, corrupt: err, movedTo: aside}
 		log.WithError(err).WithFields(logrus.Fields{"file": p, "movedTo": aside}).
 			Warn("state file is corrupt: moved aside; rebuilding what it held")
+	}
+	if f, err := d.checkIPAM(log, len(records) > 0, evidence, now, h); err != nil {
+		return nil, err
+	} else if f != nil {
+		faults[ipamFile] = *f
 	}
 	if len(faults) == 0 {
 		return h, nil
@@ -327,7 +337,7 @@ func (r *rebuild) networks() (string, []string, error) {
 	return fmt.Sprintf("%d networks from %d endpoint records", len(out), len(r.records)), notRebuilt, nil
 }
 
-// ipam rebuilds ipam.json from the records, pending: one pool per network
+// ipam rebuilds ipam.json and its live copy from the records, pending: one pool per network
 // subnet, its gateway and the endpoints' addresses.
 func (r *rebuild) ipam() (string, []string, error) {
 	bySubnet := map[netip.Prefix]*ipam.PoolSeed{}
@@ -362,7 +372,7 @@ func (r *rebuild) ipam() (string, []string, error) {
 	for _, p := range problems {
 		notRebuilt = append(notRebuilt, p.Error())
 	}
-	if err := (ipam.FileStore{Path: r.path(ipamFile)}).Save(st); err != nil {
+	if err := (&ipam.MirrorStore{Durable: r.path(ipamFile), Volatile: r.d.ipamLivePath()}).Save(st); err != nil {
 		return "", nil, err
 	}
 	notRebuilt = append(notRebuilt, "ip-ranges, aux addresses and addresses of containers without an endpoint here, until Docker is asked (no address is handed out meanwhile)")
@@ -471,4 +481,92 @@ func (d *Daemon) problems() []string {
 		}
 	}
 	return out
+}
+
+// ipamLivePath is the live copy of ipam.json (ipam.MirrorStore): in the
+// run directory, beside the daemon's lock and API socket.
+func (d *Daemon) ipamLivePath() string {
+	return filepath.Join(filepath.Dir(d.cfg.APISocket), ipamFile)
+}
+
+// checkIPAM checks ipam.json and its live copy, and returns the fault to
+// rebuild from the records, if any. Copies that do not decode go aside.
+// The two copies cover each other:
+//
+//   - the live copy sound: it holds everything, and a durable copy that
+//     is lost is written again from it, here;
+//   - the live copy lost while endpoints run: the durable copy's
+//     addresses trail the live ones, so addresses in use may be missing:
+//     rebuilt as if ipam.json were lost;
+//   - the live copy gone with no endpoint left (a reboot): the durable
+//     copy is the state;
+//   - the durable copy lost on a node with state, and no live copy:
+//     rebuilt.
+func (d *Daemon) checkIPAM(log logrus.FieldLogger, endpoints, evidence bool, now time.Time, h *healing) (*fileFault, error) {
+	durable, live := filepath.Join(d.cfg.LibDir, ipamFile), d.ipamLivePath()
+	c, err := ipam.CheckMirror(durable, live)
+	if err != nil {
+		return nil, fmt.Errorf("state file %s: %w", durable, err)
+	}
+	var fault fileFault
+	if errors.Is(c.VolatileErr, atomicfile.ErrCorrupt) {
+		aside, err := atomicfile.MoveAside(live, now)
+		if err != nil {
+			return nil, fmt.Errorf("state file %s is corrupt and cannot be moved aside: %w (%w)", live, err, c.VolatileErr)
+		}
+		log.WithError(c.VolatileErr).WithFields(logrus.Fields{"file": live, "movedTo": aside}).
+			Warn("live copy of the IPAM state is corrupt: moved aside")
+		fault = fileFault{name: ipamFile, corrupt: c.VolatileErr, movedTo: aside,
+			detail: "live copy " + live + " corrupt: " + c.VolatileErr.Error()}
+	}
+	if errors.Is(c.DurableErr, atomicfile.ErrCorrupt) {
+		aside, err := atomicfile.MoveAside(durable, now)
+		if err != nil {
+			return nil, fmt.Errorf("state file %s is corrupt and cannot be moved aside: %w (%w)", durable, err, c.DurableErr)
+		}
+		log.WithError(c.DurableErr).WithFields(logrus.Fields{"file": durable, "movedTo": aside}).
+			Warn("state file is corrupt: moved aside; rebuilding what it held")
+		fault = fileFault{name: ipamFile, corrupt: c.DurableErr, movedTo: aside}
+	}
+	durableLost := c.DurableErr != nil
+	switch {
+	case c.VolatileErr == nil:
+		if !durableLost {
+			return nil, nil // both sound: the newer is the state
+		}
+		// The live copy holds it all: both copies are written from it.
+		store := &ipam.MirrorStore{Durable: durable, Volatile: live}
+		st, err := store.Load()
+		if err == nil {
+			err = store.Save(st)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("write %s again from its live copy %s: %w", durable, live, err)
+		}
+		if fault.name == "" {
+			fault = fileFault{name: ipamFile}
+		}
+		h.add(api.HealedFile{File: ipamFile, Fault: fault.String(), MovedTo: fault.movedTo, Rebuilt: "everything, from its live copy " + live})
+		log.WithFields(logrus.Fields{"file": durable, "from": live}).Warn("state file written again from its live copy")
+		return nil, nil
+	case durableLost:
+		if !evidence {
+			return nil, nil // a fresh node
+		}
+		if fault.name == "" {
+			fault = fileFault{name: ipamFile}
+			log.WithField("file", durable).Warn("state file is missing on a node that has endpoints or networks; rebuilding it")
+		}
+		return &fault, nil
+	case c.DurableTrails && endpoints:
+		if fault.name == "" {
+			fault = fileFault{name: ipamFile, detail: "live copy " + live + " missing"}
+		}
+		log.WithField("file", live).Warn("live copy of the IPAM state is missing while endpoints run: addresses in use may be missing from " + durable + "; rebuilding it")
+		return &fault, nil
+	default:
+		// No live copy and no endpoint (the machine restarted), or a
+		// durable copy that holds every address (an earlier version's).
+		return nil, nil
+	}
 }

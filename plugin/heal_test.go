@@ -196,6 +196,23 @@ func (n *testNode) restart(tb testing.TB, change func()) {
 
 func (n *testNode) lib(name string) string { return filepath.Join(n.cfg.LibDir, name) }
 
+// live is ipam.json's live copy, in the run directory (ipam.MirrorStore).
+func (n *testNode) live() string { return filepath.Join(filepath.Dir(n.cfg.APISocket), ipamFile) }
+
+func writeFile(tb testing.TB, path, content string) {
+	tb.Helper()
+	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+func removeFile(tb testing.TB, path string) {
+	tb.Helper()
+	if err := os.Remove(path); err != nil {
+		tb.Fatal(err)
+	}
+}
+
 func (n *testNode) corrupt(tb testing.TB, names ...string) {
 	tb.Helper()
 	for _, name := range names {
@@ -373,15 +390,21 @@ func TestHealIPAMAndIdentities(t *testing.T) {
 			_, flags2 := policyOf(t, d, eps[1].ID)
 
 			n.restart(t, func() {
+				// ipam.json's live copy goes too: with it, the
+				// durable copy would be written again from it
+				// (TestHealIPAMFromItsLiveCopy).
 				switch fault {
 				case "corrupt":
 					n.corrupt(t, ipamFile, identitiesFile)
+					writeFile(t, n.live(), `{"version": 1, "pools": [{"id`)
 				case "invalid":
 					// They decode, but do not hold together.
 					n.write(t, ipamFile, `{"version": 1, "pools": [{"id": "x", "addressSpace": "ebpfnet-local", "pool": "10.203.0.0/24"}]}`)
 					n.write(t, identitiesFile, `{"version": 1, "identities": [{"id": 300, "labels": []}, {"id": 300, "labels": []}]}`)
+					writeFile(t, n.live(), `{"version": 1, "pools": [{"id": "x", "addressSpace": "ebpfnet-local", "pool": "10.203.0.0/24"}]}`)
 				default:
 					n.remove(t, ipamFile, identitiesFile)
+					removeFile(t, n.live())
 				}
 			})
 			d = n.cur.daemon

@@ -26,6 +26,7 @@ var binaryFlag = flag.String("ebpfnet-binary", "", "path of the ebpfnet binary u
 // Docker finds the plugin only at /run/docker/plugins/ebpfnet.sock.
 const (
 	stateDir = "/run/ebpfnet/state"
+	runDir   = "/run/ebpfnet"
 	pinDir   = "/sys/fs/bpf/ebpfnet"
 	libDir   = "/var/lib/ebpfnet"
 	image    = "ebpfnet-test:latest"

@@ -15,10 +15,11 @@ import (
 
 // TestCorruptStateHeals: ipam.json and identities.json are corrupted on a
 // node with running containers under policy, and the daemon restarted. It
-// moves both aside, rebuilds them from the endpoints' records, the pinned
-// maps and Docker: the containers keep talking under their policy with
-// the identities they had, a new container gets an address none of them
-// has, and the files are whole again.
+// moves both aside, writes ipam.json again from its live copy in the run
+// directory, rebuilds identities.json from the endpoints' records and the
+// pinned maps: the containers keep talking under their policy with the
+// identities they had, a new container gets an address none of them has,
+// and the files are whole again.
 func TestCorruptStateHeals(t *testing.T) {
 	bin := requireEnvironment(t)
 	d := startDaemon(t, bin)
@@ -131,15 +132,22 @@ func TestCorruptStateHeals(t *testing.T) {
 	eventually(t, 10*time.Second, "the new client reaches the server", func() error { return httpGet("e2e-heal-new", server) })
 
 	// The files are whole: they hold what is in use, and a plain restart
-	// rebuilds nothing.
-	var ipamState struct {
+	// rebuilds nothing. ipam.json's live copy, in the run directory, has
+	// every address; the durable one was written again from it, and has
+	// the pool and its gateway.
+	var ipamState, durable struct {
 		Pending bool `json:"pending"`
 		Pools   []struct {
+			Gateway   string   `json:"gateway"`
 			Addresses []string `json:"addresses"`
 		} `json:"pools"`
 	}
-	data, err := os.ReadFile(filepath.Join(libDir, "ipam.json"))
+	data, err := os.ReadFile(filepath.Join(runDir, "ipam.json"))
 	if err != nil || json.Unmarshal(data, &ipamState) != nil || ipamState.Pending {
+		t.Fatalf("ipam.json's live copy after healing: %v %s", err, data)
+	}
+	data, err = os.ReadFile(filepath.Join(libDir, "ipam.json"))
+	if err != nil || json.Unmarshal(data, &durable) != nil || durable.Pending || len(durable.Pools) != 1 || durable.Pools[0].Gateway != "10.248.0.1" {
 		t.Fatalf("ipam.json after healing: %v %s", err, data)
 	}
 	held := map[string]bool{}
@@ -150,7 +158,7 @@ func TestCorruptStateHeals(t *testing.T) {
 	}
 	for _, ep := range append(after, api.Endpoint{IPv4: fresh}, api.Endpoint{IPv4: "10.248.0.1"}) {
 		if a := strings.TrimSuffix(ep.IPv4, "/24"); !held[a] {
-			t.Errorf("ipam.json does not hold %s: %v", a, held)
+			t.Errorf("ipam.json's live copy does not hold %s: %v", a, held)
 		}
 	}
 	ids, err := os.ReadFile(filepath.Join(libDir, "identities.json"))
