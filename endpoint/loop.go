@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"runtime"
 	"sort"
 	"sync/atomic"
 
@@ -97,6 +98,12 @@ func (e *callEvent) handle(l *loop) {
 		return // withdrawn by its caller
 	}
 	e.done <- e.fn(l)
+	// The caller is answering Docker, and what the loop does next may
+	// block its thread for long (a deleted endpoint's identity release
+	// flushes identities.json to the disk, 0.4 ms): the runtime has put
+	// the woken caller next on this P, where it would wait for the
+	// syscall to end. Let it run first.
+	runtime.Gosched()
 }
 
 // identityChanged: an identity appeared or was freed, here or on another
