@@ -98,8 +98,10 @@ func (d *Datapath) CreateEndpoint(ep *Endpoint) (retErr error) {
 	if st := d.byDockerID(ep.DockerEndpointID); st != nil {
 		return fmt.Errorf("endpoint %s already exists as %d", ep.DockerEndpointID, st.ep.ID)
 	}
-	// The next endpoint's policy map is made once this one is done.
+	// The next endpoint's policy map and veth are made once this one
+	// is done.
 	defer d.spares.refill()
+	defer d.veths.refill()
 	initial := ep.InitialPolicy
 	if initial != nil {
 		if err := initial.Validate(policyEntriesMax); err != nil {
@@ -206,7 +208,7 @@ func (d *Datapath) CreateEndpoint(ep *Endpoint) (retErr error) {
 // cost ~0.5 ms where /run is ext4, which starts writing a file renamed
 // over another out to disk (auto_da_alloc).
 func (d *Datapath) createLink(ep *Endpoint, undo *undoStack) error {
-	ifindex, err := createVeth(d.nl, ep)
+	ifindex, err := d.claimOrCreateVeth(ep)
 	if err != nil {
 		return err
 	}
@@ -265,6 +267,23 @@ func writeStateFile(path string, data []byte) error {
 	return atomicfile.WriteVolatile(path, data, fileMode)
 }
 
+// claimOrCreateVeth gives the endpoint a spare veth pair (vethspares.go),
+// or makes one when none is ready, and returns its host end's index.
+func (d *Datapath) claimOrCreateVeth(ep *Endpoint) (int, error) {
+	sp, ok := d.veths.take()
+	if !ok {
+		return createVeth(d.nl, ep)
+	}
+	if err := claim(d.nl, sp, ep); err != nil {
+		d.log.WithError(err).WithField("epid", ep.ID).Warn("a spare veth could not be claimed; making the endpoint's own")
+		// Now, not in the background: the peer may have the
+		// endpoint's name already.
+		deleteSpare(d.log, sp)
+		return createVeth(d.nl, ep)
+	}
+	return sp.index, nil
+}
+
 // createVeth makes the pair in one request: both MACs, the host side up.
 // Reverse-path filtering is kept out of the way of the /32 routing.
 func createVeth(nl *netlink.Handle, ep *Endpoint) (int, error) {
@@ -282,9 +301,9 @@ func createVeth(nl *netlink.Handle, ep *Endpoint) (int, error) {
 		_ = deleteLinkByName(ep.IfName)
 		return 0, fmt.Errorf("look up veth %s: no index after creation", ep.IfName)
 	}
-	if err := os.WriteFile(fmt.Sprintf("/proc/sys/net/ipv4/conf/%s/rp_filter", ep.IfName), []byte("0"), 0o644); err != nil {
+	if err := disableRPFilter(ep.IfName); err != nil {
 		_ = nl.LinkDel(veth)
-		return 0, fmt.Errorf("disable rp_filter on %s: %w", ep.IfName, err)
+		return 0, err
 	}
 	return veth.Index, nil
 }
