@@ -89,7 +89,7 @@ type Datapath struct {
 	// creation waits behind a slow LinkDel on this one.
 	nl *netlink.Handle
 	// spares are empty policy maps made ahead of CreateEndpoint, and
-	// veths the veth pairs.
+	// veths veth pairs (vethspares.go).
 	spares *policyMapSpares
 	veths  *vethSpares
 }
@@ -213,6 +213,7 @@ func New(cfg Config, log logrus.FieldLogger) (*Datapath, error) {
 	d.veths = newVethSpares(cfg.StateDir, vethSparesWanted, log)
 	d.veths.sweep()
 	d.spares.refill()
+	d.veths.refill()
 	return d, nil
 }
 

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 
@@ -19,7 +20,8 @@ import (
 const vethSparesWanted = policyMapSparesWanted
 
 // spareVethPrefix starts every spare's name; the daemon's tag and a
-// sequence number follow (spareNames).
+// sequence number follow (spareNames). It is not "lxc": a spare is no
+// endpoint's, and nothing that looks for endpoints' veths must see one.
 const spareVethPrefix = "lxs"
 
 // spareVeth is a veth pair made ahead of CreateEndpoint, both ends down,
@@ -34,13 +36,14 @@ type spareVeth struct {
 // RTM_NEWLINK, the lookup of its index and the rp_filter write took
 // 0.5-0.6 of ~1 ms, and the programs' side is as long): the kernel
 // allocates two devices and their queues, registers them in sysfs, and
-// creates their per-device sysctls. Taking a spare is two renames
-// instead (claim). Spares are made after a creation has returned, as the
-// policy maps are (policyMapSpares).
+// creates their per-device sysctls. Taking a spare is two changes of
+// existing devices instead (claim). Spares are made when the datapath
+// opens and after each creation has returned, as the policy maps are
+// (policyMapSpares).
 //
 // Unlike a policy map, a veth outlives the daemon that made it. Its name
 // carries a tag of the daemon's state directory, so that a daemon removes
-// its own spares at start (sweep) and at Close, and never another
+// its own spares at start (sweep) and at close, and never another
 // daemon's on the same host (bench/run runs one beside the contract's).
 type vethSpares struct {
 	want   int
@@ -57,21 +60,41 @@ type vethSpares struct {
 }
 
 func newVethSpares(stateDir string, want int, log logrus.FieldLogger) *vethSpares {
-	sum := sha256.Sum256([]byte(stateDir))
-	return &vethSpares{want: want, prefix: spareVethPrefix + hex.EncodeToString(sum[:])[:5], log: log}
+	return &vethSpares{want: want, prefix: spareVethTag(stateDir), log: log}
 }
 
-// spareNames is the nth spare's pair of names: "lxs", five hex digits of
-// the daemon's tag, four of n, and "p" for the peer (13 characters, the
-// kernel allows 15).
+// spareVethTag is what the names of the spares of a daemon keeping its
+// state in stateDir begin with: "lxs" and five hex digits of
+// sha256(stateDir).
+func spareVethTag(stateDir string) string {
+	sum := sha256.Sum256([]byte(stateDir))
+	return spareVethPrefix + hex.EncodeToString(sum[:])[:5]
+}
+
+// spareNames is the nth spare's pair of names: the tag, four hex digits
+// of n, and "p" for the peer (13 characters, the kernel allows 15).
 func (s *vethSpares) spareNames(n uint16) (string, string) {
 	name := fmt.Sprintf("%s%04x", s.prefix, n)
 	return name, name + "p"
 }
 
-// isOwn tells whether a device name is one of this daemon's spares.
-func (s *vethSpares) isOwn(name string) bool {
-	return strings.HasPrefix(name, s.prefix) && len(name) >= len(s.prefix)+4
+// ownSequence tells whether a device name is the host or the peer end of
+// one of this daemon's spares (or the peer of an endpoint that took one),
+// and its sequence number.
+func (s *vethSpares) ownSequence(name string) (seq uint16, peer, ok bool) {
+	rest, ok := strings.CutPrefix(name, s.prefix)
+	if !ok {
+		return 0, false, false
+	}
+	rest, peer = strings.CutSuffix(rest, "p")
+	if len(rest) != 4 {
+		return 0, false, false
+	}
+	n, err := strconv.ParseUint(rest, 16, 16)
+	if err != nil {
+		return 0, false, false
+	}
+	return uint16(n), peer, true
 }
 
 // take returns a spare, or false when none is ready.
@@ -85,6 +108,18 @@ func (s *vethSpares) take() (spareVeth, bool) {
 	sp := s.spares[n-1]
 	s.spares = s.spares[:n-1]
 	return sp, true
+}
+
+// putBack returns a spare taken but not claimed, untouched, to the pool;
+// once the pool is full or closed, the spare is deleted.
+func (s *vethSpares) putBack(sp spareVeth) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed || len(s.spares) >= s.want {
+		s.discardLocked(sp)
+		return
+	}
+	s.spares = append(s.spares, sp)
 }
 
 // refill makes spares up to the number wanted, in the background, unless
@@ -106,7 +141,7 @@ func (s *vethSpares) refill() {
 
 // makeOne adds a spare; false once there are enough, the spares are
 // closed or making one failed (then CreateEndpoint makes its veth itself,
-// and reports any error of its own).
+// and reports any error of its own; the next refill tries the next name).
 func (s *vethSpares) makeOne() bool {
 	s.mu.Lock()
 	if s.closed || len(s.spares) >= s.want {
@@ -137,7 +172,7 @@ func (s *vethSpares) makeOne() bool {
 		if err != nil {
 			s.log.WithError(err).Debug("make a spare veth")
 		} else {
-			deleteSpare(s.log, sp)
+			s.discardLocked(sp)
 		}
 		return false
 	}
@@ -170,16 +205,25 @@ func makeSpareVeth(h *netlink.Handle, name, peer string) (spareVeth, error) {
 	return sp, nil
 }
 
-// claim gives a spare the endpoint's names, MACs and MTU and brings its
-// host end up: what createVeth does, in two requests that change existing
-// devices (RTM_NEWLINK without NLM_F_CREATE, by index). The peer goes
-// first. A crash between the two leaves the host end under its spare name,
-// which the next start sweeps, taking the peer with it; after both, the
-// endpoint's record names the pair (CreateEndpoint wrote it first).
+// claim makes a spare the endpoint's, as createVeth would have made it,
+// in two requests that change existing devices (RTM_NEWLINK without
+// NLM_F_CREATE, by index).
+//
+// The peer keeps its spare name, which CreateEndpoint gave the endpoint
+// as PeerName before its record was written: Join hands it to Docker,
+// which moves the device into the sandbox and renames it there. Renaming
+// it here too would cost a second wait for an RCU grace period
+// (dev_change_name calls synchronize_net), ~0.2 ms while the other CPU
+// verifies the endpoint's programs. It only gets the endpoint's MAC and
+// MTU, first. The host end gets its contract name (HostIfName), MAC and
+// MTU and goes up. A crash between the two, or before them, leaves the
+// host end under its spare name: the next start sweeps it, taking the
+// peer with it, and Restore finds no veth named as the record says and
+// removes the endpoint. After both, the record names the pair.
 func claim(h *netlink.Handle, sp spareVeth, ep *Endpoint) error {
-	peer := claimedAttrs(sp.peerIndex, ep.PeerName, ep.LXCMAC, ep.Network.MTU)
+	peer := claimedAttrs(sp.peerIndex, sp.peerName, ep.LXCMAC, ep.Network.MTU)
 	if err := h.LinkModify(&netlink.GenericLink{LinkAttrs: peer, LinkType: "veth"}); err != nil {
-		return fmt.Errorf("rename spare veth %s to %s: %w", sp.peerName, ep.PeerName, err)
+		return fmt.Errorf("set up spare veth %s for endpoint %d: %w", sp.peerName, ep.ID, err)
 	}
 	host := claimedAttrs(sp.index, ep.IfName, ep.NodeMAC, ep.Network.MTU)
 	host.Flags = net.FlagUp
@@ -189,6 +233,8 @@ func claim(h *netlink.Handle, sp spareVeth, ep *Endpoint) error {
 	return nil
 }
 
+// claimedAttrs are the attributes claim sets on one end: name (the same
+// name is no rename), MAC and MTU (0 keeps the device's).
 func claimedAttrs(index int, name string, mac HardwareAddr, mtu int) netlink.LinkAttrs {
 	la := netlink.NewLinkAttrs()
 	la.Index = index
@@ -208,28 +254,35 @@ func disableRPFilter(ifname string) error {
 }
 
 // sweep deletes, in the background, the spares an earlier run of this
-// daemon left behind (killed, it could not delete them at Close).
+// daemon left behind (killed, it could not delete them at close), and
+// moves the sequence past every name of the tag still in use: those
+// spares', and the peers of endpoints that took one and are still on the
+// host (Docker moves a peer into its sandbox only at Join). It runs
+// before the first refill.
 func (s *vethSpares) sweep() {
 	links, err := netlink.LinkList()
 	if err != nil {
 		s.log.WithError(err).Warn("list devices to remove spare veths left by an earlier run")
 		return
 	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	for _, l := range links {
 		a := l.Attrs()
-		if l.Type() != "veth" || !s.isOwn(a.Name) || strings.HasSuffix(a.Name, "p") {
+		seq, peer, ok := s.ownSequence(a.Name)
+		if !ok || l.Type() != "veth" {
 			continue
 		}
-		var seq uint16
-		if _, err := fmt.Sscanf(a.Name[len(s.prefix):], "%04x", &seq); err == nil && seq >= s.next {
-			s.next = seq + 1 // the new ones' names are not taken meanwhile
+		if seq >= s.next {
+			s.next = seq + 1
 		}
-		sp := spareVeth{name: a.Name, index: a.Index}
-		s.wg.Add(1)
-		go func() {
-			defer s.wg.Done()
-			deleteSpare(s.log, sp)
-		}()
+		if peer {
+			// A spare's goes with its host end; an endpoint's is the
+			// endpoint's.
+			continue
+		}
+		s.log.WithField("ifname", a.Name).Debug("deleting a spare veth left by an earlier run")
+		s.discardLocked(spareVeth{name: a.Name, index: a.Index})
 	}
 }
 
@@ -241,8 +294,9 @@ func deleteSpare(log logrus.FieldLogger, sp spareVeth) {
 	}
 }
 
-// discard deletes a spare that could not be claimed, in the background.
-func (s *vethSpares) discard(sp spareVeth) {
+// discardLocked deletes a spare in the background: a deletion waits for
+// an RCU barrier (tens of ms). s.mu is held.
+func (s *vethSpares) discardLocked(sp spareVeth) {
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
@@ -257,17 +311,16 @@ func (s *vethSpares) ready() int {
 	return len(s.spares)
 }
 
-// close waits for a refill under way and deletes the spares, in parallel:
-// each deletion waits for an RCU grace period.
+// close deletes the spares, in parallel, and waits for that and for a
+// refill or sweep under way.
 func (s *vethSpares) close() {
 	s.mu.Lock()
 	s.closed = true
-	spares := s.spares
+	for _, sp := range s.spares {
+		s.discardLocked(sp)
+	}
 	s.spares = nil
 	s.mu.Unlock()
-	for _, sp := range spares {
-		s.discard(sp)
-	}
 	s.wg.Wait()
 	if s.nl != nil {
 		s.nl.Close()
