@@ -5,12 +5,15 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"sort"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/vishvananda/netlink"
+
+	"github.com/ebpfnet/ebpfnet/testutil"
 )
 
 // TestVethSpareClaimedByCreateEndpoint: a new datapath makes its spare
@@ -83,6 +86,44 @@ func TestVethSpareClaimedByCreateEndpoint(t *testing.T) {
 	}
 	if !ping("", ep.IPv4.Addr()) {
 		t.Error("host -> container on a claimed spare: no reply")
+	}
+}
+
+// TestSpareVethRPFilterOff: a spare's host end has reverse-path
+// filtering off from the start, where new devices get it on (in a
+// namespace of the test's, whose default the test sets; its peer shows
+// the default applies).
+func TestSpareVethRPFilterOff(t *testing.T) {
+	testutil.RequireRoot(t)
+	ns := "ebt-rp-" + randHex(t, 3)
+	run(t, "ip", "netns", "add", ns)
+	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", ns).Run() })
+	err := testutil.InNetns(ns, func() error {
+		if err := os.WriteFile("/proc/sys/net/ipv4/conf/default/rp_filter", []byte("1"), 0o644); err != nil {
+			return err
+		}
+		h, err := newNetlinkHandle()
+		if err != nil {
+			return err
+		}
+		defer h.Close()
+		sp, err := makeSpareVeth(h, "lxs000000000", "lxs000000000p")
+		if err != nil {
+			return err
+		}
+		for name, want := range map[string]string{sp.name: "0", sp.peerName: "1"} {
+			rp, err := os.ReadFile("/proc/sys/net/ipv4/conf/" + name + "/rp_filter")
+			if err != nil {
+				return err
+			}
+			if got := strings.TrimSpace(string(rp)); got != want {
+				t.Errorf("rp_filter of %s is %s, want %s", name, got, want)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }
 
