@@ -260,10 +260,15 @@ func disableRPFilter(ifname string) error {
 // host (Docker moves a peer into its sandbox only at Join). It runs
 // before the first refill.
 func (s *vethSpares) sweep() {
-	links, err := netlink.LinkList()
+	links, err := listLinks()
 	if err != nil {
 		s.log.WithError(err).Warn("list devices to remove spare veths left by an earlier run")
-		return
+		if !errors.Is(err, netlink.ErrDumpInterrupted) {
+			return
+		}
+		// What the dump had is still worth sweeping: a name is checked
+		// and a device deleted by index, which the kernel never reuses
+		// soon.
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -284,6 +289,22 @@ func (s *vethSpares) sweep() {
 		s.log.WithField("ifname", a.Name).Debug("deleting a spare veth left by an earlier run")
 		s.discardLocked(spareVeth{name: a.Name, index: a.Index})
 	}
+}
+
+// listLinks lists the devices of the namespace, dumping again while a
+// change of the list interrupts the dump (a busy host creates and deletes
+// veths all the time); after a few tries it returns what the last dump
+// had, with netlink.ErrDumpInterrupted.
+func listLinks() ([]netlink.Link, error) {
+	var links []netlink.Link
+	var err error
+	for try := 0; try < 5; try++ {
+		links, err = netlink.LinkList()
+		if !errors.Is(err, netlink.ErrDumpInterrupted) {
+			break
+		}
+	}
+	return links, err
 }
 
 // deleteSpare deletes a spare pair by its host end's index; the peer goes

@@ -423,7 +423,7 @@ func poolSpares(s *vethSpares) []spareVeth {
 // tagLinks lists, sorted, the devices whose names begin with tag.
 func tagLinks(t *testing.T, tag string) []string {
 	t.Helper()
-	links, err := netlink.LinkList()
+	links, err := listLinks()
 	if err != nil {
 		t.Fatal(err)
 	}
