@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -65,9 +66,10 @@ func newVethSpares(stateDir string, want int, log logrus.FieldLogger) *vethSpare
 
 // spareVethTag is what the names of the spares of a daemon keeping its
 // state in stateDir begin with: "lxs" and five hex digits of
-// sha256(stateDir).
+// sha256(stateDir), the path cleaned so that "/run/ebpfnet/state/" finds
+// the spares of a run started with "/run/ebpfnet/state".
 func spareVethTag(stateDir string) string {
-	sum := sha256.Sum256([]byte(stateDir))
+	sum := sha256.Sum256([]byte(filepath.Clean(stateDir)))
 	return spareVethPrefix + hex.EncodeToString(sum[:])[:5]
 }
 

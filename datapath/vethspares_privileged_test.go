@@ -192,7 +192,8 @@ func TestVethSparesDeletedAtClose(t *testing.T) {
 // run on its state directory left (it was killed): spares, one of them
 // half-claimed (the peer has an endpoint's MAC already). It leaves alone
 // the peer of an endpoint that took a spare and is not in its sandbox yet
-// (its names go on past it), and another daemon's spares.
+// (its names go on past it), and another daemon's spares. The state
+// directory's path may end in a slash.
 func TestVethSparesSweptAtStart(t *testing.T) {
 	dir := t.TempDir()
 	tag := spareVethTag(dir)
@@ -231,7 +232,8 @@ func TestVethSparesSweptAtStart(t *testing.T) {
 		t.Fatalf("half-claimed peer has MAC %s, want the endpoint's", mac)
 	}
 
-	e := newTestEnv(t, func(c *Config) { c.StateDir = dir })
+	// The same directory, spelt otherwise.
+	e := newTestEnv(t, func(c *Config) { c.StateDir = dir + "/" })
 	waitVethSpares(t, e.dp.veths, vethSparesWanted)
 	deadline := time.Now().Add(5 * time.Second)
 	for {
