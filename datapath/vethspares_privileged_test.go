@@ -92,7 +92,7 @@ func TestVethSpareClaimedByCreateEndpoint(t *testing.T) {
 // TestSpareVethRPFilterOff: a spare's host end has reverse-path
 // filtering off from the start, where new devices get it on (in a
 // namespace of the test's, whose default the test sets; its peer shows
-// the default applies).
+// the default applies), and keeps it off under the endpoint's name.
 func TestSpareVethRPFilterOff(t *testing.T) {
 	testutil.RequireRoot(t)
 	ns := "ebt-rp-" + randHex(t, 3)
@@ -111,16 +111,27 @@ func TestSpareVethRPFilterOff(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		for name, want := range map[string]string{sp.name: "0", sp.peerName: "1"} {
-			rp, err := os.ReadFile("/proc/sys/net/ipv4/conf/" + name + "/rp_filter")
-			if err != nil {
-				return err
+		check := func(want map[string]string) error {
+			for name, want := range want {
+				rp, err := os.ReadFile("/proc/sys/net/ipv4/conf/" + name + "/rp_filter")
+				if err != nil {
+					return err
+				}
+				if got := strings.TrimSpace(string(rp)); got != want {
+					t.Errorf("rp_filter of %s is %s, want %s", name, got, want)
+				}
 			}
-			if got := strings.TrimSpace(string(rp)); got != want {
-				t.Errorf("rp_filter of %s is %s, want %s", name, got, want)
-			}
+			return nil
 		}
-		return nil
+		if err := check(map[string]string{sp.name: "0", sp.peerName: "1"}); err != nil {
+			return err
+		}
+		// The setting stays with the device through claim's rename.
+		ep := &Endpoint{IfName: HostIfName("rp"), NodeMAC: NodeMACFor("rp"), LXCMAC: LXCMACFor("rp")}
+		if err := claim(h, sp, ep); err != nil {
+			return err
+		}
+		return check(map[string]string{ep.IfName: "0"})
 	})
 	if err != nil {
 		t.Fatal(err)
