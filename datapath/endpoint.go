@@ -98,10 +98,11 @@ func (d *Datapath) CreateEndpoint(ep *Endpoint) (retErr error) {
 	if st := d.byDockerID(ep.DockerEndpointID); st != nil {
 		return fmt.Errorf("endpoint %s already exists as %d", ep.DockerEndpointID, st.ep.ID)
 	}
-	// The next endpoint's policy map and veth are made once this one
-	// is done.
+	// The next endpoint's policy map is made once this one is done, its
+	// veth pair once creations pause (vethRefillIdle).
 	defer d.spares.refill()
-	defer d.veths.refill()
+	d.veths.creationStarted()
+	defer d.veths.creationEnded()
 	initial := ep.InitialPolicy
 	if initial != nil {
 		if err := initial.Validate(policyEntriesMax); err != nil {

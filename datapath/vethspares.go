@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/sirupsen/logrus"
 	"github.com/vishvananda/netlink"
@@ -19,6 +20,18 @@ import (
 // vethSparesWanted is how many veth pairs are kept ready: as many as
 // policy maps, for the same bursts.
 const vethSparesWanted = policyMapSparesWanted
+
+// vethRefillIdle is how long after a creation, with none begun since,
+// spares are made again. Making one holds the RTNL lock for most of its
+// ~0.5 ms, which every netlink change of the next creation (the claim,
+// the route, the tc filters) waits for: made right after a creation
+// returns, as the policy maps are, a spare cost creations that came
+// back-to-back more than it saved them (BenchmarkEndpointBringUp, 1.04-
+// 1.23x). Docker's own work between two CreateEndpoint calls (Join, the
+// sandbox, the container's start) is tens to hundreds of ms, so spares
+// are ready again in use; creations faster than that, after the first
+// vethSparesWanted, make their own veth as before.
+const vethRefillIdle = 10 * time.Millisecond
 
 // spareVethPrefix starts every spare's name; the daemon's tag and a
 // sequence number follow (spareNames). It is not "lxc": a spare is no
@@ -39,8 +52,8 @@ type spareVeth struct {
 // allocates two devices and their queues, registers them in sysfs, and
 // creates their per-device sysctls. Taking a spare is two changes of
 // existing devices instead (claim). Spares are made when the datapath
-// opens and after each creation has returned, as the policy maps are
-// (policyMapSpares).
+// opens and once creations have paused (vethRefillIdle), never while one
+// is under way.
 //
 // Unlike a policy map, a veth outlives the daemon that made it. Its name
 // carries a tag of the daemon's state directory, so that a daemon removes
@@ -57,11 +70,16 @@ type vethSpares struct {
 	next      uint16 // sequence number of the next spare's name
 	refilling bool
 	closed    bool
+	// creating is set while a creation is under way; idle is how long
+	// after one the refill starts (vethRefillIdle), by idleTimer.
+	creating  bool
+	idle      time.Duration
+	idleTimer *time.Timer
 	wg        sync.WaitGroup
 }
 
 func newVethSpares(stateDir string, want int, log logrus.FieldLogger) *vethSpares {
-	return &vethSpares{want: want, prefix: spareVethTag(stateDir), log: log}
+	return &vethSpares{want: want, prefix: spareVethTag(stateDir), log: log, idle: vethRefillIdle}
 }
 
 // spareVethTag is what the names of the spares of a daemon keeping its
@@ -124,12 +142,39 @@ func (s *vethSpares) putBack(sp spareVeth) {
 	s.spares = append(s.spares, sp)
 }
 
+// creationStarted tells the pool a creation is under way: no refill
+// starts, and one under way stops before its next spare.
+func (s *vethSpares) creationStarted() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.creating = true
+	if s.idleTimer != nil {
+		s.idleTimer.Stop()
+	}
+}
+
+// creationEnded tells the pool the creation is done: a refill starts once
+// no other has started for s.idle.
+func (s *vethSpares) creationEnded() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.creating = false
+	if s.closed {
+		return
+	}
+	if s.idleTimer == nil {
+		s.idleTimer = time.AfterFunc(s.idle, s.refill)
+	} else {
+		s.idleTimer.Reset(s.idle)
+	}
+}
+
 // refill makes spares up to the number wanted, in the background, unless
-// that is under way already or the spares are closed.
+// that is under way already, a creation is, or the spares are closed.
 func (s *vethSpares) refill() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed || s.refilling || len(s.spares) >= s.want {
+	if s.closed || s.creating || s.refilling || len(s.spares) >= s.want {
 		return
 	}
 	s.refilling = true
@@ -141,12 +186,13 @@ func (s *vethSpares) refill() {
 	}()
 }
 
-// makeOne adds a spare; false once there are enough, the spares are
-// closed or making one failed (then CreateEndpoint makes its veth itself,
-// and reports any error of its own; the next refill tries the next name).
+// makeOne adds a spare; false once there are enough, a creation has
+// begun (its end starts the refill again), the spares are closed or
+// making one failed (then CreateEndpoint makes its veth itself, and
+// reports any error of its own; the next refill tries the next name).
 func (s *vethSpares) makeOne() bool {
 	s.mu.Lock()
-	if s.closed || len(s.spares) >= s.want {
+	if s.closed || s.creating || len(s.spares) >= s.want {
 		s.refilling = false
 		s.mu.Unlock()
 		return false
@@ -339,6 +385,9 @@ func (s *vethSpares) ready() int {
 func (s *vethSpares) close() {
 	s.mu.Lock()
 	s.closed = true
+	if s.idleTimer != nil {
+		s.idleTimer.Stop()
+	}
 	for _, sp := range s.spares {
 		s.discardLocked(sp)
 	}

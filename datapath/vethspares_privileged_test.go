@@ -167,6 +167,47 @@ func TestVethSparesRefill(t *testing.T) {
 	assertSparesAccounted(t, e.dp)
 }
 
+// TestVethSparesRefillWhenIdle: creations in a row take the spares and
+// then make their own veths; no spare is made until creations pause
+// (vethRefillIdle, an hour here, then none), nor while one is under way.
+func TestVethSparesRefillWhenIdle(t *testing.T) {
+	e := newTestEnv(t)
+	s := e.dp.veths
+	n := e.network(1)
+	waitVethSpares(t, s, vethSparesWanted)
+	pool := poolSpares(s)
+	s.mu.Lock()
+	s.idle = time.Hour
+	s.mu.Unlock()
+	for i := 0; i < vethSparesWanted+1; i++ {
+		ep := e.endpoint(n, byte(10+i))
+		if i < vethSparesWanted {
+			if want := pool[len(pool)-1-i]; ep.IfIndex != want.index {
+				t.Errorf("creation %d: ifindex %d, want spare %+v", i, ep.IfIndex, want)
+			}
+		} else if ep.PeerName != PeerIfName(ep.DockerEndpointID) {
+			t.Errorf("creation %d with the spares gone: PeerName %s, want its own pair's %s", i, ep.PeerName, PeerIfName(ep.DockerEndpointID))
+		}
+	}
+	time.Sleep(50 * time.Millisecond)
+	if s.ready() != 0 {
+		t.Fatalf("%d spares made before creations paused", s.ready())
+	}
+	// The idle timer fires while a creation is under way.
+	s.creationStarted()
+	s.refill()
+	time.Sleep(50 * time.Millisecond)
+	if s.ready() != 0 {
+		t.Fatalf("%d spares made while a creation was under way", s.ready())
+	}
+	s.mu.Lock()
+	s.idle = 0
+	s.mu.Unlock()
+	s.creationEnded()
+	waitVethSpares(t, s, vethSparesWanted)
+	assertSparesAccounted(t, e.dp)
+}
+
 // TestVethSparesDeletedAtClose: Close deletes the spares, also while a
 // refill is under way, and a closed pool makes none.
 func TestVethSparesDeletedAtClose(t *testing.T) {
