@@ -88,8 +88,8 @@ type Datapath struct {
 	// background veth deletions keep sockets of their own, so that no
 	// creation waits behind a slow LinkDel on this one.
 	nl *netlink.Handle
-	// spares are empty policy maps made ahead of CreateEndpoint, and
-	// veths veth pairs (vethspares.go).
+	// spares are empty policy maps made ahead of CreateEndpoint; veths
+	// are veth pairs made ahead of it (vethspares.go).
 	spares *policyMapSpares
 	veths  *vethSpares
 }

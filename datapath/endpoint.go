@@ -216,13 +216,13 @@ func (d *Datapath) CreateEndpoint(ep *Endpoint) (retErr error) {
 	return nil
 }
 
-// createLink makes the endpoint's veth pair, or claims spare when
-// haveSpare, and its neighbour and route. The
-// record on disk keeps IfIndex 0: Restore takes the index from the live
-// veth, found by name, and the record is written again as soon as the
-// container's labels arrive (SetEndpointIdentity). A second write here
-// cost ~0.5 ms where /run is ext4, which starts writing a file renamed
-// over another out to disk (auto_da_alloc).
+// createLink makes the endpoint's veth pair (claims spare when haveSpare)
+// and its neighbour and route. The record on disk keeps IfIndex 0:
+// Restore takes the index from the live veth, found by name, and the
+// record is written again as soon as the container's labels arrive
+// (SetEndpointIdentity). A second write here cost ~0.5 ms where /run is
+// ext4, which starts writing a file renamed over another out to disk
+// (auto_da_alloc).
 func (d *Datapath) createLink(ep *Endpoint, spare spareVeth, haveSpare bool, undo *undoStack) error {
 	ifindex, err := d.claimOrCreateVeth(ep, spare, haveSpare)
 	if err != nil {
