@@ -88,8 +88,10 @@ type Datapath struct {
 	// background veth deletions keep sockets of their own, so that no
 	// creation waits behind a slow LinkDel on this one.
 	nl *netlink.Handle
-	// spares are empty policy maps made ahead of CreateEndpoint.
+	// spares are empty policy maps made ahead of CreateEndpoint; veths
+	// are veth pairs made ahead of it (vethspares.go).
 	spares *policyMapSpares
+	veths  *vethSpares
 }
 
 // endpointState is what the datapath holds for one live endpoint. Its
@@ -208,7 +210,10 @@ func New(cfg Config, log logrus.FieldLogger) (*Datapath, error) {
 		d.closeMaps()
 		return nil, err
 	}
+	d.veths = newVethSpares(cfg.StateDir, vethSparesWanted, log)
+	d.veths.sweep()
 	d.spares.refill()
+	d.veths.refill()
 	return d, nil
 }
 
@@ -283,6 +288,7 @@ func (d *Datapath) Close() error {
 	}
 	d.closeMaps()
 	d.spares.close()
+	d.veths.close()
 	d.nl.Close()
 	d.eps = map[uint16]*endpointState{}
 	return nil

@@ -81,11 +81,11 @@ func (d *Datapath) after(step createStep) error {
 
 // CreateEndpoint builds an endpoint's datapath: it fills ep.ID, IfName,
 // PeerName, IfIndex, NodeMAC and (if empty) LXCMAC, writes ep_config.h,
-// creates the veth pair, neighbour and route while, beside it, the
-// endpoint's policy map is made, bpf_lxc.o written and its programs loaded
-// against that map; then attaches them as tc filters, registers
-// handle_policy in ebpfnet_policy_lookups and publishes the endpoint. On
-// error it leaves nothing behind.
+// creates the veth pair (or claims a spare one made ahead), neighbour and
+// route while, beside it, the endpoint's policy map is made, bpf_lxc.o
+// written and its programs loaded against that map; then attaches them as
+// tc filters, registers handle_policy in ebpfnet_policy_lookups and
+// publishes the endpoint. On error it leaves nothing behind.
 func (d *Datapath) CreateEndpoint(ep *Endpoint) (retErr error) {
 	if err := validateEndpoint(ep); err != nil {
 		return err
@@ -98,8 +98,11 @@ func (d *Datapath) CreateEndpoint(ep *Endpoint) (retErr error) {
 	if st := d.byDockerID(ep.DockerEndpointID); st != nil {
 		return fmt.Errorf("endpoint %s already exists as %d", ep.DockerEndpointID, st.ep.ID)
 	}
-	// The next endpoint's policy map is made once this one is done.
+	// The next endpoint's policy map is made once this one is done, its
+	// veth pair once creations pause (vethRefillIdle).
 	defer d.spares.refill()
+	d.veths.creationStarted()
+	defer d.veths.creationEnded()
 	initial := ep.InitialPolicy
 	if initial != nil {
 		if err := initial.Validate(policyEntriesMax); err != nil {
@@ -110,7 +113,20 @@ func (d *Datapath) CreateEndpoint(ep *Endpoint) (retErr error) {
 	// The same Docker endpoint ID again, right after its deletion: its
 	// veth name is taken until the background deletion is done.
 	d.waitDeleted(ep.IfName)
-	ep.PeerName = PeerIfName(ep.DockerEndpointID)
+	// A spare veth pair (vethspares.go) keeps its peer's name, so the
+	// record written below names it. Should the creation fail before
+	// createLink claims the spare, it goes back to the pool.
+	spare, spareHeld := d.veths.take()
+	if spareHeld {
+		ep.PeerName = spare.peerName
+		defer func() {
+			if spareHeld {
+				d.veths.putBack(spare)
+			}
+		}()
+	} else {
+		ep.PeerName = PeerIfName(ep.DockerEndpointID)
+	}
 	ep.NodeMAC = NodeMACFor(ep.DockerEndpointID)
 	if len(ep.LXCMAC) == 0 {
 		ep.LXCMAC = LXCMACFor(ep.DockerEndpointID)
@@ -160,7 +176,8 @@ func (d *Datapath) CreateEndpoint(ep *Endpoint) (retErr error) {
 	go func() { loaded <- d.prepareLoad(st, obj, initial) }()
 	// The object file is the shorter line's: what the loader loads is
 	// these bytes, and they are on disk before anything is attached.
-	vethErr := d.createLink(ep, &undo)
+	vethErr := d.createLink(ep, spare, spareHeld, &undo)
+	spareHeld = false
 	if vethErr == nil {
 		vethErr = d.writeObject(id, obj)
 	}
@@ -199,14 +216,15 @@ func (d *Datapath) CreateEndpoint(ep *Endpoint) (retErr error) {
 	return nil
 }
 
-// createLink makes the endpoint's veth pair, its neighbour and route. The
-// record on disk keeps IfIndex 0: Restore takes the index from the live
-// veth, found by name, and the record is written again as soon as the
-// container's labels arrive (SetEndpointIdentity). A second write here
-// cost ~0.5 ms where /run is ext4, which starts writing a file renamed
-// over another out to disk (auto_da_alloc).
-func (d *Datapath) createLink(ep *Endpoint, undo *undoStack) error {
-	ifindex, err := createVeth(d.nl, ep)
+// createLink makes the endpoint's veth pair (claims spare when haveSpare)
+// and its neighbour and route. The record on disk keeps IfIndex 0:
+// Restore takes the index from the live veth, found by name, and the
+// record is written again as soon as the container's labels arrive
+// (SetEndpointIdentity). A second write here cost ~0.5 ms where /run is
+// ext4, which starts writing a file renamed over another out to disk
+// (auto_da_alloc).
+func (d *Datapath) createLink(ep *Endpoint, spare spareVeth, haveSpare bool, undo *undoStack) error {
+	ifindex, err := d.claimOrCreateVeth(ep, spare, haveSpare)
 	if err != nil {
 		return err
 	}
@@ -265,6 +283,24 @@ func writeStateFile(path string, data []byte) error {
 	return atomicfile.WriteVolatile(path, data, fileMode)
 }
 
+// claimOrCreateVeth gives the endpoint the spare veth pair when it has
+// one (vethspares.go), or makes one, and returns its host end's index.
+// A spare that cannot be claimed is deleted and a pair made instead, its
+// peer under the spare's peer name, the one the record has.
+func (d *Datapath) claimOrCreateVeth(ep *Endpoint, spare spareVeth, haveSpare bool) (int, error) {
+	if !haveSpare {
+		return createVeth(d.nl, ep)
+	}
+	if err := claim(d.nl, spare, ep); err != nil {
+		d.log.WithError(err).WithField("epid", ep.ID).Warn("a spare veth could not be claimed; making the endpoint's own")
+		// Now, not in the background: the names must be free again
+		// (the host end may have the endpoint's already).
+		deleteSpare(d.log, spare)
+		return createVeth(d.nl, ep)
+	}
+	return spare.index, nil
+}
+
 // createVeth makes the pair in one request: both MACs, the host side up.
 // Reverse-path filtering is kept out of the way of the /32 routing.
 func createVeth(nl *netlink.Handle, ep *Endpoint) (int, error) {
@@ -282,9 +318,9 @@ func createVeth(nl *netlink.Handle, ep *Endpoint) (int, error) {
 		_ = deleteLinkByName(ep.IfName)
 		return 0, fmt.Errorf("look up veth %s: no index after creation", ep.IfName)
 	}
-	if err := os.WriteFile(fmt.Sprintf("/proc/sys/net/ipv4/conf/%s/rp_filter", ep.IfName), []byte("0"), 0o644); err != nil {
+	if err := disableRPFilter(ep.IfName); err != nil {
 		_ = nl.LinkDel(veth)
-		return 0, fmt.Errorf("disable rp_filter on %s: %w", ep.IfName, err)
+		return 0, err
 	}
 	return veth.Index, nil
 }

@@ -28,7 +28,8 @@ func HostIfName(dockerEndpointID string) string {
 }
 
 // PeerIfName is the container side's name until Docker moves it into the
-// sandbox and renames it eth0.
+// sandbox and renames it eth0, when CreateEndpoint had no spare veth pair
+// ready; a spare's peer keeps its own name (vethspares.go).
 func PeerIfName(dockerEndpointID string) string {
 	return "tmp" + endpointHash(dockerEndpointID)
 }

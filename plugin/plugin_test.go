@@ -306,9 +306,13 @@ func TestEndpointThroughTheSocket(t *testing.T) {
 	if names["DstPrefix"] != "eth" || join["Gateway"] != "10.202.0.1" {
 		t.Errorf("Join answered %v", join)
 	}
-	host := "lxc" + names["SrcName"].(string)[3:]
-	if _, err := net.InterfaceByName(host); err != nil {
+	// The host end has the contract's name; SrcName is its peer's,
+	// whatever the datapath named it (a spare pair keeps its own).
+	host := datapath.HostIfName(epID)
+	if hostLink, err := netlink.LinkByName(host); err != nil {
 		t.Errorf("host veth %s: %v", host, err)
+	} else if peer, err := netlink.LinkByName(names["SrcName"].(string)); err != nil || peer.Attrs().ParentIndex != hostLink.Attrs().Index {
+		t.Errorf("Join's SrcName %v is not the peer of %s: %v", names["SrcName"], host, err)
 	}
 	td.mustCall(t, "/NetworkDriver.Leave", map[string]any{"NetworkID": "net-a", "EndpointID": epID})
 	td.mustCall(t, "/NetworkDriver.DeleteEndpoint", map[string]any{"NetworkID": "net-a", "EndpointID": epID})
@@ -361,7 +365,7 @@ func TestDualStackThroughTheSocket(t *testing.T) {
 	if join["Gateway"] != netip.MustParsePrefix(gw4).Addr().String() || join["GatewayIPv6"] != gwAddr6.String() {
 		t.Errorf("Join answered %v, want gateways %s and %s", join, gw4, gw6)
 	}
-	host := "lxc" + join["InterfaceName"].(map[string]any)["SrcName"].(string)[3:]
+	host := datapath.HostIfName(epID)
 	routes, err := netlink.RouteGet(net.IP(netip.MustParsePrefix(addr6).Addr().AsSlice()))
 	if err != nil || len(routes) == 0 {
 		t.Fatalf("route to %s: %v", addr6, err)

@@ -1,6 +1,8 @@
 package e2e
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -224,6 +226,7 @@ func TestDaemonRestartKeepsContainersTalking(t *testing.T) {
 	})
 
 	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGKILL} {
+		sparesBefore := spareHostEnds(t)
 		d.stop(sig)
 		if err := ping("e2e-r2", r1); err != nil {
 			t.Errorf("after %v of the daemon, ping r2 -> r1: %v", sig, err)
@@ -233,6 +236,21 @@ func TestDaemonRestartKeepsContainersTalking(t *testing.T) {
 		}
 		d.restart()
 		waitReconciled(t, bin)
+		// The daemon keeps two spare veth pairs: the stopped one's are
+		// gone (a SIGTERM deletes them, the next start those a SIGKILL
+		// left), and the new one has made its own.
+		eventually(t, 10*time.Second, "two new spare veth pairs after the restart", func() error {
+			spares := spareHostEnds(t)
+			for index, name := range spares {
+				if _, old := sparesBefore[index]; old {
+					return fmt.Errorf("after %v: spare veth %s of the stopped daemon is left", sig, name)
+				}
+			}
+			if len(spares) != 2 {
+				return fmt.Errorf("after %v: spare veths %v, want 2", sig, spares)
+			}
+			return nil
+		})
 		after := endpoints(t)
 		if len(after) != len(before) {
 			t.Fatalf("after %v and restart: %d endpoints listed, want %d", sig, len(after), len(before))
@@ -252,6 +270,26 @@ func TestDaemonRestartKeepsContainersTalking(t *testing.T) {
 	if !strings.Contains(run(t, bin, "endpoint", "list"), r1) {
 		t.Errorf("`ebpfnet endpoint list` does not show the restored endpoint %s", r1)
 	}
+}
+
+// spareHostEnds lists the host ends of the daemon's spare veth pairs by
+// ifindex: "lxs", 5 hex digits of sha256(state directory), 4 of a
+// sequence number (datapath/vethspares.go); the peers add a "p".
+func spareHostEnds(t *testing.T) map[int]string {
+	t.Helper()
+	sum := sha256.Sum256([]byte(stateDir))
+	name := regexp.MustCompile(`^lxs` + hex.EncodeToString(sum[:])[:5] + `[0-9a-f]{4}$`)
+	ifs, err := net.Interfaces()
+	if err != nil {
+		t.Fatal(err)
+	}
+	spares := map[int]string{}
+	for _, i := range ifs {
+		if name.MatchString(i.Name) {
+			spares[i.Index] = i.Name
+		}
+	}
+	return spares
 }
 
 // TestNothingLeftBehind: after docker rm -f and docker network rm, no lxc
