@@ -35,9 +35,9 @@
  * the node program in slot call. It returns only when that slot is empty
  * (no daemon has loaded the node programs yet): the packet is dropped and
  * counted. There is no event: events are the node programs' to write.
- * The constant slot makes the tail call a direct jump, patched in when the
- * program is loaded: it costs each endpoint's creation a little, and saves
- * every packet an indirect (retpoline) jump, ~13 ns. */
+ * The slot is hidden from the verifier (cb_opaque_slot): an indirect
+ * jump per packet instead of a direct one patched into the kernel's text
+ * when each endpoint is created. */
 static __always_inline int hand_over(struct __sk_buff *skb, __u32 call,
 				     __u32 dir)
 {
@@ -54,7 +54,7 @@ static __always_inline int hand_over(struct __sk_buff *skb, __u32 call,
 #pragma unroll
 	for (i = 0; i < CB_WORDS; i++)
 		skb->cb[i] = u.w[i];
-	bpf_tail_call(skb, &ebpfnet_calls, call);
+	bpf_tail_call(skb, &ebpfnet_calls, cb_opaque_slot(skb, call));
 	metrics_add(DROP_MISSED_TAIL_CALL, dir, skb->len);
 	return TC_ACT_SHOT;
 }
