@@ -277,6 +277,9 @@ func start(cfg Config, log logrus.FieldLogger) (_ *Daemon, err error) {
 	if overlay != nil {
 		d.driver.SetMaxMTU(overlay.MTU())
 	}
+	if d.metrics != nil {
+		d.driver.ObserveBuilds(d.metrics.ObserveEndpointBuild)
+	}
 	if cfg.External {
 		ext, err := external.New(external.Config{
 			StatePath:   filepath.Join(cfg.LibDir, "external.json"),

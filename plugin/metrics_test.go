@@ -207,6 +207,11 @@ func TestMetricsThroughTheDaemon(t *testing.T) {
 	if n := callCount(families, "/NetworkDriver.Join", "error"); n != 1 {
 		t.Errorf("Join error histogram count %d, want 1", n)
 	}
+	// The endpoint was built after CreateEndpoint answered: its build
+	// has a histogram of its own.
+	if m := sample(families, "ebpfnet_endpoint_build_duration_seconds", map[string]string{"outcome": "ok"}); m == nil || m.GetHistogram().GetSampleCount() != 1 {
+		t.Errorf("endpoint build histogram %v, want one ok build", m)
+	}
 	// No Docker here to tell the container's labels: the endpoint stays
 	// at init, waiting for its identity.
 	if got := value(families, "ebpfnet_endpoint_state", map[string]string{"state": metrics.StateWaitingForIdentity}); got != 1 {
