@@ -63,7 +63,9 @@ func TestPolicyMapSpares(t *testing.T) {
 	}
 }
 
-func waitSpares(t *testing.T, s *policyMapSpares, want int) {
+// waitSpares waits until a pool of spares (policy maps, veth pairs) has
+// want ready.
+func waitSpares(t *testing.T, s interface{ ready() int }, want int) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for s.ready() < want {

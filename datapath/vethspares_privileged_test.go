@@ -26,7 +26,7 @@ import (
 func TestVethSpareClaimedByCreateEndpoint(t *testing.T) {
 	e := newTestEnv(t)
 	s := e.dp.veths
-	waitVethSpares(t, s, vethSparesWanted)
+	waitSpares(t, s, vethSparesWanted)
 	before := poolSpares(s)
 	next := before[len(before)-1] // take hands out the last one
 	assertSparesAccounted(t, e.dp)
@@ -71,7 +71,7 @@ func TestVethSpareClaimedByCreateEndpoint(t *testing.T) {
 		t.Errorf("Endpoint: PeerName %q ifindex %d, want %q %d", got.PeerName, got.IfIndex, ep.PeerName, next.index)
 	}
 
-	waitVethSpares(t, s, vethSparesWanted)
+	waitSpares(t, s, vethSparesWanted)
 	after := poolSpares(s)
 	for _, sp := range after {
 		if sp.index == next.index {
@@ -146,7 +146,7 @@ func TestVethSparesRefill(t *testing.T) {
 	n := e.network(1)
 	seen := map[string]bool{}
 	for i := 0; i < 3; i++ {
-		waitVethSpares(t, s, vethSparesWanted)
+		waitSpares(t, s, vethSparesWanted)
 		pool := poolSpares(s)
 		for _, sp := range pool {
 			seen[sp.name] = true
@@ -156,7 +156,7 @@ func TestVethSparesRefill(t *testing.T) {
 			t.Errorf("endpoint %d did not take a spare: ifindex %d, pool %+v", i, ep.IfIndex, pool)
 		}
 	}
-	waitVethSpares(t, s, vethSparesWanted)
+	waitSpares(t, s, vethSparesWanted)
 	for _, sp := range poolSpares(s) {
 		seen[sp.name] = true
 	}
@@ -174,7 +174,7 @@ func TestVethSparesRefillWhenIdle(t *testing.T) {
 	e := newTestEnv(t)
 	s := e.dp.veths
 	n := e.network(1)
-	waitVethSpares(t, s, vethSparesWanted)
+	waitSpares(t, s, vethSparesWanted)
 	pool := poolSpares(s)
 	s.mu.Lock()
 	s.idle = time.Hour
@@ -204,7 +204,7 @@ func TestVethSparesRefillWhenIdle(t *testing.T) {
 	s.idle = 0
 	s.mu.Unlock()
 	s.creationEnded()
-	waitVethSpares(t, s, vethSparesWanted)
+	waitSpares(t, s, vethSparesWanted)
 	assertSparesAccounted(t, e.dp)
 }
 
@@ -213,7 +213,7 @@ func TestVethSparesRefillWhenIdle(t *testing.T) {
 func TestVethSparesDeletedAtClose(t *testing.T) {
 	e := newTestEnv(t)
 	tag := e.dp.veths.prefix
-	waitVethSpares(t, e.dp.veths, vethSparesWanted)
+	waitSpares(t, e.dp.veths, vethSparesWanted)
 	if len(tagLinks(t, tag)) != 2*vethSparesWanted {
 		t.Fatalf("devices of the tag before Close: %v", tagLinks(t, tag))
 	}
@@ -286,7 +286,7 @@ func TestVethSparesSweptAtStart(t *testing.T) {
 
 	// The same directory, spelt otherwise.
 	e := newTestEnv(t, func(c *Config) { c.StateDir = dir + "/" })
-	waitVethSpares(t, e.dp.veths, vethSparesWanted)
+	waitSpares(t, e.dp.veths, vethSparesWanted)
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		_, err3 := netlink.LinkByName(tag + "0003")
@@ -333,13 +333,13 @@ func TestVethSparesSweptAtStart(t *testing.T) {
 func TestVethSparesOfAKilledDatapath(t *testing.T) {
 	e := newTestEnv(t)
 	killed := e.dp
-	waitVethSpares(t, killed.veths, vethSparesWanted)
+	waitSpares(t, killed.veths, vethSparesWanted)
 	old := poolSpares(killed.veths)
 	e.dp = e.open()
 	// The killed one's descriptors go at the end; its spares are gone by
 	// then (its close only warns).
 	t.Cleanup(func() { _ = killed.Close() })
-	waitVethSpares(t, e.dp.veths, vethSparesWanted)
+	waitSpares(t, e.dp.veths, vethSparesWanted)
 	deadline := time.Now().Add(5 * time.Second)
 	for _, sp := range old {
 		for {
@@ -365,7 +365,7 @@ func TestVethSpareClaimFailure(t *testing.T) {
 
 	t.Run("spare gone", func(t *testing.T) {
 		// Someone deleted the next spare behind the pool's back.
-		waitVethSpares(t, s, vethSparesWanted)
+		waitSpares(t, s, vethSparesWanted)
 		pool := poolSpares(s)
 		taken := pool[len(pool)-1]
 		if err := deleteLinkByName(taken.name); err != nil {
@@ -391,7 +391,7 @@ func TestVethSpareClaimFailure(t *testing.T) {
 		// A device of the endpoint's host name that is none of ours:
 		// the rename fails after the peer got the endpoint's MAC, and
 		// so does the pair made instead.
-		waitVethSpares(t, s, vethSparesWanted)
+		waitSpares(t, s, vethSparesWanted)
 		taken := poolSpares(s)[vethSparesWanted-1]
 		id := fmt.Sprintf("taken-%s", randHex(t, 4))
 		stray := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: HostIfName(id)}, PeerName: "stray" + randHex(t, 4)}
@@ -422,14 +422,14 @@ func TestVethSpareClaimFailure(t *testing.T) {
 		if _, err := os.Stat(e.dp.epDir(ep.ID)); !errors.Is(err, os.ErrNotExist) {
 			t.Errorf("state directory of the failed endpoint: %v", err)
 		}
-		waitVethSpares(t, s, vethSparesWanted)
+		waitSpares(t, s, vethSparesWanted)
 		assertSparesAccounted(t, e.dp)
 	})
 
 	t.Run("failed before the veth", func(t *testing.T) {
 		// The state directory cannot take the endpoint's: the creation
 		// fails after taking a spare and before claiming it.
-		waitVethSpares(t, s, vethSparesWanted)
+		waitSpares(t, s, vethSparesWanted)
 		pool := poolSpares(s)
 		moved := e.cfg.StateDir + ".moved"
 		if err := os.Rename(e.cfg.StateDir, moved); err != nil {
@@ -452,18 +452,6 @@ func TestVethSpareClaimFailure(t *testing.T) {
 		}
 		assertSparesAccounted(t, e.dp)
 	})
-}
-
-// waitVethSpares waits until s has want spares ready.
-func waitVethSpares(t *testing.T, s *vethSpares, want int) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for s.ready() < want {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d spare veths after 5 s, want %d", s.ready(), want)
-		}
-		time.Sleep(time.Millisecond)
-	}
 }
 
 // poolSpares is a copy of the pool, in take's order reversed (take hands

@@ -129,18 +129,6 @@ func CheckMirror(durable, volatile string) (MirrorCheck, error) {
 	return c, nil
 }
 
-// restoreChecked restores st into a, a corrupt-marked error if it does not
-// hold together.
-func (a *allocator) restoreChecked(st State, path string) error {
-	if st.Version == 0 && len(st.Pools) == 0 {
-		return nil
-	}
-	if err := a.restore(st); err != nil {
-		return atomicfile.Corrupt(fmt.Errorf("IPAM state %s is corrupt: %w", path, err))
-	}
-	return nil
-}
-
 // readState reads one copy: fs.ErrNotExist when it is missing.
 func readState(path string) (State, error) {
 	data, err := os.ReadFile(path)

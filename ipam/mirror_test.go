@@ -12,6 +12,7 @@ import (
 	ipamapi "github.com/docker/go-plugins-helpers/ipam"
 
 	"github.com/ebpfnet/ebpfnet/atomicfile"
+	"github.com/ebpfnet/ebpfnet/testutil"
 )
 
 // mirrorPaths are a durable and a live copy in two directories, as the lib
@@ -182,7 +183,8 @@ func TestMirrorCorruptCopies(t *testing.T) {
 func BenchmarkAddressChurn(b *testing.B) {
 	const shm = "/dev/shm"
 	if st, err := os.Stat(shm); err != nil || !st.IsDir() {
-		b.Skip("no /dev/shm for the live copy")
+		testutil.Missing(b, "no /dev/shm for the live copy")
+		return
 	}
 	for _, c := range []struct {
 		name     string

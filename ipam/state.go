@@ -135,13 +135,23 @@ func (a *allocator) load(store Store) (pending bool, err error) {
 	if err != nil {
 		return false, err
 	}
-	if st.Version == 0 && len(st.Pools) == 0 {
-		return false, nil // never saved
-	}
-	if err := a.restore(st); err != nil {
-		return false, atomicfile.Corrupt(fmt.Errorf("IPAM state %v is corrupt: %w", store, err))
+	if err := a.restoreChecked(st, fmt.Sprint(store)); err != nil {
+		return false, err
 	}
 	return st.Pending, nil
+}
+
+// restoreChecked restores st into a (a state never saved is empty), an
+// error marked corrupt if it does not hold together; where names the
+// copy in the error.
+func (a *allocator) restoreChecked(st State, where string) error {
+	if st.Version == 0 && len(st.Pools) == 0 {
+		return nil
+	}
+	if err := a.restore(st); err != nil {
+		return atomicfile.Corrupt(fmt.Errorf("IPAM state %s is corrupt: %w", where, err))
+	}
+	return nil
 }
 
 // restore rebuilds pools from st, checking every invariant the allocator

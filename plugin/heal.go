@@ -201,20 +201,18 @@ func (d *Daemon) healLibDir() (*healing, error) {
 		case statErr != nil:
 			return nil, fmt.Errorf("state file %s: %w", p, statErr)
 		}
-		err := c.check(p)
-		if err == nil {
+		corrupt := c.check(p)
+		if corrupt == nil {
 			continue
 		}
-		if !errors.Is(err, atomicfile.ErrCorrupt) {
-			return nil, fmt.Errorf("state file %s: %w", p, err)
+		if !errors.Is(corrupt, atomicfile.ErrCorrupt) {
+			return nil, fmt.Errorf("state file %s: %w", p, corrupt)
 		}
-		aside, mvErr := atomicfile.MoveAside(p, now)
-		if mvErr != nil {
-			return nil, fmt.Errorf("state file %s is corrupt and cannot be moved aside: %w (%w)", p, mvErr, err)
+		aside, err := moveAsideCorrupt(log, p, corrupt, now, "state file is corrupt: moved aside; rebuilding what it held")
+		if err != nil {
+			return nil, err
 		}
-		faults[c.name] = fileFault{name: c.name, corrupt: err, movedTo: aside}
-		log.WithError(err).WithFields(logrus.Fields{"file": p, "movedTo": aside}).
-			Warn("state file is corrupt: moved aside; rebuilding what it held")
+		faults[c.name] = fileFault{name: c.name, corrupt: corrupt, movedTo: aside}
 	}
 	if f, err := d.checkIPAM(log, len(records) > 0, evidence, now, h); err != nil {
 		return nil, err
@@ -272,6 +270,17 @@ func (d *Daemon) healLibDir() (*healing, error) {
 		log.Warn("state rebuilt, but Docker is not asked (reconcile is off): what only Docker knows stays missing, and no address is handed out")
 	}
 	return h, nil
+}
+
+// moveAsideCorrupt moves the corrupt file path aside, and logs msg with
+// the cause and where the file went.
+func moveAsideCorrupt(log logrus.FieldLogger, path string, cause error, now time.Time, msg string) (string, error) {
+	aside, err := atomicfile.MoveAside(path, now)
+	if err != nil {
+		return "", fmt.Errorf("state file %s is corrupt and cannot be moved aside: %w (%w)", path, err, cause)
+	}
+	log.WithError(cause).WithFields(logrus.Fields{"file": path, "movedTo": aside}).Warn(msg)
+	return aside, nil
 }
 
 // writeEmptyPolicy writes the empty policy of a fresh node.
@@ -510,22 +519,18 @@ func (d *Daemon) checkIPAM(log logrus.FieldLogger, endpoints, evidence bool, now
 	}
 	var fault fileFault
 	if errors.Is(c.VolatileErr, atomicfile.ErrCorrupt) {
-		aside, err := atomicfile.MoveAside(live, now)
+		aside, err := moveAsideCorrupt(log, live, c.VolatileErr, now, "live copy of the IPAM state is corrupt: moved aside")
 		if err != nil {
-			return nil, fmt.Errorf("state file %s is corrupt and cannot be moved aside: %w (%w)", live, err, c.VolatileErr)
+			return nil, err
 		}
-		log.WithError(c.VolatileErr).WithFields(logrus.Fields{"file": live, "movedTo": aside}).
-			Warn("live copy of the IPAM state is corrupt: moved aside")
 		fault = fileFault{name: ipamFile, corrupt: c.VolatileErr, movedTo: aside,
 			detail: "live copy " + live + " corrupt: " + c.VolatileErr.Error()}
 	}
 	if errors.Is(c.DurableErr, atomicfile.ErrCorrupt) {
-		aside, err := atomicfile.MoveAside(durable, now)
+		aside, err := moveAsideCorrupt(log, durable, c.DurableErr, now, "state file is corrupt: moved aside; rebuilding what it held")
 		if err != nil {
-			return nil, fmt.Errorf("state file %s is corrupt and cannot be moved aside: %w (%w)", durable, err, c.DurableErr)
+			return nil, err
 		}
-		log.WithError(c.DurableErr).WithFields(logrus.Fields{"file": durable, "movedTo": aside}).
-			Warn("state file is corrupt: moved aside; rebuilding what it held")
 		fault = fileFault{name: ipamFile, corrupt: c.DurableErr, movedTo: aside}
 	}
 	durableLost := c.DurableErr != nil
