@@ -53,7 +53,7 @@ type pool struct {
 	// allocated is a set rather than a bitmap: a /8 holds 16M addresses,
 	// an IPv6 /64 2^64, of which a node uses a handful, so memory follows
 	// what is used.
-	allocated map[netip.Addr]struct{}
+	allocated addrSet
 	// last is the address most recently handed out by allocateNext; the next
 	// search starts after it, so a just-released address is not reused at
 	// once (as Docker's own allocator does). Invalid when none yet.
@@ -66,7 +66,6 @@ func newPool(space string, prefix, sub netip.Prefix) *pool {
 		addressSpace: space,
 		prefix:       prefix,
 		subPool:      sub,
-		allocated:    make(map[netip.Addr]struct{}),
 	}
 }
 
@@ -84,7 +83,7 @@ func (p *pool) checkAddress(a netip.Addr) error {
 	case a == last && a.Is4():
 		return fmt.Errorf("address %s is the broadcast address of pool %s", a, p.prefix)
 	}
-	if _, taken := p.allocated[a]; taken {
+	if p.allocated.has(a) {
 		return fmt.Errorf("address %s is already in use on pool %s", a, p.prefix)
 	}
 	return nil
@@ -95,8 +94,8 @@ func (p *pool) reserve(a netip.Addr) (undo func(), err error) {
 	if err := p.checkAddress(a); err != nil {
 		return nil, err
 	}
-	p.allocated[a] = struct{}{}
-	return func() { delete(p.allocated, a) }, nil
+	p.allocated.add(a)
+	return func() { p.allocated.remove(a) }, nil
 }
 
 // dynamicRange is the inclusive range allocateNext draws from: the sub-pool
@@ -138,13 +137,12 @@ func (p *pool) allocateNext() (netip.Addr, func(), error) {
 	cand := start
 	// Among len(allocated)+1 candidates one is free, unless the range is
 	// smaller than that and the walk has been all round it.
-	for range len(p.allocated) + 1 {
-		if _, taken := p.allocated[cand]; !taken {
+	for range p.allocated.len() + 1 {
+		if p.allocated.add(cand) {
 			prevLast := p.last
-			p.allocated[cand] = struct{}{}
 			p.last = cand
 			return cand, func() {
-				delete(p.allocated, cand)
+				p.allocated.remove(cand)
 				p.last = prevLast
 			}, nil
 		}
@@ -167,35 +165,26 @@ func (p *pool) exhausted() error {
 // release frees a; it reports false when a was not allocated. The returned
 // function undoes the release.
 func (p *pool) release(a netip.Addr) (undo func(), released bool) {
-	if _, taken := p.allocated[a]; !taken {
+	if !p.allocated.remove(a) {
 		return nil, false
 	}
 	prevGateway := p.gateway
-	delete(p.allocated, a)
 	if p.gateway == a {
 		p.gateway = netip.Addr{}
 	}
 	return func() {
-		p.allocated[a] = struct{}{}
+		p.allocated.add(a)
 		p.gateway = prevGateway
 	}, true
 }
 
 // has reports whether a is allocated in p.
 func (p *pool) has(a netip.Addr) bool {
-	_, ok := p.allocated[a]
-	return ok
+	return p.allocated.has(a)
 }
 
 // addresses returns the allocated addresses in ascending order.
-func (p *pool) addresses() []netip.Addr {
-	out := make([]netip.Addr, 0, len(p.allocated))
-	for a := range p.allocated {
-		out = append(out, a)
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Less(out[j]) })
-	return out
-}
+func (p *pool) addresses() []netip.Addr { return p.allocated.all() }
 
 // allocator holds every ebpfnet pool. Pools of both address spaces share one
 // overlap check: they all end up in the one routing table of this node.

@@ -91,7 +91,7 @@ func (p *pool) continueAfterHighest() {
 		return
 	}
 	var high netip.Addr
-	for a := range p.allocated {
+	for _, a := range p.allocated.sorted {
 		if a.Compare(first) >= 0 && a.Compare(last) <= 0 && (!high.IsValid() || high.Less(a)) {
 			high = a
 		}

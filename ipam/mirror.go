@@ -69,10 +69,10 @@ func (m *MirrorStore) Save(st State) error {
 	st.Generation = m.generation + 1
 	durable := st
 	durable.AddressesTrail = true
-	if err := writeState(m.Durable, durable, atomicfile.Write); err != nil {
+	if err := (FileStore{Path: m.Durable}).Save(durable); err != nil {
 		return err
 	}
-	if err := writeState(m.Volatile, st, atomicfile.WriteVolatile); err != nil {
+	if err := (FileStore{Path: m.Volatile}).SaveVolatile(st); err != nil {
 		return err
 	}
 	m.generation = st.Generation
@@ -82,7 +82,7 @@ func (m *MirrorStore) Save(st State) error {
 // SaveVolatile implements VolatileSaver: the live copy only.
 func (m *MirrorStore) SaveVolatile(st State) error {
 	st.Generation = m.generation + 1
-	if err := writeState(m.Volatile, st, atomicfile.WriteVolatile); err != nil {
+	if err := (FileStore{Path: m.Volatile}).SaveVolatile(st); err != nil {
 		return err
 	}
 	m.generation = st.Generation
@@ -143,8 +143,4 @@ func readState(path string) (State, error) {
 		return State{}, atomicfile.Corrupt(fmt.Errorf("IPAM state file %s is corrupt: %w", path, err))
 	}
 	return st, nil
-}
-
-func writeState(path string, st State, write func(string, []byte, os.FileMode) error) error {
-	return FileStore{Path: path}.save(st, write)
 }

@@ -2,6 +2,7 @@ package ipam
 
 import (
 	"errors"
+	"fmt"
 	"io/fs"
 	"net/netip"
 	"os"
@@ -167,7 +168,7 @@ func TestMirrorCorruptCopies(t *testing.T) {
 	// Decodes, but an address outside its pool.
 	st := readCopy(t, durable)
 	st.Pools[0].Addresses = append(st.Pools[0].Addresses, mustParseAddr("10.99.0.1"))
-	if err := writeState(volatile, st, atomicfile.WriteVolatile); err != nil {
+	if err := (FileStore{Path: volatile}).SaveVolatile(st); err != nil {
 		t.Fatal(err)
 	}
 	if c, _ := CheckMirror(durable, volatile); !errors.Is(c.VolatileErr, atomicfile.ErrCorrupt) {
@@ -200,23 +201,30 @@ func BenchmarkAddressChurn(b *testing.B) {
 			return filepath.Join(dir, "ipam.json")
 		}},
 	} {
-		b.Run(c.name, func(b *testing.B) {
-			d, err := New(Config{StatePath: filepath.Join(b.TempDir(), "ipam.json"), VolatilePath: c.volatile()})
-			if err != nil {
-				b.Fatal(err)
-			}
-			id := requestPoolB(b, d, "10.80.7.0/24")
-			b.ResetTimer()
-			for i := 0; i < b.N; i++ {
-				addr, err := requestAddr(d, id, "", false)
+		for _, held := range []int{0, 250, 1000} {
+			b.Run(fmt.Sprintf("%s/held=%d", c.name, held), func(b *testing.B) {
+				d, err := New(Config{StatePath: filepath.Join(b.TempDir(), "ipam.json"), VolatilePath: c.volatile()})
 				if err != nil {
 					b.Fatal(err)
 				}
-				if err := d.ReleaseAddress(releaseReq(id, addr)); err != nil {
-					b.Fatal(err)
+				id := requestPoolB(b, d, "10.80.0.0/16")
+				for i := 0; i < held; i++ {
+					if _, err := requestAddr(d, id, "", false); err != nil {
+						b.Fatal(err)
+					}
 				}
-			}
-		})
+				b.ResetTimer()
+				for i := 0; i < b.N; i++ {
+					addr, err := requestAddr(d, id, "", false)
+					if err != nil {
+						b.Fatal(err)
+					}
+					if err := d.ReleaseAddress(releaseReq(id, addr)); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		}
 	}
 }
 

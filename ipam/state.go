@@ -56,8 +56,38 @@ type PoolState struct {
 	// restart does not hand out a just-released address again.
 	Last netip.Addr `json:"last"`
 	// Block marks SubPool as this node's block of a cluster network.
-	Block     bool         `json:"block,omitempty"`
-	Addresses []netip.Addr `json:"addresses"`
+	Block     bool        `json:"block,omitempty"`
+	Addresses addressList `json:"addresses"`
+}
+
+// addressList is PoolState's addresses. It writes its JSON array itself:
+// the state is written after every address change, and encoding/json's
+// reflection and one TextMarshaler call per address were most of that
+// write with many addresses held. It reads as a plain []netip.Addr does.
+type addressList []netip.Addr
+
+// MarshalJSON implements json.Marshaler.
+func (l addressList) MarshalJSON() ([]byte, error) {
+	out := make([]byte, 0, 2+len(l)*len(`"255.255.255.255",`))
+	out = append(out, '[')
+	for i, a := range l {
+		if i > 0 {
+			out = append(out, ',')
+		}
+		if a.Zone() != "" {
+			// A zone is free text: let encoding/json quote it.
+			q, err := json.Marshal(a.String())
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, q...)
+			continue
+		}
+		out = append(out, '"')
+		out = a.AppendTo(out)
+		out = append(out, '"')
+	}
+	return append(out, ']'), nil
 }
 
 // snapshot renders the allocator as the state document, pools and addresses
@@ -87,14 +117,22 @@ type FileStore struct {
 // String names the store in errors: "file /var/lib/ebpfnet/ipam.json".
 func (f FileStore) String() string { return "file " + f.Path }
 
-// Save implements Store: atomic and durable.
-func (f FileStore) Save(st State) error { return f.save(st, atomicfile.Write) }
+// Save implements Store: atomic and durable, indented for people to read.
+func (f FileStore) Save(st State) error { return f.save(st, atomicfile.Write, true) }
 
-// SaveVolatile implements VolatileSaver: atomic, not flushed to the disk.
-func (f FileStore) SaveVolatile(st State) error { return f.save(st, atomicfile.WriteVolatile) }
+// SaveVolatile implements VolatileSaver: atomic, not flushed to the disk,
+// and compact: it is written after every address change, and indenting
+// cost as much as encoding (`jq . FILE` shows it indented).
+func (f FileStore) SaveVolatile(st State) error {
+	return f.save(st, atomicfile.WriteVolatile, false)
+}
 
-func (f FileStore) save(st State, write func(string, []byte, os.FileMode) error) error {
-	data, err := json.MarshalIndent(st, "", "  ")
+func (f FileStore) save(st State, write func(string, []byte, os.FileMode) error, indent bool) error {
+	marshal := json.Marshal
+	if indent {
+		marshal = func(v any) ([]byte, error) { return json.MarshalIndent(v, "", "  ") }
+	}
+	data, err := marshal(st)
 	if err != nil {
 		return fmt.Errorf("encode IPAM state: %w", err)
 	}
