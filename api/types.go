@@ -154,6 +154,12 @@ type Policy struct {
 type Identity struct {
 	ID     uint32   `json:"id"`
 	Labels []string `json:"labels"`
+	// UnusedSince is set, on a single node, for a label identity no
+	// endpoint holds: since when. It is kept for the identity grace
+	// (the daemon's --identity-grace, 5 min by default), so that a
+	// container run again with these labels gets the same number, and
+	// freed after it.
+	UnusedSince *time.Time `json:"unusedSince,omitempty"`
 }
 
 // PolicyEntry is one entry of an endpoint's policy map, resolved.

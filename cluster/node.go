@@ -35,7 +35,7 @@ const (
 	// cluster network: 65536 addresses, Cilium's default per-node IPv6
 	// pool size (cluster-pool-ipv6-mask-size).
 	DefaultBlockBits6     = 112
-	DefaultIdentityGrace  = 5 * time.Minute
+	DefaultIdentityGrace  = identity.DefaultGrace
 	DefaultRemoteGrace    = 10 * time.Second
 	DefaultRequestTimeout = 10 * time.Second
 	// connectWait is how long a call that needs etcd waits for a node

@@ -37,7 +37,8 @@ type loop struct {
 	// cidrs are the CIDR identities of the prefixes the rules name.
 	cidrs map[netip.Prefix]identity.ID
 	// dirty means a full regeneration is due. It runs once the queue is
-	// empty, so that a burst of deletions costs one, or at once before an
+	// empty, so that a burst of changes (identities freed together, say)
+	// costs one, or at once before an
 	// event that needs every policy map current (see flush).
 	dirty bool
 	// frozen are the endpoints restored while the rules were lost
@@ -99,8 +100,8 @@ func (e *callEvent) handle(l *loop) {
 	}
 	e.done <- e.fn(l)
 	// The caller is answering Docker, and what the loop does next may
-	// block its thread for long (a deleted endpoint's identity release
-	// flushes identities.json to the disk, 0.4 ms): the runtime has put
+	// block its thread for long (a regeneration of every endpoint's
+	// policy, or a write of a state file): the runtime has put
 	// the woken caller next on this P, where it would wait for the
 	// syscall to end. Let it run first.
 	runtime.Gosched()
@@ -301,8 +302,8 @@ func (l *loop) create(ep *datapath.Endpoint) error {
 }
 
 // delete removes an endpoint (DeleteEndpoint) and drops its identity's
-// reference; an identity that goes with it schedules a regeneration
-// through its change.
+// reference; an identity left without one is kept for the grace, and
+// schedules a regeneration through its change only when it is freed.
 func (l *loop) delete(ctx context.Context, dockerEndpointID string) error {
 	ep, existed := l.m.cfg.Datapath.Endpoint(dockerEndpointID)
 	if err := l.m.cfg.Datapath.DeleteEndpoint(dockerEndpointID); err != nil {
@@ -330,9 +331,10 @@ func (l *loop) delete(ctx context.Context, dockerEndpointID string) error {
 }
 
 // identityReleased drops a deleted endpoint's identity reference once the
-// call that deleted it has been answered: on a single node the last
-// reference of an identity is a durable write of the identities file
-// (0.6-2 ms here), which Docker's DeleteEndpoint need not wait for.
+// call that deleted it has been answered, which need not wait for it. No
+// backend writes anything at a release any more (an unreferenced identity
+// is kept for the grace, identity.FileAllocator), so this is cheap either
+// way.
 type identityReleased struct{ id identity.ID }
 
 func (e identityReleased) handle(l *loop) { l.m.releaseQuietly(context.Background(), e.id) }

@@ -410,6 +410,10 @@ func TestNewIdentityIsAllowedBeforeItIsUsed(t *testing.T) {
 	}
 }
 
+// A deleted endpoint's identity, held by no one, is kept for the grace:
+// the policy that names it stays as it is, and a container with the same
+// labels coming back takes the same number without a regeneration. Once
+// collected, it is freed and the policy forgets it.
 func TestDeleteReleasesIdentityAndPolicyForgetsIt(t *testing.T) {
 	e := newEnv(t)
 	e.importRules(app1FromApp2)
@@ -418,25 +422,63 @@ func TestDeleteReleasesIdentityAndPolicyForgetsIt(t *testing.T) {
 	e.setLabels("ep1", "c1", map[string]string{"id": "app1"})
 	e.setLabels("ep2", "c2", map[string]string{"id": "app2"})
 	ep2, _ := e.dp.policyOf(t, "ep2")
+	app2 := identity.ID(ep2.Identity)
+	allowsApp2 := policy.Key{Identity: ep2.Identity, Direction: policy.Ingress}
+	before := e.m.Regenerations()
 	if err := e.m.DeleteEndpoint(context.Background(), "ep2"); err != nil {
 		t.Fatal(err)
 	}
 	e.settle()
-	if _, ok := e.ids.Lookup(identity.ID(ep2.Identity)); ok {
-		t.Fatal("the deleted endpoint's identity, held by no one, was not freed")
-	}
-	if _, p1 := e.dp.policyOf(t, "ep1"); has(p1, policy.Key{Identity: ep2.Identity, Direction: policy.Ingress}) {
-		t.Fatal("app1's policy still allows the freed identity")
-	}
 	if _, ok := e.dp.ipcacheOf("10.77.0.3/32"); ok {
 		t.Fatal("the deleted endpoint's ipcache entry is still there")
+	}
+	if r := e.ids.References(app2); r != 0 {
+		t.Fatalf("the deleted endpoint's identity has %d references, want 0", r)
+	}
+	if _, ok := e.ids.Lookup(app2); !ok {
+		t.Fatal("the deleted endpoint's identity was freed at once, before the grace")
+	}
+	if got := e.m.Regenerations() - before; got != 0 {
+		t.Fatalf("deleting the last endpoint of an identity regenerated %d times, want 0 within the grace", got)
+	}
+
+	// The same labels again, within the grace: the same number, and app1's
+	// policy, which allows it, is not regenerated.
+	e.create("ep2b", "10.77.0.4")
+	e.setLabels("ep2b", "c2b", map[string]string{"id": "app2"})
+	if again, _ := e.dp.policyOf(t, "ep2b"); again.Identity != ep2.Identity {
+		t.Fatalf("app2 came back as identity %d, want its %d", again.Identity, ep2.Identity)
+	}
+	if got := e.m.Regenerations() - before; got != 0 {
+		t.Fatalf("app2 coming back within the grace regenerated %d times, want 0", got)
+	}
+	if _, p1 := e.dp.policyOf(t, "ep1"); !has(p1, allowsApp2) {
+		t.Fatal("app1's policy no longer allows app2 when it comes back")
+	}
+	if err := e.m.DeleteEndpoint(context.Background(), "ep2b"); err != nil {
+		t.Fatal(err)
+	}
+	e.settle()
+
+	// Past the grace the collector frees it: every policy forgets it.
+	if freed, err := e.ids.CollectUnreferencedSince(time.Now()); err != nil || len(freed) != 1 || freed[0] != app2 {
+		t.Fatalf("collected %v %v, want [%d]", freed, err, app2)
+	}
+	e.settle()
+	if _, ok := e.ids.Lookup(app2); ok {
+		t.Fatal("the collected identity still resolves")
+	}
+	if _, p1 := e.dp.policyOf(t, "ep1"); has(p1, allowsApp2) {
+		t.Fatal("app1's policy still allows the freed identity")
 	}
 	if err := e.m.DeleteEndpoint(context.Background(), "ep2"); err != nil {
 		t.Fatalf("deleting again: %v", err)
 	}
 }
 
-// Many deletions queued at once cost one regeneration, not one each.
+// Many deletions queued at once cost no regeneration (their identities
+// are kept for the grace), and the identities they leave, collected
+// together, cost one, not one each.
 func TestBurstOfDeletionsRegeneratesOnce(t *testing.T) {
 	e := newEnv(t)
 	const n = 20
@@ -462,27 +504,54 @@ func TestBurstOfDeletionsRegeneratesOnce(t *testing.T) {
 		}()
 	}
 	// Everything is queued behind the first, blocked deletion.
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		e.m.q.mu.Lock()
-		queued := len(e.m.q.items)
-		e.m.q.mu.Unlock()
-		if queued == n-1 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d deletions queued, want %d", queued, n-1)
-		}
-		time.Sleep(time.Millisecond)
-	}
+	waitQueued(t, e.m, n-1)
 	close(release)
 	wg.Wait()
 	e.settle()
+	if got := e.m.Regenerations() - before; got != 0 {
+		t.Fatalf("%d regenerations for a burst of %d deletions, want none within the grace", got, n)
+	}
+	if len(e.ids.All()) != n {
+		t.Fatalf("%d identities kept after the deletions, want %d", len(e.ids.All()), n)
+	}
+
+	// The collection's changes all reach the loop while it is busy, as
+	// when it frees them amid other work.
+	busy, entered := make(chan struct{}), make(chan struct{})
+	go func() {
+		_ = e.m.call(context.Background(), func(*loop) error { close(entered); <-busy; return nil })
+	}()
+	<-entered
+	if freed, err := e.ids.CollectUnreferencedSince(time.Now()); err != nil || len(freed) != n {
+		close(busy)
+		t.Fatalf("collected %v %v, want %d identities", freed, err, n)
+	}
+	waitQueued(t, e.m, n)
+	close(busy)
+	e.settle()
 	if got := e.m.Regenerations() - before; got != 1 {
-		t.Fatalf("%d regenerations for a burst of %d deletions, want 1", got, n)
+		t.Fatalf("%d regenerations for %d identities collected at once, want 1", got, n)
 	}
 	if len(e.ids.All()) != 0 {
 		t.Fatalf("identities left: %v", e.ids.All())
+	}
+}
+
+// waitQueued waits until the manager's queue holds n events.
+func waitQueued(t *testing.T, m *Manager, n int) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		m.q.mu.Lock()
+		queued := len(m.q.items)
+		m.q.mu.Unlock()
+		if queued == n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d events queued, want %d", queued, n)
+		}
+		time.Sleep(time.Millisecond)
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 	"os"
 	"sort"
 	"sync"
+	"time"
 
 	"github.com/ebpfnet/ebpfnet/atomicfile"
 	"github.com/ebpfnet/ebpfnet/labels"
@@ -20,16 +21,28 @@ import (
 // keeps the numbers in a file, so that an identity keeps its number across
 // restarts (the pinned maps hold numbers). References are counted in
 // memory: after a restart the daemon takes them again for the endpoints it
-// restores, then calls CollectUnreferenced. It is safe for concurrent use.
+// restores.
+//
+// An identity whose last reference goes is kept, as the cluster's are
+// (cluster.Identities): a container run again with the same labels within
+// the grace takes it back without a write of the file or a Change, so no
+// endpoint's policy is regenerated for it. The daemon frees the ones
+// unreferenced for longer than the grace with CollectUnreferencedSince. It
+// is safe for concurrent use.
 type FileAllocator struct {
 	path string
 
-	mu       sync.Mutex
-	byKey    map[string]ID // canonical label string -> ID
-	byID     map[ID]labels.Labels
-	refs     map[ID]int
-	byPrefix map[netip.Prefix]ID
-	prefixOf map[ID]netip.Prefix
+	mu    sync.Mutex
+	byKey map[string]ID // canonical label string -> ID
+	byID  map[ID]labels.Labels
+	refs  map[ID]int
+	// unrefSince is when each label identity without a reference lost
+	// its last one (or was loaded or adopted without one): every label
+	// identity is either in refs or here. It is kept in memory only: a
+	// write per release is what keeping identities saves.
+	unrefSince map[ID]time.Time
+	byPrefix   map[netip.Prefix]ID
+	prefixOf   map[ID]netip.Prefix
 	// next is where the search for a free label identity starts: numbers
 	// are handed out in a circle rather than lowest first, so a freed
 	// number is reused as late as possible (a policy map that still names
@@ -67,15 +80,24 @@ const stateVersion = 1
 // empty allocator; a file that cannot be read back exactly is an error, not
 // a fresh start, because renumbering identities silently would break the
 // policy of every running container.
+//
+// Every label identity loaded is unreferenced from now until an endpoint
+// takes it again: a restart keeps numbers for the grace, as the cluster's
+// store does across restarts. The file does not say since when an
+// identity has had no reference (that would cost the write per release
+// that keeping it saves), and freeing one early could take a number from
+// a container that is being re-run while the daemon restarts; freeing it
+// one grace after the start is late at worst, and costs nothing.
 func NewFileAllocator(path string) (*FileAllocator, error) {
 	a := &FileAllocator{
-		path:     path,
-		byKey:    map[string]ID{},
-		byID:     map[ID]labels.Labels{},
-		refs:     map[ID]int{},
-		byPrefix: map[netip.Prefix]ID{},
-		prefixOf: map[ID]netip.Prefix{},
-		next:     MinAllocated,
+		path:       path,
+		byKey:      map[string]ID{},
+		byID:       map[ID]labels.Labels{},
+		refs:       map[ID]int{},
+		unrefSince: map[ID]time.Time{},
+		byPrefix:   map[netip.Prefix]ID{},
+		prefixOf:   map[ID]netip.Prefix{},
+		next:       MinAllocated,
 	}
 	data, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
@@ -98,6 +120,7 @@ func (a *FileAllocator) load(data []byte) error {
 	if st.Version != stateVersion {
 		return fmt.Errorf("version %d, want %d", st.Version, stateVersion)
 	}
+	loaded := time.Now()
 	for _, e := range st.Identities {
 		if e.ID.Kind() != KindAllocated {
 			return fmt.Errorf("identity %d is outside %d..%d", e.ID, MinAllocated, MaxAllocated)
@@ -112,6 +135,7 @@ func (a *FileAllocator) load(data []byte) error {
 		}
 		a.byID[e.ID] = ls
 		a.byKey[key] = e.ID
+		a.unrefSince[e.ID] = loaded
 		// A file of a version without a cursor continues after the
 		// highest number it holds.
 		if e.ID >= a.next && e.ID < MaxAllocated {
@@ -184,10 +208,11 @@ func (a *FileAllocator) persist(ch change) error {
 }
 
 // Allocate returns the identity of a container label set and takes a
-// reference: the one the set has already, or the next free number after
-// the last one handed out, written to the file before it is returned. The
-// empty set is a label set like any other and gets its own identity, as in
-// Cilium.
+// reference: the one the set has already (also while it is kept without a
+// reference: then nothing is written and no Change is sent), or the next
+// free number after the last one handed out, written to the file before
+// it is returned. The empty set is a label set like any other and gets its
+// own identity, as in Cilium.
 func (a *FileAllocator) Allocate(_ context.Context, ls labels.Labels) (ID, error) {
 	if ls.HasSource(labels.SourceReserved) || ls.HasSource(labels.SourceCIDR) {
 		if id, ok := reservedID(ls); ok {
@@ -199,6 +224,7 @@ func (a *FileAllocator) Allocate(_ context.Context, ls labels.Labels) (ID, error
 	a.mu.Lock()
 	if id, ok := a.byKey[key]; ok {
 		a.refs[id]++
+		delete(a.unrefSince, id)
 		a.mu.Unlock()
 		return id, nil
 	}
@@ -243,40 +269,35 @@ func (a *FileAllocator) freeLabelID() (ID, bool) {
 	return 0, false
 }
 
-// Release drops a reference; the identity is freed, and its number may
-// go to another label set much later, when the last one goes.
+// Release drops a reference. The last one changes nothing on disk and
+// sends no Change: the identity is kept, unreferenced, until
+// CollectUnreferencedSince frees it, so that the same labels coming back
+// meanwhile take the same number back for free.
 func (a *FileAllocator) Release(_ context.Context, id ID) error {
 	if id.Kind() == KindReserved {
 		return nil
 	}
 	a.mu.Lock()
+	defer a.mu.Unlock()
 	if a.refs[id] <= 0 {
-		a.mu.Unlock()
 		return fmt.Errorf("release identity %d: no reference is held", id)
 	}
-	if a.refs[id] > 1 {
-		a.refs[id]--
-		a.mu.Unlock()
-		return nil
+	if a.refs[id]--; a.refs[id] == 0 {
+		delete(a.refs, id)
+		a.unrefSince[id] = time.Now()
 	}
-	if err := a.freeLocked(map[ID]bool{id: true}); err != nil {
-		a.mu.Unlock()
-		return fmt.Errorf("release identity %d: %w", id, err)
-	}
-	a.mu.Unlock()
-	a.subs.deliver()
 	return nil
 }
 
-// CollectUnreferenced frees the label identities nobody holds a reference
-// on, with one write of the file. The daemon calls it at start, once it
-// has taken the references of the endpoints it restored: the file outlives
-// the references, which live in memory.
-func (a *FileAllocator) CollectUnreferenced() ([]ID, error) {
+// CollectUnreferencedSince frees the label identities that have had no
+// reference since cutoff or earlier, with one write of the file for all of
+// them, and sends their Freed changes; it returns them sorted. The daemon
+// calls it every so often with now minus its grace.
+func (a *FileAllocator) CollectUnreferencedSince(cutoff time.Time) ([]ID, error) {
 	a.mu.Lock()
 	drop := map[ID]bool{}
-	for id := range a.byID {
-		if a.refs[id] == 0 {
+	for id, since := range a.unrefSince {
+		if !since.After(cutoff) {
 			drop[id] = true
 		}
 	}
@@ -290,12 +311,15 @@ func (a *FileAllocator) CollectUnreferenced() ([]ID, error) {
 	}
 	a.mu.Unlock()
 	a.subs.deliver()
-	out := make([]ID, 0, len(drop))
-	for id := range drop {
-		out = append(out, id)
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
-	return out, nil
+	return sortedIDs(drop), nil
+}
+
+// Unreferenced returns the label identities kept without a reference and
+// since when, the caller's copy.
+func (a *FileAllocator) Unreferenced() map[ID]time.Time {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return maps.Clone(a.unrefSince)
 }
 
 // freeLocked forgets label identities, persisted first, and queues their
@@ -304,11 +328,11 @@ func (a *FileAllocator) freeLocked(drop map[ID]bool) error {
 	if err := a.persist(change{drop: drop}); err != nil {
 		return err
 	}
-	for id := range drop {
+	for _, id := range sortedIDs(drop) {
 		ls := a.byID[id]
 		delete(a.byID, id)
 		delete(a.byKey, ls.String())
-		delete(a.refs, id)
+		delete(a.unrefSince, id)
 		a.subs.queue(Change{ID: id, Labels: ls, Freed: true})
 	}
 	return nil
@@ -318,7 +342,8 @@ func (a *FileAllocator) freeLocked(drop map[ID]bool) error {
 // the pinned maps and the endpoints' records hold when the file that kept
 // them is lost (plugin/heal.go), so that no policy map or ipcache entry
 // changes meaning. It takes no reference: restored endpoints take theirs
-// as they are restored, and CollectUnreferenced frees the rest.
+// as they are restored, and the rest are freed after the grace like any
+// unreferenced identity.
 //
 // An entry that contradicts the allocator or an earlier entry (a number
 // another label set or prefix has, labels or a prefix numbered otherwise,
@@ -397,10 +422,12 @@ func (a *FileAllocator) Adopt(ids map[ID]labels.Labels, cidrs map[ID]netip.Prefi
 		a.mu.Unlock()
 		return refused, fmt.Errorf("adopt identities: %w", err)
 	}
+	adopted := time.Now()
 	for _, e := range ch.addLabels {
 		ls := labels.FromLabels(e.Labels...)
 		a.byID[e.ID] = ls
 		a.byKey[ls.String()] = e.ID
+		a.unrefSince[e.ID] = adopted
 		a.subs.queue(Change{ID: e.ID, Labels: ls.Clone()})
 	}
 	for _, c := range ch.addCIDRs {

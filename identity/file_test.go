@@ -9,6 +9,10 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/ebpfnet/ebpfnet/atomicfile"
 	"github.com/ebpfnet/ebpfnet/labels"
@@ -92,8 +96,11 @@ func TestFreedNumberIsReusedLast(t *testing.T) {
 	if err := a.Release(ctx, 257); err != nil {
 		t.Fatal(err)
 	}
+	if freed, err := a.CollectUnreferencedSince(time.Now()); err != nil || len(freed) != 1 || freed[0] != 257 {
+		t.Fatalf("collected %v %v, want [257]", freed, err)
+	}
 	if _, ok := a.Lookup(257); ok {
-		t.Fatal("released identity still resolves")
+		t.Fatal("collected identity still resolves")
 	}
 	if id := mustAlloc(t, a, labels.FromDocker(map[string]string{"n": "z"})); id != 259 {
 		t.Fatalf("got %d, want 259 after the last handed out", id)
@@ -137,20 +144,38 @@ func TestReferences(t *testing.T) {
 	if err := a.Release(ctx, id); err != nil {
 		t.Fatal(err)
 	}
+	if _, unref := a.Unreferenced()[id]; unref {
+		t.Fatal("an identity with a reference left is counted unreferenced")
+	}
+	if _, err := a.CollectUnreferencedSince(time.Now()); err != nil {
+		t.Fatal(err)
+	}
 	if _, ok := a.Lookup(id); !ok {
-		t.Fatal("an identity with a reference left was freed")
+		t.Fatal("an identity with a reference left was collected")
 	}
 	if err := a.Release(ctx, id); err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := a.Lookup(id); ok {
-		t.Fatal("an identity without references is still there")
+	if _, ok := a.Lookup(id); !ok {
+		t.Fatal("the last release freed the identity at once, before any grace")
+	}
+	if r := a.References(id); r != 0 {
+		t.Fatalf("%d references after the last release", r)
 	}
 	if err := a.Release(ctx, id); err == nil {
 		t.Fatal("a release without a reference was accepted")
 	}
 	if err := a.Release(ctx, Host); err != nil {
 		t.Fatalf("releasing a reserved identity: %v", err)
+	}
+	if freed, err := a.CollectUnreferencedSince(time.Now()); err != nil || len(freed) != 1 || freed[0] != id {
+		t.Fatalf("collected %v %v, want [%d]", freed, err, id)
+	}
+	if _, ok := a.Lookup(id); ok {
+		t.Fatal("a collected identity still resolves")
+	}
+	if err := a.Release(ctx, id); err == nil {
+		t.Fatal("a release of a freed identity was accepted")
 	}
 	want := []Change{{ID: id, Labels: app}, {ID: id, Labels: app, Freed: true}}
 	if len(changes) != len(want) {
@@ -163,14 +188,157 @@ func TestReferences(t *testing.T) {
 	}
 }
 
+// writeCounter counts the writes of path: atomicfile renames a new file
+// over it each time, which inotify reports as a move into the directory.
+func writeCounter(t *testing.T, path string) func() int {
+	t.Helper()
+	fd, err := unix.InotifyInit1(unix.IN_NONBLOCK | unix.IN_CLOEXEC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	if _, err := unix.InotifyAddWatch(fd, filepath.Dir(path), unix.IN_MOVED_TO|unix.IN_CLOSE_WRITE); err != nil {
+		t.Fatal(err)
+	}
+	base := filepath.Base(path)
+	writes := 0
+	return func() int {
+		t.Helper()
+		buf := make([]byte, 64*1024)
+		for {
+			n, err := unix.Read(fd, buf)
+			if errors.Is(err, unix.EAGAIN) {
+				return writes
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			for off := 0; off+unix.SizeofInotifyEvent <= n; {
+				ev := (*unix.InotifyEvent)(unsafe.Pointer(&buf[off]))
+				name := strings.TrimRight(string(buf[off+unix.SizeofInotifyEvent:off+unix.SizeofInotifyEvent+int(ev.Len)]), "\x00")
+				// A write in place (not atomicfile's) counts too.
+				if name == base {
+					writes++
+				}
+				off += unix.SizeofInotifyEvent + int(ev.Len)
+			}
+		}
+	}
+}
+
+// The point of the grace: a container that goes and comes back with the
+// same labels (docker run --rm, twice) costs no write of the file and no
+// Change, which would regenerate every endpoint's policy.
+func TestReleaseAndAllocateAgainWithinTheGraceWriteNothing(t *testing.T) {
+	a, path := newAlloc(t)
+	var changes []Change
+	cancel := a.Subscribe(func(c Change) { changes = append(changes, c) })
+	defer cancel()
+	writes := writeCounter(t, path)
+	for _, ls := range []labels.Labels{labels.FromDocker(map[string]string{"id": "x"}), {}} {
+		changes = nil
+		before := writes()
+		id := mustAlloc(t, a, ls)
+		if w := writes() - before; w != 1 || len(changes) != 1 {
+			t.Fatalf("%q: the first allocation made %d writes and %d changes, want 1 and 1", ls.String(), w, len(changes))
+		}
+		for range 3 {
+			if err := a.Release(ctx, id); err != nil {
+				t.Fatal(err)
+			}
+			if again := mustAlloc(t, a, ls); again != id {
+				t.Fatalf("%q: allocated again within the grace as %d, want %d", ls.String(), again, id)
+			}
+		}
+		if err := a.Release(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+		// A collection that finds nothing old enough writes nothing.
+		if freed, err := a.CollectUnreferencedSince(time.Now().Add(-time.Hour)); err != nil || len(freed) != 0 {
+			t.Fatalf("%q: collected %v %v of what was released just now with a grace of an hour", ls.String(), freed, err)
+		}
+		if w := writes() - before; w != 1 || len(changes) != 1 {
+			t.Fatalf("%q: releases and allocations within the grace made %d writes and %d changes after the first, want none", ls.String(), w-1, len(changes)-1)
+		}
+		if _, unref := a.Unreferenced()[id]; !unref {
+			t.Fatalf("%q: %d is not listed unreferenced after its last release", ls.String(), id)
+		}
+	}
+}
+
+// Past the grace, every expired identity goes in one write, with a Freed
+// change each; those released later stay.
+func TestCollectFreesWhatExpiredInOneWrite(t *testing.T) {
+	a, path := newAlloc(t)
+	var ids []ID
+	for i := range 4 {
+		ids = append(ids, mustAlloc(t, a, labels.FromDocker(map[string]string{"n": string(rune('a' + i))})))
+	}
+	for _, id := range ids[:3] {
+		if err := a.Release(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(time.Millisecond)
+	cutoff := time.Now()
+	time.Sleep(time.Millisecond)
+	if err := a.Release(ctx, ids[3]); err != nil {
+		t.Fatal(err)
+	}
+	var changes []Change
+	cancel := a.Subscribe(func(c Change) { changes = append(changes, c) })
+	defer cancel()
+	writes := writeCounter(t, path)
+	freed, err := a.CollectUnreferencedSince(cutoff)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(freed) != 3 || freed[0] != ids[0] || freed[1] != ids[1] || freed[2] != ids[2] {
+		t.Fatalf("freed %v, want %v", freed, ids[:3])
+	}
+	if w := writes(); w != 1 {
+		t.Fatalf("%d writes to free %d identities, want 1", w, len(freed))
+	}
+	if len(changes) != 3 {
+		t.Fatalf("changes %+v, want 3 Freed", changes)
+	}
+	for i, c := range changes {
+		if !c.Freed || c.ID != ids[i] {
+			t.Fatalf("change %d: %+v, want %d freed", i, c, ids[i])
+		}
+	}
+	if _, ok := a.Lookup(ids[3]); !ok {
+		t.Fatal("the identity released after the cutoff was collected")
+	}
+	b, err := NewFileAllocator(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range ids[:3] {
+		if _, ok := b.Lookup(id); ok {
+			t.Errorf("collected identity %d is still in the file", id)
+		}
+	}
+	if _, ok := b.Lookup(ids[3]); !ok {
+		t.Error("the identity not collected is gone from the file")
+	}
+}
+
 // After a restart the file holds numbers whose references were in memory:
 // the daemon takes them again for the endpoints it restored, and the rest
-// go.
-func TestCollectUnreferenced(t *testing.T) {
+// are kept for the grace from the start, as if released then (how long
+// before they were is not on disk), and go after it.
+func TestRestartKeepsUnreferencedForTheGrace(t *testing.T) {
 	a, path := newAlloc(t)
 	kept := labels.FromDocker(map[string]string{"id": "kept"})
 	keptID := mustAlloc(t, a, kept)
-	goneID := mustAlloc(t, a, labels.FromDocker(map[string]string{"id": "gone"}))
+	gone := labels.FromDocker(map[string]string{"id": "gone"})
+	goneID := mustAlloc(t, a, gone)
+	if err := a.Release(ctx, goneID); err != nil {
+		t.Fatal(err)
+	}
+	beforeStart := time.Now()
+	time.Sleep(time.Millisecond)
 	b, err := NewFileAllocator(path)
 	if err != nil {
 		t.Fatal(err)
@@ -178,7 +346,13 @@ func TestCollectUnreferenced(t *testing.T) {
 	if id := mustAlloc(t, b, kept); id != keptID {
 		t.Fatalf("restored endpoint's identity %d, want %d", id, keptID)
 	}
-	freed, err := b.CollectUnreferenced()
+	if since, ok := b.Unreferenced()[goneID]; !ok || !since.After(beforeStart) {
+		t.Fatalf("after the restart %d is unreferenced since %v (%v), want the start", goneID, since, ok)
+	}
+	if freed, err := b.CollectUnreferencedSince(beforeStart); err != nil || len(freed) != 0 {
+		t.Fatalf("a collection with the grace counted from before the start freed %v %v", freed, err)
+	}
+	freed, err := b.CollectUnreferencedSince(time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -207,6 +381,9 @@ func TestReleaseSeveralPersists(t *testing.T) {
 		t.Fatal(err)
 	}
 	if err := a.Release(ctx, 256); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.CollectUnreferencedSince(time.Now()); err != nil {
 		t.Fatal(err)
 	}
 	if err := a.ReleaseCIDR(cidr, 9999); err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/netip"
 	"sort"
+	"time"
 
 	"github.com/ebpfnet/ebpfnet/labels"
 )
@@ -20,6 +21,11 @@ const (
 	// MaxLocal is the last CIDR identity.
 	MaxLocal ID = 1<<25 - 1
 )
+
+// DefaultGrace is how long a label identity is kept once nothing holds a
+// reference on it, on a single node as in a cluster: a container re-run
+// within it keeps its number, and no endpoint's policy changes twice.
+const DefaultGrace = 5 * time.Minute
 
 // Kind classifies an identity by its number.
 type Kind int
@@ -113,14 +119,16 @@ type Allocator interface {
 	// It may wait for a remote store: ctx bounds the wait.
 	Allocate(ctx context.Context, ls labels.Labels) (ID, error)
 	// Release drops a reference that Allocate took. An identity without
-	// references is freed, on one node at once and in a cluster once no
-	// node has held it for a grace period. Releasing a reserved identity
-	// does nothing; one the caller holds no reference on is an error.
+	// references is freed only once it has had none for a grace period
+	// (on any node, in a cluster), so that labels that come back soon
+	// keep their number and nobody's policy changes. Releasing a reserved
+	// identity does nothing; one the caller holds no reference on is an
+	// error.
 	Release(ctx context.Context, id ID) error
 	// Lookup returns the labels of an allocated identity.
 	Lookup(id ID) (labels.Labels, bool)
 	// All lists every allocated identity with its labels, the caller's
-	// copy.
+	// copy: those kept without a reference too.
 	All() map[ID]labels.Labels
 	// Subscribe calls fn for every identity that appears or is freed from
 	// now on, in order, until the returned cancel is called. fn must not

@@ -124,6 +124,7 @@ func (d *Daemon) connectCluster() error {
 		BlockBits6:        c.BlockBits6,
 		StatePath:         filepath.Join(d.cfg.LibDir, clusterStateFile),
 		IdentityCachePath: filepath.Join(d.cfg.LibDir, clusterIdentityFile),
+		IdentityGrace:     d.cfg.identityGrace(),
 		Version:           d.cfg.Version,
 		Log:               d.log.WithField("subsys", "cluster"),
 	})

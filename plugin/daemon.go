@@ -80,6 +80,18 @@ type Config struct {
 	DockerHost string
 	// UI is the service map's web page (ui.go); off by default.
 	UI UIConfig
+	// IdentityGrace is how long a label identity is kept once no endpoint
+	// holds it, on a single node (identitygc.go) and in a cluster (on no
+	// node); 0 is identity.DefaultGrace.
+	IdentityGrace time.Duration
+}
+
+// identityGrace is Config.IdentityGrace with its default.
+func (c Config) identityGrace() time.Duration {
+	if c.IdentityGrace <= 0 {
+		return identity.DefaultGrace
+	}
+	return c.IdentityGrace
 }
 
 // DefaultConfig returns the production paths.
@@ -316,14 +328,11 @@ func start(cfg Config, log logrus.FieldLogger) (_ *Daemon, err error) {
 		d.cluster.MarkRestored()
 	}
 	// The file kept numbers whose references lived in memory: those the
-	// restored endpoints did not take again are free (in a cluster the
-	// file numbers prefixes only, and the label sets' it holds are an
-	// earlier single node's).
-	if freed, err := d.identities.CollectUnreferenced(); err != nil {
-		log.WithError(err).Warn("free identities no endpoint holds")
-	} else if len(freed) > 0 {
-		log.WithField("identities", freed).Debug("freed identities no endpoint holds")
-	}
+	// restored endpoints did not take again are kept for the grace from
+	// now, and the collector started in serve frees them then
+	// (identity.NewFileAllocator says why not at once). In a cluster the
+	// label sets the file holds are an earlier single node's, which go
+	// the same way.
 	d.startState = d.snapshotOwnState()
 	log.WithField("endpoints", d.restored).Info("endpoints restored")
 	return d, nil
@@ -392,6 +401,12 @@ func (d *Daemon) serve(ctx context.Context) error {
 	go func() {
 		defer background.Done()
 		ctgc.Run(reconcileCtx)
+	}()
+	// Identities nobody has held for the grace (identitygc.go).
+	background.Add(1)
+	go func() {
+		defer background.Done()
+		identityCollector{alloc: d.identities, grace: d.cfg.identityGrace(), log: d.log.WithField("subsys", "identity")}.run(reconcileCtx)
 	}()
 	if d.cluster != nil {
 		background.Add(2)

@@ -360,8 +360,9 @@ func TestHealIPAMAndIdentities(t *testing.T) {
 		t.Run(fault, func(t *testing.T) {
 			n := newTestNode(t)
 			poolID, gateway := createTestNetwork(t, n.cur, "net-h", "10.203.0.0/24")
-			// The first numbers are taken and freed, so that numbering
-			// the endpoints anew would give them other numbers.
+			// The first number is taken by a container that goes (its
+			// identity kept for the grace), so that numbering the
+			// endpoints anew would give them other numbers.
 			gone := addEndpoint(t, n, "net-h", poolID, map[string]string{"id": "gone"})
 			n.cur.mustCall(t, "/NetworkDriver.DeleteEndpoint", map[string]any{"NetworkID": "net-h", "EndpointID": gone.DockerEndpointID})
 			n.cur.mustCall(t, "/IpamDriver.ReleaseAddress", map[string]any{"PoolID": poolID, "Address": gone.IPv4.Addr().String()})

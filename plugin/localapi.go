@@ -214,9 +214,19 @@ func policyRoutes(mux *http.ServeMux, d *Daemon) {
 		writeJSON(w, http.StatusOK, api.PolicyRevision{Revision: rev})
 	})
 	mux.HandleFunc("GET /v1/identities", func(w http.ResponseWriter, _ *http.Request) {
+		// In a cluster the file numbers no label set the endpoints use,
+		// and whether another node holds one is etcd's to know.
+		var unused map[identity.ID]time.Time
+		if d.cluster == nil {
+			unused = d.identities.Unreferenced()
+		}
 		out := []api.Identity{}
 		for _, e := range d.endpoints.Registry().List() {
-			out = append(out, api.Identity{ID: uint32(e.ID), Labels: d.labelsOf(uint32(e.ID))})
+			ai := api.Identity{ID: uint32(e.ID), Labels: d.labelsOf(uint32(e.ID))}
+			if since, ok := unused[e.ID]; ok {
+				ai.UnusedSince = &since
+			}
+			out = append(out, ai)
 		}
 		writeJSON(w, http.StatusOK, out)
 	})

@@ -58,6 +58,9 @@ func newDaemonCommand() *cobra.Command {
 				// Docker names a legacy plugin after its socket file.
 				cfg.DriverName = strings.TrimSuffix(filepath.Base(cfg.PluginSocket), ".sock")
 			}
+			if cfg.IdentityGrace < 0 {
+				return fmt.Errorf("--identity-grace %s: must not be negative", cfg.IdentityGrace)
+			}
 			if cfg.DefaultPoolSize < 8 || cfg.DefaultPoolSize > 30 {
 				return fmt.Errorf("--default-pool-size %d: must be from 8 to 30", cfg.DefaultPoolSize)
 			}
@@ -96,6 +99,7 @@ func newDaemonCommand() *cobra.Command {
 	f.StringVar(&cfg.MetricsAddr, "metrics-addr", envOr("EBPFNET_METRICS_ADDR", ""), "serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9962 (default off; env EBPFNET_METRICS_ADDR)")
 	cfg.DriverName = ""
 	f.StringVar(&cfg.DriverName, "driver-name", envOr("EBPFNET_DRIVER_NAME", ""), "name Docker knows the plugin by (default: the plugin socket's name without .sock)")
+	f.DurationVar(&cfg.IdentityGrace, "identity-grace", 0, "how long a label identity is kept once no container holds it (in a cluster: on no node), so that a container run again with the same labels keeps its number (default 5m)")
 	f.StringVar(&cfg.DockerHost, "docker-host", envOr("DOCKER_HOST", ""), "the dockerd whose events give containers' labels (default: DOCKER_HOST, else the standard socket)")
 	clusterFlags.register(f)
 	return cmd

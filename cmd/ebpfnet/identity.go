@@ -5,8 +5,11 @@ import (
 	"io"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/ebpfnet/ebpfnet/api"
 )
 
 func newIdentityCommand(opts *cliOptions) *cobra.Command {
@@ -21,14 +24,25 @@ func newIdentityCommand(opts *cliOptions) *cobra.Command {
 				return err
 			}
 			return opts.print(cmd.OutOrStdout(), ids, func(out io.Writer) error {
-				w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-				fmt.Fprintln(w, "ID\tLABELS")
-				for _, id := range ids {
-					fmt.Fprintf(w, "%d\t%s\n", id.ID, strings.Join(id.Labels, " "))
-				}
-				return w.Flush()
+				return identityTable(out, ids, time.Now())
 			})
 		},
 	})
 	return cmd
+}
+
+// identityTable prints identities, with how long a label identity no
+// container holds has been unused: it is freed once that reaches the
+// daemon's --identity-grace.
+func identityTable(out io.Writer, ids []api.Identity, now time.Time) error {
+	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "ID\tLABELS\tUNUSED FOR")
+	for _, id := range ids {
+		unused := ""
+		if id.UnusedSince != nil {
+			unused = max(now.Sub(*id.UnusedSince), 0).Round(time.Second).String()
+		}
+		fmt.Fprintf(w, "%d\t%s\t%s\n", id.ID, strings.Join(id.Labels, " "), unused)
+	}
+	return w.Flush()
 }

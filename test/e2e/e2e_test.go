@@ -293,10 +293,12 @@ func spareHostEnds(t *testing.T) map[int]string {
 }
 
 // TestNothingLeftBehind: after docker rm -f and docker network rm, no lxc
-// link, route, state directory, pin or allocated address remains.
+// link, route, state directory, pin or allocated address remains; the
+// containers' identities are listed as unused, then freed after the grace.
 func TestNothingLeftBehind(t *testing.T) {
 	bin := requireEnvironment(t)
-	startDaemon(t, bin)
+	const grace = 5 * time.Second
+	startDaemon(t, bin, "--identity-grace", grace.String())
 	network(t, "e2e-leak", "--subnet", "10.236.0.0/24")
 	for _, name := range []string{"e2e-l1", "e2e-l2"} {
 		sleeper(t, name, "e2e-leak", "--label", "id="+name)
@@ -310,7 +312,32 @@ func TestNothingLeftBehind(t *testing.T) {
 		}
 		return nil
 	})
+	removed := time.Now()
 	run(t, "docker", "rm", "-f", "e2e-l1", "e2e-l2")
+	// Released with their last endpoint, the identities are kept for the
+	// grace, listed as unused.
+	unusedWithinGrace := func() int {
+		var ids []api.Identity
+		if err := json.Unmarshal([]byte(run(t, bin, "identity", "list", "-o", "json")), &ids); err != nil {
+			t.Fatal(err)
+		}
+		unused := 0
+		for _, i := range ids {
+			if (hasLabel(i.Labels, "container:id=e2e-l1") || hasLabel(i.Labels, "container:id=e2e-l2")) && i.UnusedSince != nil {
+				unused++
+			}
+		}
+		return unused
+	}
+	for unused := unusedWithinGrace(); unused != 2; unused = unusedWithinGrace() {
+		if time.Since(removed) > grace*3/4 {
+			t.Fatalf("%d of the two removed containers' identities are listed as unused %s after their removal", unused, time.Since(removed))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if table := run(t, bin, "identity", "list"); !strings.Contains(table, "UNUSED FOR") {
+		t.Errorf("identity list has no UNUSED FOR column:\n%s", table)
+	}
 	run(t, "docker", "network", "rm", "e2e-leak")
 
 	eventually(t, 10*time.Second, "leftovers after docker rm -f and network rm", func() error {
@@ -319,12 +346,15 @@ func TestNothingLeftBehind(t *testing.T) {
 	if eps := endpoints(t); len(eps) != 0 {
 		t.Errorf("endpoint list still shows %+v", eps)
 	}
-	eventually(t, 10*time.Second, "identities released with their last endpoint", func() error {
+	eventually(t, grace+10*time.Second, "identities freed after the grace", func() error {
 		if ids := run(t, bin, "identity", "list"); strings.Contains(ids, "e2e-l1") || strings.Contains(ids, "e2e-l2") {
 			return fmt.Errorf("still allocated:\n%s", ids)
 		}
 		return nil
 	})
+	if took := time.Since(removed); took < grace {
+		t.Errorf("identities freed %s after their containers went, before the grace of %s", took, grace)
+	}
 	status := run(t, bin, "status", "-o", "json")
 	if strings.Contains(status, "10.236.") {
 		t.Errorf("status still shows the pool or its addresses: %s", status)
