@@ -16,18 +16,33 @@ import (
 
 // BenchmarkCreateEndpoint measures CreateEndpoint end to end (record, veth,
 // neighbour, route, object write, load, maps, attach and pin) and reports
-// the median and 99th percentile over the b.N endpoints created:
-// back-to-back, and paced as Docker paces them (a docker run takes a few
-// hundred ms), with 20 ms between creations that the timer leaves out.
-// The pace lets what a creation leaves for later (spare policy maps) be
-// done before the next one, as it is in use.
-func BenchmarkCreateEndpoint(b *testing.B) {
+// the median and 99th percentile over the b.N endpoints created, back to
+// back and paced (runPaced). The pace lets what a creation leaves for
+// later (spare policy maps and veths) be done before the next one, as it
+// is in use.
+func BenchmarkCreateEndpoint(b *testing.B) { runPaced(b, benchmarkCreateEndpoint) }
+
+// runPaced runs bench as two sub-benchmarks: "back-to-back", and "paced"
+// as Docker paces creations (a docker run takes a few hundred ms), with
+// 20 ms between operations that bench leaves out of the timer
+// (pauseUntimed).
+func runPaced(b *testing.B, bench func(b *testing.B, gap time.Duration)) {
 	for _, pace := range []struct {
 		name string
 		gap  time.Duration
 	}{{"back-to-back", 0}, {"paced", 20 * time.Millisecond}} {
-		b.Run(pace.name, func(b *testing.B) { benchmarkCreateEndpoint(b, pace.gap) })
+		b.Run(pace.name, func(b *testing.B) { bench(b, pace.gap) })
 	}
+}
+
+// pauseUntimed sleeps gap with the timer stopped.
+func pauseUntimed(b *testing.B, gap time.Duration) {
+	if gap == 0 {
+		return
+	}
+	b.StopTimer()
+	time.Sleep(gap)
+	b.StartTimer()
 }
 
 func benchmarkCreateEndpoint(b *testing.B, gap time.Duration) {
@@ -74,11 +89,7 @@ func benchmarkCreateEndpoint(b *testing.B, gap time.Duration) {
 	durations := make([]time.Duration, 0, b.N)
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		if gap > 0 {
-			b.StopTimer()
-			time.Sleep(gap)
-			b.StartTimer()
-		}
+		pauseUntimed(b, gap)
 		host := i + 2
 		a := n.Subnet.Addr().As4()
 		a[2], a[3] = byte(host>>8), byte(host)

@@ -2,6 +2,7 @@ package datapath
 
 import (
 	"fmt"
+	"maps"
 	"net"
 	"testing"
 	"time"
@@ -30,30 +31,7 @@ func BenchmarkBareBringUp(b *testing.B) {
 		b.Fatal("10.252.0.0/16, the routes' range, is in use on this machine")
 	}
 	spec := endpointSpecForTest(b)
-	shared, err := ebpf.NewCollection(&ebpf.CollectionSpec{Maps: spec.Maps, ByteOrder: spec.ByteOrder})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer shared.Close()
-	repl := map[string]*ebpf.Map{}
-	for name, m := range shared.Maps {
-		if name != rodataSection && name != policyMapKName {
-			repl[name] = m
-		}
-	}
-	// Full tail-call slots, as in production (BenchmarkLoadPrograms).
-	filler, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{
-		MapReplacements: withMap(repl, policyMapKName, shared.Maps[policyMapKName])})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer filler.Close()
-	calls := repl[CallsMapName]
-	for k := uint32(0); k < calls.MaxEntries(); k++ {
-		if err := calls.Put(k, filler.Programs[progPolicy]); err != nil {
-			b.Fatal(err)
-		}
-	}
+	repl := endpointMapsForTest(b, spec)
 	nl, err := netlink.NewHandle()
 	if err != nil {
 		b.Fatal(err)
@@ -88,8 +66,9 @@ func BenchmarkBareBringUp(b *testing.B) {
 				done <- l
 				return
 			}
-			l.coll, l.err = ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{
-				MapReplacements: withMap(repl, policyMapKName, l.policy)})
+			own := maps.Clone(repl)
+			own[policyMapKName] = l.policy
+			l.coll, l.err = ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: own})
 			done <- l
 		}()
 		la := netlink.NewLinkAttrs()
@@ -108,6 +87,9 @@ func BenchmarkBareBringUp(b *testing.B) {
 			policies = append(policies, l.policy)
 		}
 		if linkErr != nil || l.err != nil {
+			if l.coll != nil {
+				l.coll.Close()
+			}
 			b.Fatalf("endpoint %d: veth %v, load %v", i, linkErr, l.err)
 		}
 		err := attachTC(nl, veth.Index, l.coll.Programs[progFrom], l.coll.Programs[progTo], true,
@@ -123,14 +105,4 @@ func BenchmarkBareBringUp(b *testing.B) {
 	}
 	b.StopTimer()
 	reportPercentiles(b, durations)
-}
-
-// withMap is repl and name: m, a new map.
-func withMap(repl map[string]*ebpf.Map, name string, m *ebpf.Map) map[string]*ebpf.Map {
-	out := make(map[string]*ebpf.Map, len(repl)+1)
-	for k, v := range repl {
-		out[k] = v
-	}
-	out[name] = m
-	return out
 }

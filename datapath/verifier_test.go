@@ -156,57 +156,53 @@ const nodeVerifiedInsnsBudget = 6000
 // functions.
 const node6VerifiedInsnsBudget = 13000
 
-// BenchmarkLoadPrograms measures loading one endpoint's programs alone
-// (verification and JIT, with the .rodata map), against maps created once,
-// and reports the median and 99th percentile. ebpfnet_calls is filled, as
-// the node programs fill it in production: a tail call into a filled slot
-// that the verifier can follow is patched in at load (text_poke). Loads
-// run back to back, and paced as docker runs are, 20 ms apart, which the
-// timer leaves out: the other CPU is idle then, and slower to answer an
-// IPI.
-func BenchmarkLoadPrograms(b *testing.B) {
-	for _, pace := range []struct {
-		name string
-		gap  time.Duration
-	}{{"back-to-back", 0}, {"paced", 20 * time.Millisecond}} {
-		b.Run(pace.name, func(b *testing.B) { benchmarkLoadPrograms(b, pace.gap) })
-	}
-}
-
-func benchmarkLoadPrograms(b *testing.B, gap time.Duration) {
-	testutil.RequireRoot(b)
-	spec := endpointSpecForTest(b)
+// endpointMapsForTest creates the maps an endpoint's programs load
+// against (every map of spec but .rodata, which each load makes its own)
+// and fills ebpfnet_calls with one of the endpoint's programs: the node
+// programs fill it in production, and what matters is that the slots are
+// full. It returns the maps by name; they are closed when tb ends.
+func endpointMapsForTest(tb testing.TB, spec *ebpf.CollectionSpec) map[string]*ebpf.Map {
+	tb.Helper()
 	maps, err := ebpf.NewCollection(&ebpf.CollectionSpec{Maps: spec.Maps, ByteOrder: spec.ByteOrder})
 	if err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
-	defer maps.Close()
+	tb.Cleanup(maps.Close)
 	repl := make(map[string]*ebpf.Map)
 	for name, m := range maps.Maps {
 		if name != rodataSection {
 			repl[name] = m
 		}
 	}
-	// Any program fills the slots: what matters is that they are full.
 	filler, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: repl})
 	if err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
-	defer filler.Close()
+	tb.Cleanup(filler.Close)
 	calls := repl[CallsMapName]
 	for k := uint32(0); k < calls.MaxEntries(); k++ {
-		if err := calls.Put(k, filler.Programs["handle_policy"]); err != nil {
-			b.Fatal(err)
+		if err := calls.Put(k, filler.Programs[progPolicy]); err != nil {
+			tb.Fatal(err)
 		}
 	}
+	return repl
+}
+
+// BenchmarkLoadPrograms measures loading one endpoint's programs alone
+// (verification and JIT, with the .rodata map), against maps created once
+// with ebpfnet_calls filled as in production, and reports the median and
+// 99th percentile. Loads run back to back and paced (runPaced): the other
+// CPU is idle between paced loads, and slower to answer an IPI.
+func BenchmarkLoadPrograms(b *testing.B) { runPaced(b, benchmarkLoadPrograms) }
+
+func benchmarkLoadPrograms(b *testing.B, gap time.Duration) {
+	testutil.RequireRoot(b)
+	spec := endpointSpecForTest(b)
+	repl := endpointMapsForTest(b, spec)
 	durations := make([]time.Duration, 0, b.N)
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		if gap > 0 {
-			b.StopTimer()
-			time.Sleep(gap)
-			b.StartTimer()
-		}
+		pauseUntimed(b, gap)
 		start := time.Now()
 		coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: repl})
 		if err != nil {

@@ -321,23 +321,14 @@ func (l *loop) delete(ctx context.Context, dockerEndpointID string) error {
 		}
 	}
 	if id, ok := l.m.holds(ep.ID); ok {
+		// In memory only, on either backend: an identity left without a
+		// reference is kept for the grace.
 		l.m.setHeld(ep.ID, 0, false)
-		if !l.m.q.put(identityReleased{id}) {
-			l.m.releaseQuietly(ctx, id) // stopping: no later
-		}
+		l.m.releaseQuietly(ctx, id)
 	}
 	delete(l.frozen, ep.ID)
 	return nil
 }
-
-// identityReleased drops a deleted endpoint's identity reference once the
-// call that deleted it has been answered, which need not wait for it. No
-// backend writes anything at a release any more (an unreferenced identity
-// is kept for the grace, identity.FileAllocator), so this is cheap either
-// way.
-type identityReleased struct{ id identity.ID }
-
-func (e identityReleased) handle(l *loop) { l.m.releaseQuietly(context.Background(), e.id) }
 
 // assign gives an endpoint the identity SetContainer allocated, whose
 // reference it takes over.
